@@ -1,0 +1,461 @@
+//! The node's configuration: one TOML file, documented key by key in
+//! `deploy/node.example.toml`.
+//!
+//! Loading is two passes. Serde parses the file strictly (unknown keys are
+//! errors, because a misspelt security setting must never be silently
+//! ignored); then [`Config::load`] checks meaning: addresses parse, files
+//! exist, tokens are well-formed. Every error names the file and the key, so
+//! an operator can fix it without reading code. Relative paths are resolved
+//! against the directory of the config file, so a node directory can be
+//! moved as a whole.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::local::auth::{Role, TokenHash};
+
+/// A configuration problem. Every variant names the file; semantic errors
+/// also name the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+// ---- The file as written -------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    peer: RawPeer,
+    local: RawLocal,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    municipality_code: u32,
+    municipality_name: String,
+    node_id: Uuid,
+    data_dir: PathBuf,
+    signing_key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    listen: String,
+    #[serde(default)]
+    advertised_endpoint: Option<String>,
+    tls_certificate: PathBuf,
+    tls_key: PathBuf,
+    trust_roots: PathBuf,
+    #[serde(default = "default_handshake_timeout_secs")]
+    handshake_timeout_secs: u64,
+}
+
+fn default_handshake_timeout_secs() -> u64 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocal {
+    listen: String,
+    #[serde(default)]
+    tls: bool,
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    sha256: String,
+    roles: Vec<Role>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: LogFormat,
+    #[serde(default)]
+    level: Option<String>,
+}
+
+// ---- The validated config ------------------------------------------------
+
+/// A loaded and checked node configuration. Paths are absolute.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from (for messages).
+    pub source: PathBuf,
+    pub node: NodeConfig,
+    pub peer: PeerConfig,
+    pub local: LocalConfig,
+    pub log: LogConfig,
+}
+
+/// `[node]`: who this node is and where it keeps its state.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub municipality_code: u32,
+    pub municipality_name: String,
+    pub node_id: Uuid,
+    pub data_dir: PathBuf,
+    pub signing_key: PathBuf,
+}
+
+/// `[peer]`: the mutual-TLS listener partner nodes call.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub listen: SocketAddr,
+    pub advertised_endpoint: Option<String>,
+    pub tls_certificate: PathBuf,
+    pub tls_key: PathBuf,
+    pub trust_roots: PathBuf,
+    pub handshake_timeout: Duration,
+}
+
+/// `[local]`: the listener for the municipality's own users and apps.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub listen: SocketAddr,
+    pub tls: bool,
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One `[[local.tokens]]` entry: a named bearer token, stored only as its hash.
+#[derive(Clone)]
+pub struct TokenConfig {
+    pub name: String,
+    pub hash: TokenHash,
+    pub roles: Vec<Role>,
+}
+
+impl fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[log]`: format and level.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `samvirke_node=debug,info`.
+    pub level: String,
+}
+
+impl Config {
+    /// Reads, parses and checks the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Parses and checks config text as if read from `path` (relative paths
+    /// in it are resolved against `path`'s directory).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let check = Checker {
+            path,
+            base: path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+        };
+        check.config(raw)
+    }
+}
+
+/// Semantic checks, each naming the key it is about.
+struct Checker<'a> {
+    path: &'a Path,
+    base: PathBuf,
+}
+
+impl Checker<'_> {
+    fn invalid(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        Ok(Config {
+            source: self.path.to_path_buf(),
+            node: self.node(raw.node)?,
+            peer: self.peer(raw.peer)?,
+            local: self.local(raw.local)?,
+            log: LogConfig {
+                format: raw.log.format,
+                level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+            },
+        })
+    }
+
+    fn node(&self, raw: RawNode) -> Result<NodeConfig, ConfigError> {
+        // Danish kommunekoder run from 101 (Copenhagen) to 860 (Hjoerring);
+        // regions and other members use codes in the same three-digit space.
+        if !(100..=999).contains(&raw.municipality_code) {
+            return Err(self.invalid(
+                "node.municipality_code",
+                format!(
+                    "{} is not a three-digit municipality code (100-999)",
+                    raw.municipality_code
+                ),
+            ));
+        }
+        if raw.municipality_name.trim().is_empty() {
+            return Err(self.invalid("node.municipality_name", "must not be empty"));
+        }
+        if raw.node_id.is_nil() {
+            return Err(self.invalid("node.node_id", "must not be the nil UUID"));
+        }
+        Ok(NodeConfig {
+            municipality_code: raw.municipality_code,
+            municipality_name: raw.municipality_name,
+            node_id: raw.node_id,
+            data_dir: self.resolve(&raw.data_dir),
+            signing_key: self.existing_file("node.signing_key", &raw.signing_key)?,
+        })
+    }
+
+    fn peer(&self, raw: RawPeer) -> Result<PeerConfig, ConfigError> {
+        if let Some(endpoint) = &raw.advertised_endpoint
+            && !endpoint.starts_with("https://")
+        {
+            return Err(self.invalid(
+                "peer.advertised_endpoint",
+                format!("`{endpoint}` must be an https:// URL (peers always use mutual TLS)"),
+            ));
+        }
+        if raw.handshake_timeout_secs == 0 || raw.handshake_timeout_secs > 300 {
+            return Err(self.invalid(
+                "peer.handshake_timeout_secs",
+                format!("{} is outside 1..=300", raw.handshake_timeout_secs),
+            ));
+        }
+        Ok(PeerConfig {
+            listen: self.address("peer.listen", &raw.listen)?,
+            advertised_endpoint: raw.advertised_endpoint,
+            tls_certificate: self.existing_file("peer.tls_certificate", &raw.tls_certificate)?,
+            tls_key: self.existing_file("peer.tls_key", &raw.tls_key)?,
+            trust_roots: self.existing_file("peer.trust_roots", &raw.trust_roots)?,
+            handshake_timeout: Duration::from_secs(raw.handshake_timeout_secs),
+        })
+    }
+
+    fn local(&self, raw: RawLocal) -> Result<LocalConfig, ConfigError> {
+        let listen = self.address("local.listen", &raw.listen)?;
+        let mut names = HashSet::new();
+        let mut hashes = HashSet::new();
+        let mut tokens = Vec::with_capacity(raw.tokens.len());
+        for (index, token) in raw.tokens.into_iter().enumerate() {
+            let key = |field: &str| format!("local.tokens[{index}].{field}");
+            if token.name.trim().is_empty() {
+                return Err(self.invalid(&key("name"), "must not be empty"));
+            }
+            if !names.insert(token.name.clone()) {
+                return Err(self.invalid(
+                    &key("name"),
+                    format!("token name `{}` is used twice", token.name),
+                ));
+            }
+            let hash = TokenHash::from_hex(&token.sha256).map_err(|reason| {
+                self.invalid(
+                    &key("sha256"),
+                    format!("{reason} (make one with `samvirke token new`)"),
+                )
+            })?;
+            if !hashes.insert(hash) {
+                return Err(self.invalid(&key("sha256"), "the same token hash is listed twice"));
+            }
+            if token.roles.is_empty() {
+                return Err(self.invalid(
+                    &key("roles"),
+                    "must name at least one of read, ingest, admin",
+                ));
+            }
+            tokens.push(TokenConfig {
+                name: token.name,
+                hash,
+                roles: token.roles,
+            });
+        }
+        Ok(LocalConfig {
+            listen,
+            tls: raw.tls,
+            tokens,
+        })
+    }
+
+    fn address(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.invalid(
+                key,
+                format!("`{value}` is not a socket address like 127.0.0.1:7443 or [::]:7443"),
+            )
+        })
+    }
+
+    fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    fn existing_file(&self, key: &str, path: &Path) -> Result<PathBuf, ConfigError> {
+        let resolved = self.resolve(path);
+        match std::fs::metadata(&resolved) {
+            Ok(meta) if meta.is_file() => Ok(resolved),
+            Ok(_) => Err(self.invalid(key, format!("{} is not a file", resolved.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.invalid(
+                key,
+                format!("file {} does not exist", resolved.display()),
+            )),
+            Err(e) => Err(self.invalid(key, format!("cannot read {}: {e}", resolved.display()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for file in ["signing.pem", "node.crt", "node.key", "ca.crt"] {
+            std::fs::write(dir.path().join(file), "x").expect("write");
+        }
+        dir
+    }
+
+    fn text(extra_peer: &str) -> String {
+        format!(
+            r#"
+[node]
+municipality_code = 751
+municipality_name = "Aarhus Kommune"
+node_id = "0199b5a4-6f2e-7c4d-9d6e-8f1a2b3c4d5e"
+data_dir = "data"
+signing_key = "signing.pem"
+
+[peer]
+listen = "127.0.0.1:7443"
+tls_certificate = "node.crt"
+tls_key = "node.key"
+trust_roots = "ca.crt"
+{extra_peer}
+
+[local]
+listen = "127.0.0.1:7080"
+[[local.tokens]]
+name = "operator"
+sha256 = "{hash}"
+roles = ["admin"]
+"#,
+            hash = "ab".repeat(32)
+        )
+    }
+
+    #[test]
+    fn a_good_config_loads_with_paths_resolved_against_its_directory() {
+        let dir = node_dir();
+        let path = dir.path().join("node.toml");
+        let config = Config::from_toml(&path, &text("")).expect("valid");
+        assert_eq!(config.node.data_dir, dir.path().join("data"));
+        assert_eq!(config.peer.tls_key, dir.path().join("node.key"));
+        assert_eq!(config.local.tokens[0].roles, vec![Role::Admin]);
+        assert_eq!(config.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let dir = node_dir();
+        let path = dir.path().join("node.toml");
+        let err = Config::from_toml(&path, &text("colour = \"blue\"")).expect_err("unknown key");
+        let message = err.to_string();
+        assert!(message.contains("colour"), "{message}");
+        assert!(message.contains("node.toml"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_address_names_the_key() {
+        let dir = node_dir();
+        let path = dir.path().join("node.toml");
+        let bad = text("").replace("127.0.0.1:7443", "not-an-address");
+        let err = Config::from_toml(&path, &bad).expect_err("bad address");
+        assert!(err.to_string().contains("key `peer.listen`"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_key_file_names_the_key_and_the_file() {
+        let dir = node_dir();
+        std::fs::remove_file(dir.path().join("node.key")).expect("rm");
+        let path = dir.path().join("node.toml");
+        let err = Config::from_toml(&path, &text("")).expect_err("missing file");
+        let message = err.to_string();
+        assert!(message.contains("key `peer.tls_key`"), "{message}");
+        assert!(message.contains("node.key"), "{message}");
+    }
+
+    #[test]
+    fn a_malformed_token_hash_names_the_token() {
+        let dir = node_dir();
+        let path = dir.path().join("node.toml");
+        let bad = text("").replace(&"ab".repeat(32), "abc");
+        let err = Config::from_toml(&path, &bad).expect_err("bad hash");
+        assert!(
+            err.to_string().contains("local.tokens[0].sha256"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,38 @@
+//! The Samvirke node: everything a municipality's node does, as a library.
+//!
+//! The `samvirke-node` binary only parses its command line, loads the
+//! config and calls [`server::Node::run`]; tests and the `samvirke demo`
+//! start the same code in-process on listeners bound to `127.0.0.1:0`.
+//!
+//! One module per concern, so a change has one obvious home:
+//! - [`config`]: load and validate the TOML config, with errors that name the key;
+//! - [`identity`]: the node's Ed25519 signing key, TLS key and certificate, fingerprints;
+//! - [`pki`]: development PKI (a CA and node certificates) for tests and demos;
+//! - [`provision`]: create a node directory (keys, config, first admin token);
+//! - [`store`]: the storage trait and its sled implementation;
+//! - [`peer`]: the mutual-TLS peer service and the client for calling partners;
+//! - [`local`]: the bearer-token local service for the municipality's own users;
+//! - [`server`]: wiring both listeners, health, reflection and shutdown;
+//! - [`devnet`]: several nodes on loopback with fresh dev PKI (demo, tests);
+//! - [`telemetry`]: logging setup;
+//! - [`clock`]: the injected source of "now";
+//! - [`fixtures`]: facts about Danish municipalities for demos and tests;
+//! - [`error`]: the one mapping from module errors to gRPC statuses.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod devnet;
+pub mod error;
+pub mod fixtures;
+pub mod identity;
+pub mod local;
+pub mod peer;
+pub mod pki;
+pub mod provision;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+
+/// Version of this build, reported by `Hello` and `Status`.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,79 @@
+//! The local API (`samvirke.v1.Local`): the service the municipality's own
+//! users and applications call, on its own listener, with bearer tokens.
+//! Each RPC states the role it needs at its first line, through
+//! [`auth::TokenRegistry::authorize`].
+
+pub mod auth;
+
+use std::sync::Arc;
+
+use samvirke_proto::v1::{ListenerInfo, StatusRequest, StatusResponse, local_server::Local};
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+
+use crate::clock::SharedClock;
+use crate::identity::NodeIdentity;
+use crate::store::Store;
+use auth::{Role, TokenRegistry};
+
+/// The local service's state.
+#[derive(Debug)]
+pub struct LocalService {
+    identity: Arc<NodeIdentity>,
+    tokens: Arc<TokenRegistry>,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    started_at: OffsetDateTime,
+    listeners: Vec<ListenerInfo>,
+}
+
+impl LocalService {
+    /// A local service reporting `listeners` as this node's bound sockets.
+    pub fn new(
+        identity: Arc<NodeIdentity>,
+        tokens: Arc<TokenRegistry>,
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+        listeners: Vec<ListenerInfo>,
+    ) -> LocalService {
+        let started_at = clock.now();
+        LocalService {
+            identity,
+            tokens,
+            store,
+            clock,
+            started_at,
+            listeners,
+        }
+    }
+}
+
+/// Converts a time to a protobuf timestamp.
+pub(crate) fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        nanos: i32::try_from(at.nanosecond()).unwrap_or(0),
+    }
+}
+
+#[tonic::async_trait]
+impl Local for LocalService {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let caller = self
+            .tokens
+            .authorize(&request, Role::Read, "samvirke.v1.Local/Status")?;
+        let uptime = (self.clock.now() - self.started_at).whole_seconds().max(0);
+        Ok(Response::new(StatusResponse {
+            node: Some(self.identity.to_proto()),
+            started_at: Some(timestamp(self.started_at)),
+            uptime_seconds: u64::try_from(uptime).unwrap_or(0),
+            listeners: self.listeners.clone(),
+            store_schema_version: self.store.schema_version(),
+            caller_token_name: caller.name.clone(),
+            caller_roles: caller.roles.iter().map(|r| r.to_string()).collect(),
+        }))
+    }
+}

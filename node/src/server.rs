@@ -1,0 +1,355 @@
+//! Wiring: a [`Node`] opens its identity and store, binds its two
+//! listeners and serves until told to stop.
+//!
+//! - The **peer listener** speaks only mutual TLS. The client must present
+//!   a certificate chaining to `peer.trust_roots`; a missing certificate, a
+//!   certificate from another CA or plaintext fail in the TLS handshake,
+//!   before any gRPC code runs.
+//! - The **local listener** serves the municipality's own users and apps
+//!   with bearer tokens (optionally over server-side TLS).
+//!
+//! Both serve `grpc.health.v1` and server reflection so stock clients
+//! (grpcurl, grpcio) work. Shutdown first marks both services NOT_SERVING,
+//! then lets in-flight calls finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use samvirke_proto::v1::{
+    FILE_DESCRIPTOR_SET, ListenerInfo, LOCAL_SERVICE_NAME, PEER_SERVICE_NAME,
+    local_server::LocalServer, peer_server::PeerServer,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+use crate::identity::{IdentityError, NodeIdentity};
+use crate::local::LocalService;
+use crate::local::auth::TokenRegistry;
+use crate::peer::PeerService;
+use crate::store::{SledStore, Store, StoreError};
+
+/// Keep idle HTTP/2 connections to partners alive through firewalls and
+/// notice dead ones.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.Health";
+const REFLECTION_SERVICE_NAME: &str = "grpc.reflection.v1.ServerReflection";
+
+/// Why a node could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {address} ({listener} listener): {source}")]
+    Bind {
+        listener: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{listener} listener: TLS setup failed: {reason}")]
+    Tls {
+        listener: &'static str,
+        reason: String,
+    },
+    #[error("{listener} listener stopped: {reason}")]
+    Serve {
+        listener: &'static str,
+        reason: String,
+    },
+    #[error("reflection setup failed: {0}")]
+    Reflection(String),
+}
+
+/// The two bound sockets a node serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    pub peer: TcpListener,
+    pub local: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses in `config`.
+    pub async fn bind(config: &Config) -> Result<Listeners, NodeError> {
+        let bind = |listener: &'static str, address: SocketAddr| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    listener,
+                    address,
+                    source,
+                })
+        };
+        Ok(Listeners {
+            peer: bind("peer", config.peer.listen).await?,
+            local: bind("local", config.local.listen).await?,
+        })
+    }
+
+    fn address(listener: &TcpListener) -> String {
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// A node ready to serve: identity loaded, store open.
+#[derive(Debug)]
+pub struct Node {
+    config: Config,
+    identity: Arc<NodeIdentity>,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+}
+
+impl Node {
+    /// Loads the identity and opens the store named in `config`.
+    pub fn open(config: Config) -> Result<Node, NodeError> {
+        let identity = Arc::new(NodeIdentity::load(&config)?);
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.node.data_dir)?);
+        Ok(Node {
+            config,
+            identity,
+            store,
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// Replaces the clock (tests set "now" this way).
+    pub fn with_clock(mut self, clock: SharedClock) -> Node {
+        self.clock = clock;
+        self
+    }
+
+    /// This node's identity.
+    pub fn identity(&self) -> &Arc<NodeIdentity> {
+        &self.identity
+    }
+
+    /// The config the node was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Serves on `listeners` until `shutdown` completes, then drains.
+    pub async fn run(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), NodeError> {
+        let stop = CancellationToken::new();
+        let peer_address = Listeners::address(&listeners.peer);
+        let local_address = Listeners::address(&listeners.local);
+        let local_security = if self.config.local.tls {
+            "tls+bearer"
+        } else {
+            "plaintext+bearer"
+        };
+        if !self.config.local.tls
+            && !listeners
+                .local
+                .local_addr()
+                .map(|a| a.ip().is_loopback())
+                .unwrap_or(false)
+        {
+            tracing::warn!(
+                address = %local_address,
+                "local listener is plaintext on a non-loopback address; set local.tls = true \
+                 or bind it to 127.0.0.1 so bearer tokens do not cross the network in clear"
+            );
+        }
+        let listener_info = vec![
+            ListenerInfo {
+                name: "peer".into(),
+                address: peer_address.clone(),
+                security: "mtls".into(),
+            },
+            ListenerInfo {
+                name: "local".into(),
+                address: local_address.clone(),
+                security: local_security.into(),
+            },
+        ];
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+
+        let peer_service = PeerService::new(Arc::clone(&self.identity), Arc::clone(&self.clock));
+        let local_service = LocalService::new(
+            Arc::clone(&self.identity),
+            Arc::new(TokenRegistry::new(&self.config.local.tokens)),
+            Arc::clone(&self.store),
+            Arc::clone(&self.clock),
+            listener_info,
+        );
+
+        let peer_server = Server::builder()
+            .tls_config(self.peer_tls())
+            .map_err(|e| NodeError::Tls {
+                listener: "peer",
+                reason: e.to_string(),
+            })?
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .add_service(health_service.clone())
+            .add_service(reflection(PEER_SERVICE_NAME)?)
+            .add_service(PeerServer::new(peer_service))
+            .serve_with_incoming_shutdown(incoming(listeners.peer), stop.clone().cancelled_owned());
+
+        let mut local_builder = Server::builder();
+        if self.config.local.tls {
+            local_builder = local_builder
+                .tls_config(ServerTlsConfig::new().identity(self.tls_identity()))
+                .map_err(|e| NodeError::Tls {
+                    listener: "local",
+                    reason: e.to_string(),
+                })?;
+        }
+        let local_server = local_builder
+            .add_service(health_service)
+            .add_service(reflection(LOCAL_SERVICE_NAME)?)
+            .add_service(LocalServer::new(local_service))
+            .serve_with_incoming_shutdown(
+                incoming(listeners.local),
+                stop.clone().cancelled_owned(),
+            );
+
+        tracing::info!(
+            municipality = self.identity.municipality_code,
+            name = %self.identity.municipality_name,
+            node_id = %self.identity.node_id,
+            peer = %peer_address,
+            local = %local_address,
+            tls_fingerprint = %self.identity.tls.fingerprint,
+            "samvirke node serving"
+        );
+
+        let store = Arc::clone(&self.store);
+        let watcher = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight calls");
+            set_health(&health, ServingStatus::NotServing).await;
+            stop.cancel();
+        };
+        let serving = async {
+            let (peer, local) = tokio::join!(peer_server, local_server);
+            peer.map_err(|e| NodeError::Serve {
+                listener: "peer",
+                reason: e.to_string(),
+            })?;
+            local.map_err(|e| NodeError::Serve {
+                listener: "local",
+                reason: e.to_string(),
+            })
+        };
+        let (_, served) = tokio::join!(watcher, serving);
+        // Whatever was acknowledged is already durable; this catches the rest.
+        store.flush()?;
+        tracing::info!("samvirke node stopped");
+        served
+    }
+
+    /// Starts serving in a background task; for tests and the demo.
+    pub fn spawn(self, listeners: Listeners) -> RunningNode {
+        let peer_addr = listeners.peer.local_addr().ok();
+        let local_addr = listeners.local.local_addr().ok();
+        let identity = Arc::clone(&self.identity);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(self.run(listeners, stop.clone().cancelled_owned()));
+        RunningNode {
+            peer_addr: peer_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            local_addr: local_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            identity,
+            stop,
+            task,
+        }
+    }
+
+    fn tls_identity(&self) -> Identity {
+        Identity::from_pem(
+            &self.identity.tls.certificate_chain_pem,
+            self.identity.tls.private_key_pem(),
+        )
+    }
+
+    fn peer_tls(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(self.tls_identity())
+            .client_ca_root(Certificate::from_pem(&self.identity.tls.trust_roots_pem))
+            .client_auth_optional(false)
+            .timeout(self.config.peer.handshake_timeout)
+    }
+}
+
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in ["", PEER_SERVICE_NAME, LOCAL_SERVICE_NAME] {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// A reflection service that lists `service` plus health and reflection:
+/// each listener advertises only what it serves.
+fn reflection(
+    service: &str,
+) -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    NodeError,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(service)
+        .with_service_name(HEALTH_SERVICE_NAME)
+        .with_service_name(REFLECTION_SERVICE_NAME)
+        .build_v1()
+        .map_err(|e| NodeError::Reflection(e.to_string()))
+}
+
+/// A node serving in a background task.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub peer_addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    pub identity: Arc<NodeIdentity>,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), NodeError>>,
+}
+
+impl RunningNode {
+    /// The peer endpoint URL partners use (`https://127.0.0.1:PORT`).
+    pub fn peer_endpoint(&self) -> String {
+        format!("https://{}", self.peer_addr)
+    }
+
+    /// The local endpoint URL (`http://127.0.0.1:PORT`).
+    pub fn local_endpoint(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Stops the node and waits until it has drained.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        self.stop.cancel();
+        self.task.await.map_err(|e| NodeError::Serve {
+            listener: "node",
+            reason: e.to_string(),
+        })?
+    }
+}

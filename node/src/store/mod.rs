@@ -1,0 +1,305 @@
+//! Storage: the [`Store`] trait the rest of the node writes through, and
+//! its embedded sled implementation ([`SledStore`]), the default.
+//!
+//! The trait is an ordered key-value space split into named keyspaces, with
+//! atomic batches, range scans and an explicit durability point
+//! ([`Store::flush`]). That is all `governance`, `data`, `peer` and `audit`
+//! need, and it keeps a later server-grade backend possible without
+//! touching them.
+//!
+//! A store directory is claimed by a small marker file, [`MARKER_FILE`],
+//! that records the format and schema version. The marker is checked
+//! *before* the backend opens anything, so pointing a node at the wrong
+//! directory (a home directory, another program's data) fails with a clear
+//! message and leaves that directory exactly as it was.
+
+mod sled_store;
+
+use std::fmt::Debug;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use sled_store::SledStore;
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The marker file that makes a directory a Samvirke store.
+pub const MARKER_FILE: &str = "SAMVIRKE-STORE";
+
+const MARKER_FORMAT: &str = "samvirke-store";
+
+/// Storage failures. Messages name the directory involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{path} is not a Samvirke store: it is not empty and has no {MARKER_FILE} marker; \
+         refusing to touch it (set node.data_dir to a new or empty directory)"
+    )]
+    NotAStore { path: PathBuf },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "{path} holds a store of schema {found}, newer than this samvirke-node supports \
+         ({supported}); upgrade samvirke-node (the store was left untouched)"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("store marker {path} is unreadable: {reason}")]
+    BadMarker { path: PathBuf, reason: String },
+    #[error("store {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("store backend failed: {0}")]
+    Backend(String),
+}
+
+/// The keyspaces a node keeps. Each is an independent ordered map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Keyspace {
+    /// Store metadata: schema version, node id, creation time.
+    Meta,
+}
+
+impl Keyspace {
+    /// The name the backend stores this keyspace under.
+    pub fn name(self) -> &'static str {
+        match self {
+            Keyspace::Meta => "meta",
+        }
+    }
+}
+
+/// One write in a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+/// Writes applied to one keyspace atomically: all or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    pub ops: Vec<WriteOp>,
+}
+
+impl WriteBatch {
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(WriteOp::Put {
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push(WriteOp::Delete { key: key.into() });
+    }
+}
+
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// An iterator over entries in key order.
+pub type EntryIter<'a> = Box<dyn Iterator<Item = Result<Entry, StoreError>> + Send + 'a>;
+
+/// The storage the node writes through.
+///
+/// Writes become durable at [`Store::flush`]; callers that acknowledge a
+/// write to someone flush first. Flushing once per batch rather than per
+/// write is what keeps durability cheap.
+pub trait Store: Send + Sync + Debug + 'static {
+    /// The schema version of the open store.
+    fn schema_version(&self) -> u32;
+    /// The value under `key`, if any.
+    fn get(&self, space: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Applies `batch` to `space` atomically (not yet durable).
+    fn write(&self, space: Keyspace, batch: WriteBatch) -> Result<(), StoreError>;
+    /// Entries with keys in `range`, in ascending key order.
+    fn range(&self, space: Keyspace, range: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> EntryIter<'_>;
+    /// Entries whose keys start with `prefix`, in ascending key order.
+    fn scan_prefix(&self, space: Keyspace, prefix: &[u8]) -> EntryIter<'_>;
+    /// Makes every write so far durable on disk.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// What the marker file holds.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Marker {
+    format: String,
+    schema: u32,
+    backend: String,
+}
+
+/// What [`claim_directory`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    /// A new or empty directory, now claimed with a fresh marker.
+    Created,
+    /// An existing store of schema `schema` (not newer than ours).
+    Existing { schema: u32 },
+}
+
+/// Checks that `dir` is ours (or new) before any backend touches it.
+fn claim_directory(dir: &Path, backend: &str) -> Result<Claim, StoreError> {
+    let io = |e: std::io::Error| StoreError::Io {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    };
+    let marker_path = dir.join(MARKER_FILE);
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(StoreError::NotADirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        Ok(_) => {
+            if marker_path.exists() {
+                return read_marker(dir, &marker_path).map(|schema| Claim::Existing { schema });
+            }
+            if std::fs::read_dir(dir).map_err(io)?.next().is_some() {
+                return Err(StoreError::NotAStore {
+                    path: dir.to_path_buf(),
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        Err(e) => return Err(io(e)),
+    }
+    // Only the node should read its data: personal data may end up here.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    let marker = Marker {
+        format: MARKER_FORMAT.to_string(),
+        schema: SCHEMA_VERSION,
+        backend: backend.to_string(),
+    };
+    let text = format!(
+        "# This directory is a Samvirke node store. Do not edit or delete.\n{}",
+        toml::to_string(&marker).map_err(|e| StoreError::Backend(e.to_string()))?
+    );
+    // Write-then-rename so a crash never leaves a half-written marker.
+    let temporary = dir.join(format!("{MARKER_FILE}.tmp"));
+    std::fs::write(&temporary, text).map_err(io)?;
+    std::fs::rename(&temporary, &marker_path).map_err(io)?;
+    Ok(Claim::Created)
+}
+
+fn read_marker(dir: &Path, marker_path: &Path) -> Result<u32, StoreError> {
+    let bad = |reason: String| StoreError::BadMarker {
+        path: marker_path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(marker_path).map_err(|e| bad(e.to_string()))?;
+    let marker: Marker = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if marker.format != MARKER_FORMAT {
+        return Err(StoreError::NotAStore {
+            path: dir.to_path_buf(),
+        });
+    }
+    if marker.schema > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: dir.to_path_buf(),
+            found: marker.schema,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(marker.schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| {
+                let e = e.expect("entry");
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        entries.sort();
+        entries
+    }
+
+    #[test]
+    fn a_foreign_directory_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("thesis.docx"), b"not ours").expect("write");
+        let before = listing(dir.path());
+        let err = SledStore::open(dir.path()).expect_err("foreign");
+        assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+        assert!(err.to_string().contains("not a Samvirke store"));
+        assert_eq!(listing(dir.path()), before);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        drop(SledStore::open(&path).expect("create"));
+        let marker = path.join(MARKER_FILE);
+        let text = std::fs::read_to_string(&marker).expect("marker");
+        std::fs::write(&marker, text.replace("schema = 1", "schema = 99")).expect("write");
+        let before = listing(&path);
+        let err = SledStore::open(&path).expect_err("newer");
+        assert!(matches!(err, StoreError::NewerSchema { found: 99, .. }), "{err}");
+        assert_eq!(listing(&path), before);
+    }
+
+    #[test]
+    fn writes_survive_reopening_and_scan_in_key_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        {
+            let store = SledStore::open(&path).expect("create");
+            assert_eq!(store.schema_version(), SCHEMA_VERSION);
+            let mut batch = WriteBatch::default();
+            batch.put(b"k/2".to_vec(), b"two".to_vec());
+            batch.put(b"k/1".to_vec(), b"one".to_vec());
+            batch.put(b"other".to_vec(), b"x".to_vec());
+            store.write(Keyspace::Meta, batch).expect("write");
+            store.flush().expect("flush");
+        }
+        let store = SledStore::open(&path).expect("reopen");
+        assert_eq!(
+            store.get(Keyspace::Meta, b"k/1").expect("get"),
+            Some(b"one".to_vec())
+        );
+        let keys: Vec<Vec<u8>> = store
+            .scan_prefix(Keyspace::Meta, b"k/")
+            .map(|entry| entry.expect("entry").0)
+            .collect();
+        assert_eq!(keys, vec![b"k/1".to_vec(), b"k/2".to_vec()]);
+        let bounded: Vec<Vec<u8>> = store
+            .range(
+                Keyspace::Meta,
+                (Bound::Excluded(b"k/1".to_vec()), Bound::Excluded(b"p".to_vec())),
+            )
+            .map(|entry| entry.expect("entry").0)
+            .collect();
+        assert_eq!(bounded, vec![b"k/2".to_vec(), b"other".to_vec()]);
+    }
+
+    #[test]
+    fn an_empty_existing_directory_becomes_a_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open empty dir");
+        assert_eq!(store.schema_version(), SCHEMA_VERSION);
+        assert!(dir.path().join(MARKER_FILE).exists());
+    }
+}

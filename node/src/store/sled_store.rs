@@ -1,0 +1,127 @@
+//! The sled implementation of [`Store`]: one directory, no server. Each
+//! [`Keyspace`] is a sled tree; a [`WriteBatch`] is a sled batch, applied
+//! atomically; [`Store::flush`] is sled's fsync.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use super::{
+    Claim, EntryIter, Keyspace, SCHEMA_VERSION, Store, StoreError, WriteBatch, WriteOp,
+    claim_directory,
+};
+
+/// Where sled keeps its files inside the store directory.
+const SLED_SUBDIR: &str = "sled";
+/// Meta key holding the schema version (big-endian u32).
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// The embedded sled store.
+#[derive(Debug)]
+pub struct SledStore {
+    path: PathBuf,
+    db: sled::Db,
+    schema: u32,
+}
+
+impl SledStore {
+    /// Opens the store in `dir`, creating it if `dir` is missing or empty.
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let claim = claim_directory(dir, "sled")?;
+        let db = sled::Config::new()
+            .path(dir.join(SLED_SUBDIR))
+            .open()
+            .map_err(|e| StoreError::Io {
+                path: dir.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let store = SledStore {
+            path: dir.to_path_buf(),
+            db,
+            schema: SCHEMA_VERSION,
+        };
+        match claim {
+            Claim::Created => {
+                let mut batch = WriteBatch::default();
+                batch.put(SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes().to_vec());
+                store.write(Keyspace::Meta, batch)?;
+                store.flush()?;
+            }
+            Claim::Existing { schema } => {
+                // The marker and the database must agree; if they do not,
+                // someone replaced one of them and we should not guess.
+                let stored = store
+                    .get(Keyspace::Meta, SCHEMA_KEY)?
+                    .and_then(|bytes| <[u8; 4]>::try_from(bytes.as_slice()).ok())
+                    .map(u32::from_be_bytes);
+                if stored != Some(schema) {
+                    return Err(StoreError::BadMarker {
+                        path: dir.join(super::MARKER_FILE),
+                        reason: format!(
+                            "marker says schema {schema}, database says {stored:?}"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// The directory this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn tree(&self, space: Keyspace) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(space.name()).map_err(backend)
+    }
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn entries(iter: sled::Iter) -> EntryIter<'static> {
+    Box::new(iter.map(|item| {
+        item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .map_err(backend)
+    }))
+}
+
+impl Store for SledStore {
+    fn schema_version(&self) -> u32 {
+        self.schema
+    }
+
+    fn get(&self, space: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(space)?.get(key).map_err(backend)?.map(|v| v.to_vec()))
+    }
+
+    fn write(&self, space: Keyspace, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut sled_batch = sled::Batch::default();
+        for op in batch.ops {
+            match op {
+                WriteOp::Put { key, value } => sled_batch.insert(key, value),
+                WriteOp::Delete { key } => sled_batch.remove(key),
+            }
+        }
+        self.tree(space)?.apply_batch(sled_batch).map_err(backend)
+    }
+
+    fn range(&self, space: Keyspace, range: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> EntryIter<'_> {
+        match self.tree(space) {
+            Ok(tree) => entries(tree.range::<Vec<u8>, _>(range)),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    fn scan_prefix(&self, space: Keyspace, prefix: &[u8]) -> EntryIter<'_> {
+        match self.tree(space) {
+            Ok(tree) => entries(tree.scan_prefix(prefix)),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(backend)
+    }
+}
