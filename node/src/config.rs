@@ -418,6 +418,13 @@ roles = ["admin"]
     }
 
     #[test]
+    fn the_documented_example_uses_only_known_keys() {
+        let text = include_str!("../../deploy/node.example.toml");
+        let raw: RawConfig = toml::from_str(text).expect("deploy/node.example.toml parses");
+        assert_eq!(raw.local.tokens.len(), 2);
+    }
+
+    #[test]
     fn an_unknown_key_is_named() {
         let dir = node_dir();
         let path = dir.path().join("node.toml");

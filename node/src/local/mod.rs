@@ -7,7 +7,11 @@ pub mod auth;
 
 use std::sync::Arc;
 
-use samvirke_proto::v1::{ListenerInfo, StatusRequest, StatusResponse, local_server::Local};
+use samvirke_proto::v1::{
+    ImportAgreementRequest, ImportAgreementResponse, ImportRosterRequest, ImportRosterResponse,
+    ListGovernanceRequest, ListGovernanceResponse, ListenerInfo, StatusRequest, StatusResponse,
+    local_server::Local,
+};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
@@ -75,5 +79,26 @@ impl Local for LocalService {
             caller_token_name: caller.name.clone(),
             caller_roles: caller.roles.iter().map(|r| r.to_string()).collect(),
         }))
+    }
+
+    async fn import_roster(
+        &self,
+        _request: Request<ImportRosterRequest>,
+    ) -> Result<Response<ImportRosterResponse>, Status> {
+        Err(Status::unimplemented("roster import is being wired in"))
+    }
+
+    async fn import_agreement(
+        &self,
+        _request: Request<ImportAgreementRequest>,
+    ) -> Result<Response<ImportAgreementResponse>, Status> {
+        Err(Status::unimplemented("agreement import is being wired in"))
+    }
+
+    async fn list_governance(
+        &self,
+        _request: Request<ListGovernanceRequest>,
+    ) -> Result<Response<ListGovernanceResponse>, Status> {
+        Err(Status::unimplemented("governance listing is being wired in"))
     }
 }

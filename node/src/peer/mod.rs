@@ -10,7 +10,10 @@ pub mod client;
 
 use std::sync::Arc;
 
-use samvirke_proto::v1::{HelloRequest, HelloResponse, peer_server::Peer};
+use samvirke_proto::v1::{
+    CheckAccessRequest, CheckAccessResponse, HelloRequest, HelloResponse, SyncGovernanceRequest,
+    SyncGovernanceResponse, peer_server::Peer,
+};
 use tonic::{Request, Response, Status};
 
 use crate::clock::SharedClock;
@@ -66,5 +69,19 @@ impl Peer for PeerService {
             server_time: Some(timestamp(self.clock.now())),
             caller_certificate_fingerprint: caller.to_string(),
         }))
+    }
+
+    async fn sync_governance(
+        &self,
+        _request: Request<SyncGovernanceRequest>,
+    ) -> Result<Response<SyncGovernanceResponse>, Status> {
+        Err(Status::unimplemented("governance sync is being wired in"))
+    }
+
+    async fn check_access(
+        &self,
+        _request: Request<CheckAccessRequest>,
+    ) -> Result<Response<CheckAccessResponse>, Status> {
+        Err(Status::unimplemented("access checks are being wired in"))
     }
 }
