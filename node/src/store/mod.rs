@@ -63,6 +63,13 @@ pub enum StoreError {
 pub enum Keyspace {
     /// Store metadata: schema version, node id, creation time.
     Meta,
+    /// Accepted fellowship rosters, every serial: `fellowship \0 serial(u64 BE)`
+    /// -> the signed file, so a partner that is several serials behind can
+    /// be sent the whole chain it needs.
+    Rosters,
+    /// Data-sharing agreements: `uuid (16 bytes)` -> the signed file with
+    /// every valid signature collected so far.
+    Agreements,
 }
 
 impl Keyspace {
@@ -70,6 +77,8 @@ impl Keyspace {
     pub fn name(self) -> &'static str {
         match self {
             Keyspace::Meta => "meta",
+            Keyspace::Rosters => "rosters",
+            Keyspace::Agreements => "agreements",
         }
     }
 }
