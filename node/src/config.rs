@@ -59,7 +59,28 @@ struct RawConfig {
     peer: RawPeer,
     local: RawLocal,
     #[serde(default)]
+    governance: RawGovernance,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGovernance {
+    #[serde(default = "default_sync_interval_secs")]
+    sync_interval_secs: u64,
+}
+
+impl Default for RawGovernance {
+    fn default() -> Self {
+        RawGovernance {
+            sync_interval_secs: default_sync_interval_secs(),
+        }
+    }
+}
+
+fn default_sync_interval_secs() -> u64 {
+    10
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,7 +147,16 @@ pub struct Config {
     pub node: NodeConfig,
     pub peer: PeerConfig,
     pub local: LocalConfig,
+    pub governance: GovernanceConfig,
     pub log: LogConfig,
+}
+
+/// `[governance]`: how rosters and agreements spread between nodes.
+#[derive(Debug, Clone)]
+pub struct GovernanceConfig {
+    /// How often the node compares documents with every partner, as a
+    /// catch-up behind the immediate offer made on every import.
+    pub sync_interval: Duration,
 }
 
 /// `[node]`: who this node is and where it keeps its state.
@@ -232,6 +262,7 @@ impl Checker<'_> {
             node: self.node(raw.node)?,
             peer: self.peer(raw.peer)?,
             local: self.local(raw.local)?,
+            governance: self.governance(raw.governance)?,
             log: LogConfig {
                 format: raw.log.format,
                 level: raw.log.level.unwrap_or_else(|| "info".to_string()),
@@ -288,6 +319,18 @@ impl Checker<'_> {
             tls_key: self.existing_file("peer.tls_key", &raw.tls_key)?,
             trust_roots: self.existing_file("peer.trust_roots", &raw.trust_roots)?,
             handshake_timeout: Duration::from_secs(raw.handshake_timeout_secs),
+        })
+    }
+
+    fn governance(&self, raw: RawGovernance) -> Result<GovernanceConfig, ConfigError> {
+        if !(1..=3600).contains(&raw.sync_interval_secs) {
+            return Err(self.invalid(
+                "governance.sync_interval_secs",
+                format!("{} is outside 1..=3600", raw.sync_interval_secs),
+            ));
+        }
+        Ok(GovernanceConfig {
+            sync_interval: Duration::from_secs(raw.sync_interval_secs),
         })
     }
 
