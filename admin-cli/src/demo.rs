@@ -122,9 +122,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
 /// Calls `target`'s Hello as `caller` and checks the answer: the right
 /// node answered, and it saw the caller's own certificate.
 async fn hello(caller: &DevNode, target: &DevNode) -> Result<String, String> {
-    let mut peer = client::connect(&target.running.peer_endpoint(), &caller.running.identity.tls)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut peer = client::connect(
+        &target.running.peer_endpoint(),
+        &caller.running.identity.tls,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let answer = peer
         .hello(HelloRequest {
             caller: Some(caller.running.identity.to_proto()),

@@ -93,10 +93,7 @@ pub fn run(command: PkiCommand) -> anyhow::Result<ExitCode> {
                 certificate.display()
             );
             println!("  fingerprint  {}", certificate_fingerprint(&certificate)?);
-            println!(
-                "  trust root   {}",
-                args.ca.join(CA_CERT_FILE).display()
-            );
+            println!("  trust root   {}", args.ca.join(CA_CERT_FILE).display());
         }
     }
     Ok(ExitCode::SUCCESS)

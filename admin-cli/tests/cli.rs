@@ -53,7 +53,10 @@ fn ca_init_and_identity_show_produce_a_roster_ready_identity() {
     assert!(init.status.success(), "{init:?}");
     let init_text = stdout(&init);
     assert!(init_text.contains("Aarhus Kommune"), "{init_text}");
-    assert!(init_text.contains("svk_"), "admin token shown once: {init_text}");
+    assert!(
+        init_text.contains("svk_"),
+        "admin token shown once: {init_text}"
+    );
     assert_eq!(mode(&node.join("keys/signing.pem")), 0o600);
     assert_eq!(mode(&node.join("tls/node.key")), 0o600);
 

@@ -400,10 +400,9 @@ impl Checker<'_> {
         match std::fs::metadata(&resolved) {
             Ok(meta) if meta.is_file() => Ok(resolved),
             Ok(_) => Err(self.invalid(key, format!("{} is not a file", resolved.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.invalid(
-                key,
-                format!("file {} does not exist", resolved.display()),
-            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(self.invalid(key, format!("file {} does not exist", resolved.display())))
+            }
             Err(e) => Err(self.invalid(key, format!("cannot read {}: {e}", resolved.display()))),
         }
     }
@@ -503,9 +502,6 @@ roles = ["admin"]
         let path = dir.path().join("node.toml");
         let bad = text("").replace(&"ab".repeat(32), "abc");
         let err = Config::from_toml(&path, &bad).expect_err("bad hash");
-        assert!(
-            err.to_string().contains("local.tokens[0].sha256"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("local.tokens[0].sha256"), "{err}");
     }
 }

@@ -156,7 +156,11 @@ fn read_private_file(what: &'static str, path: &Path) -> Result<Zeroizing<String
         path: path.to_path_buf(),
         source,
     };
-    let mode = std::fs::metadata(path).map_err(read_error)?.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(path)
+        .map_err(read_error)?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode & 0o077 != 0 {
         return Err(IdentityError::TooOpen {
             path: path.to_path_buf(),
@@ -346,7 +350,10 @@ impl fmt::Debug for NodeIdentity {
             .field("municipality_code", &self.municipality_code)
             .field("municipality_name", &self.municipality_name)
             .field("node_id", &self.node_id)
-            .field("signing_public_key", &signing_key_text(&self.verifying_key()))
+            .field(
+                "signing_public_key",
+                &signing_key_text(&self.verifying_key()),
+            )
             .field("tls", &self.tls)
             .finish()
     }
@@ -378,7 +385,10 @@ mod tests {
         write_signing_key(&path, &key).expect("write");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(read_signing_key(&path).expect("read").to_bytes(), key.to_bytes());
+        assert_eq!(
+            read_signing_key(&path).expect("read").to_bytes(),
+            key.to_bytes()
+        );
         assert!(matches!(
             write_signing_key(&path, &key),
             Err(IdentityError::Exists { .. })

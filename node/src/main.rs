@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use samvirke_node::config::{Config, LogFormat};
 use samvirke_node::server::{Listeners, Node, NodeError};
+use samvirke_node::store::StoreError;
 use samvirke_node::telemetry;
 
 /// Exit status for a configuration problem (EX_USAGE).
@@ -53,7 +54,9 @@ fn main() -> ExitCode {
             eprintln!("samvirke-node: {error}");
             match error {
                 // Unreadable or malformed key material is a config problem.
-                NodeError::Identity(_) => ExitCode::from(EXIT_CONFIG),
+                NodeError::Identity(_)
+                | NodeError::Store(StoreError::NotAStore { .. })
+                | NodeError::Store(StoreError::NotADirectory { .. }) => ExitCode::from(EXIT_CONFIG),
                 _ => ExitCode::FAILURE,
             }
         }

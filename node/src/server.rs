@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use samvirke_proto::v1::{
-    FILE_DESCRIPTOR_SET, ListenerInfo, LOCAL_SERVICE_NAME, PEER_SERVICE_NAME,
+    FILE_DESCRIPTOR_SET, LOCAL_SERVICE_NAME, ListenerInfo, PEER_SERVICE_NAME,
     local_server::LocalServer, peer_server::PeerServer,
 };
 use tokio::net::TcpListener;
@@ -237,24 +237,31 @@ impl Node {
         );
 
         let store = Arc::clone(&self.store);
-        let watcher = async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining in-flight calls");
+        let serve_error = |listener: &'static str| {
+            move |e: tonic::transport::Error| NodeError::Serve {
+                listener,
+                reason: e.to_string(),
+            }
+        };
+        // Each listener reports its own failure at once: if one stops, the
+        // node stops as a whole rather than running half-deaf.
+        let peer_server = async { peer_server.await.map_err(serve_error("peer")) };
+        let local_server = async { local_server.await.map_err(serve_error("local")) };
+        let serving = async { tokio::try_join!(peer_server, local_server).map(|_| ()) };
+        tokio::pin!(serving);
+        let served = tokio::select! {
+            result = &mut serving => result,
+            () = shutdown => {
+                tracing::info!("shutting down: draining in-flight calls");
+                set_health(&health, ServingStatus::NotServing).await;
+                stop.cancel();
+                serving.await
+            }
+        };
+        if served.is_err() {
             set_health(&health, ServingStatus::NotServing).await;
             stop.cancel();
-        };
-        let serving = async {
-            let (peer, local) = tokio::join!(peer_server, local_server);
-            peer.map_err(|e| NodeError::Serve {
-                listener: "peer",
-                reason: e.to_string(),
-            })?;
-            local.map_err(|e| NodeError::Serve {
-                listener: "local",
-                reason: e.to_string(),
-            })
-        };
-        let (_, served) = tokio::join!(watcher, serving);
+        }
         // Whatever was acknowledged is already durable; this catches the rest.
         store.flush()?;
         tracing::info!("samvirke node stopped");
@@ -266,12 +273,14 @@ impl Node {
         let peer_addr = listeners.peer.local_addr().ok();
         let local_addr = listeners.local.local_addr().ok();
         let identity = Arc::clone(&self.identity);
+        let local_tls = self.config.local.tls;
         let stop = CancellationToken::new();
         let task = tokio::spawn(self.run(listeners, stop.clone().cancelled_owned()));
         RunningNode {
             peer_addr: peer_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             local_addr: local_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             identity,
+            local_tls,
             stop,
             task,
         }
@@ -329,6 +338,7 @@ pub struct RunningNode {
     pub peer_addr: SocketAddr,
     pub local_addr: SocketAddr,
     pub identity: Arc<NodeIdentity>,
+    local_tls: bool,
     stop: CancellationToken,
     task: JoinHandle<Result<(), NodeError>>,
 }
@@ -339,9 +349,11 @@ impl RunningNode {
         format!("https://{}", self.peer_addr)
     }
 
-    /// The local endpoint URL (`http://127.0.0.1:PORT`).
+    /// The local endpoint URL (`http://127.0.0.1:PORT`, or `https://` when
+    /// the local listener uses TLS).
     pub fn local_endpoint(&self) -> String {
-        format!("http://{}", self.local_addr)
+        let scheme = if self.local_tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// Stops the node and waits until it has drained.

@@ -7,7 +7,8 @@ pub mod v1 {
     tonic::include_proto!("samvirke.v1");
 
     /// Encoded `FileDescriptorSet` of the whole package, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("samvirke_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("samvirke_descriptor");
 
     /// Fully qualified name of the peer service, as reflection lists it.
     pub const PEER_SERVICE_NAME: &str = "samvirke.v1.Peer";

@@ -215,7 +215,11 @@ mod tests {
                 roles: vec![Role::Ingest],
             },
         ]);
-        (registry, admin.secret.to_string(), ingest.secret.to_string())
+        (
+            registry,
+            admin.secret.to_string(),
+            ingest.secret.to_string(),
+        )
     }
 
     fn request(header: Option<&str>) -> tonic::Request<()> {
@@ -243,7 +247,13 @@ mod tests {
         let err = registry
             .authorize(&as_ingest, Role::Read, "Status")
             .expect_err("ingest cannot read");
-        assert!(matches!(err, AuthError::MissingRole { needed: Role::Read, .. }));
+        assert!(matches!(
+            err,
+            AuthError::MissingRole {
+                needed: Role::Read,
+                ..
+            }
+        ));
         assert!(err.to_string().contains("os2iot"));
     }
 

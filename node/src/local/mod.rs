@@ -99,6 +99,8 @@ impl Local for LocalService {
         &self,
         _request: Request<ListGovernanceRequest>,
     ) -> Result<Response<ListGovernanceResponse>, Status> {
-        Err(Status::unimplemented("governance listing is being wired in"))
+        Err(Status::unimplemented(
+            "governance listing is being wired in",
+        ))
     }
 }

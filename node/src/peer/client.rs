@@ -30,13 +30,14 @@ pub async fn connect(
     endpoint: &str,
     tls: &TlsMaterial,
 ) -> Result<PeerClient<Channel>, PeerClientError> {
-    let channel = peer_endpoint(endpoint, tls)?
-        .connect()
-        .await
-        .map_err(|e| PeerClientError::Connect {
-            endpoint: endpoint.to_string(),
-            reason: error_chain(&e),
-        })?;
+    let channel =
+        peer_endpoint(endpoint, tls)?
+            .connect()
+            .await
+            .map_err(|e| PeerClientError::Connect {
+                endpoint: endpoint.to_string(),
+                reason: error_chain(&e),
+            })?;
     Ok(PeerClient::new(channel))
 }
 

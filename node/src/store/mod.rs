@@ -172,7 +172,15 @@ fn claim_directory(dir: &Path, backend: &str) -> Result<Claim, StoreError> {
             if marker_path.exists() {
                 return read_marker(dir, &marker_path).map(|schema| Claim::Existing { schema });
             }
-            if std::fs::read_dir(dir).map_err(io)?.next().is_some() {
+            // A leftover temporary marker means an earlier first start was
+            // cut off before claiming the directory: it is still ours, and empty.
+            let foreign = std::fs::read_dir(dir)
+                .map_err(io)?
+                .filter_map(Result::ok)
+                .any(|entry| {
+                    entry.file_name() != std::ffi::OsStr::new(&format!("{MARKER_FILE}.tmp"))
+                });
+            if foreign {
                 return Err(StoreError::NotAStore {
                     path: dir.to_path_buf(),
                 });
@@ -266,7 +274,10 @@ mod tests {
         std::fs::write(&marker, text.replace("schema = 1", "schema = 99")).expect("write");
         let before = listing(&path);
         let err = SledStore::open(&path).expect_err("newer");
-        assert!(matches!(err, StoreError::NewerSchema { found: 99, .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
         assert_eq!(listing(&path), before);
     }
 
@@ -297,11 +308,34 @@ mod tests {
         let bounded: Vec<Vec<u8>> = store
             .range(
                 Keyspace::Meta,
-                (Bound::Excluded(b"k/1".to_vec()), Bound::Excluded(b"p".to_vec())),
+                (
+                    Bound::Excluded(b"k/1".to_vec()),
+                    Bound::Excluded(b"p".to_vec()),
+                ),
             )
             .map(|entry| entry.expect("entry").0)
             .collect();
         assert_eq!(bounded, vec![b"k/2".to_vec(), b"other".to_vec()]);
+    }
+
+    #[test]
+    fn a_first_start_cut_off_after_the_marker_is_completed_on_the_next_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        std::fs::create_dir(&path).expect("mkdir");
+        claim_directory(&path, "sled").expect("claim");
+        // Crash here: marker written, database never opened.
+        let store = SledStore::open(&path).expect("finishes initialising");
+        assert_eq!(store.schema_version(), SCHEMA_VERSION);
+        drop(store);
+        SledStore::open(&path).expect("and opens normally afterwards");
+    }
+
+    #[test]
+    fn a_leftover_temporary_marker_does_not_make_the_directory_foreign() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(format!("{MARKER_FILE}.tmp")), b"partial").expect("write");
+        SledStore::open(dir.path()).expect("claims the directory");
     }
 
     #[test]

@@ -39,31 +39,40 @@ impl SledStore {
             db,
             schema: SCHEMA_VERSION,
         };
-        match claim {
-            Claim::Created => {
+        let stored = store
+            .get(Keyspace::Meta, SCHEMA_KEY)?
+            .and_then(|bytes| <[u8; 4]>::try_from(bytes.as_slice()).ok())
+            .map(u32::from_be_bytes);
+        match (claim, stored) {
+            // A new store, or one whose first start stopped between writing
+            // the marker and recording the schema (nothing else is in it yet).
+            (Claim::Created, _) | (Claim::Existing { .. }, None) if store.is_empty_meta()? => {
                 let mut batch = WriteBatch::default();
                 batch.put(SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes().to_vec());
                 store.write(Keyspace::Meta, batch)?;
                 store.flush()?;
             }
-            Claim::Existing { schema } => {
+            (Claim::Created, _) => {
+                return Err(StoreError::Backend(
+                    "a freshly claimed store already holds data".to_string(),
+                ));
+            }
+            (Claim::Existing { schema }, stored) => {
                 // The marker and the database must agree; if they do not,
                 // someone replaced one of them and we should not guess.
-                let stored = store
-                    .get(Keyspace::Meta, SCHEMA_KEY)?
-                    .and_then(|bytes| <[u8; 4]>::try_from(bytes.as_slice()).ok())
-                    .map(u32::from_be_bytes);
                 if stored != Some(schema) {
                     return Err(StoreError::BadMarker {
                         path: dir.join(super::MARKER_FILE),
-                        reason: format!(
-                            "marker says schema {schema}, database says {stored:?}"
-                        ),
+                        reason: format!("marker says schema {schema}, database says {stored:?}"),
                     });
                 }
             }
         }
         Ok(store)
+    }
+
+    fn is_empty_meta(&self) -> Result<bool, StoreError> {
+        Ok(self.tree(Keyspace::Meta)?.is_empty())
     }
 
     /// The directory this store lives in.
@@ -81,10 +90,7 @@ fn backend(e: sled::Error) -> StoreError {
 }
 
 fn entries(iter: sled::Iter) -> EntryIter<'static> {
-    Box::new(iter.map(|item| {
-        item.map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .map_err(backend)
-    }))
+    Box::new(iter.map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend)))
 }
 
 impl Store for SledStore {
@@ -93,7 +99,11 @@ impl Store for SledStore {
     }
 
     fn get(&self, space: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree(space)?.get(key).map_err(backend)?.map(|v| v.to_vec()))
+        Ok(self
+            .tree(space)?
+            .get(key)
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
     }
 
     fn write(&self, space: Keyspace, batch: WriteBatch) -> Result<(), StoreError> {
