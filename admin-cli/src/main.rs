@@ -4,18 +4,23 @@
 //! own module; the work itself is done by the `samvirke_node` library.
 #![forbid(unsafe_code)]
 
+mod agreement;
 mod demo;
+mod files;
 mod identity;
 mod init;
+mod key;
 mod pki;
+mod push;
+mod roster;
 mod token;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Samvirke admin CLI: set up nodes, make development PKI, show identities
-/// and run the demo federation.
+/// Samvirke admin CLI: set up nodes, make development PKI, manage rosters
+/// and agreements on files, push them to nodes, and run the demo federation.
 #[derive(Debug, Parser)]
 #[command(name = "samvirke", version, about)]
 struct Cli {
@@ -36,6 +41,17 @@ enum Command {
     /// Local API tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Signing keys for fellowship secretariats.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Fellowship rosters (offline, on files).
+    #[command(subcommand)]
+    Roster(roster::RosterCommand),
+    /// Data-sharing agreements (offline, on files).
+    #[command(subcommand)]
+    Agreement(agreement::AgreementCommand),
+    /// Import a roster or agreement file into a node.
+    Push(push::PushArgs),
     /// Start a three-node demo federation on loopback.
     Demo(demo::DemoArgs),
 }
@@ -47,6 +63,10 @@ fn main() -> ExitCode {
         Command::Pki(command) => pki::run(command),
         Command::Identity(command) => identity::run(command),
         Command::Token(command) => token::run(command),
+        Command::Key(command) => key::run(command),
+        Command::Roster(command) => roster::run(command),
+        Command::Agreement(command) => agreement::run(command),
+        Command::Push(args) => push::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -78,7 +78,7 @@ impl DevFederation {
             let config = Config::load(&made.config_path)?;
             let mut node = Node::open(config.clone())?;
             if let Some(clock) = &clock {
-                node = node.with_clock(clock.clone());
+                node = node.with_clock(clock.clone())?;
             }
             let listeners = Listeners::bind(&config).await?;
             nodes.push(DevNode {

@@ -6,10 +6,16 @@
 //! | no or unknown bearer token | `UNAUTHENTICATED` |
 //! | token without the role | `PERMISSION_DENIED` |
 //! | no client certificate on the peer API | `UNAUTHENTICATED` |
+//! | peer certificate of no current member | `PERMISSION_DENIED` |
+//! | request refused by roster or agreement | `PERMISSION_DENIED`, with the reason |
+//! | malformed roster or agreement | `INVALID_ARGUMENT` |
+//! | valid document not acceptable here and now | `FAILED_PRECONDITION` |
 //! | storage failure | `INTERNAL` (details logged, not sent) |
 
 use tonic::Status;
 
+use crate::governance::registry::ImportError;
+use crate::governance::{Denial, RosterError};
 use crate::local::auth::AuthError;
 use crate::peer::PeerAuthError;
 use crate::store::StoreError;
@@ -32,7 +38,35 @@ impl From<AuthError> for Status {
 impl From<PeerAuthError> for Status {
     fn from(error: PeerAuthError) -> Status {
         tracing::warn!(reason = %error, "peer call refused");
-        Status::unauthenticated(error.to_string())
+        match error {
+            PeerAuthError::NoClientCertificate => Status::unauthenticated(error.to_string()),
+            PeerAuthError::NotAMember(_) => Status::permission_denied(error.to_string()),
+        }
+    }
+}
+
+impl From<Denial> for Status {
+    fn from(denial: Denial) -> Status {
+        tracing::warn!(reason = %denial, "peer request denied");
+        Status::permission_denied(denial.to_string())
+    }
+}
+
+impl From<ImportError> for Status {
+    fn from(error: ImportError) -> Status {
+        tracing::warn!(%error, "governance document refused");
+        match &error {
+            ImportError::Store(_) => {
+                tracing::error!(%error, "storage failure while importing");
+                Status::internal("storage failure on this node; its operator has the details")
+            }
+            ImportError::Roster(
+                RosterError::Document(_) | RosterError::Toml(_) | RosterError::Field(_),
+            )
+            | ImportError::Agreement(_)
+            | ImportError::BadSignature { .. } => Status::invalid_argument(error.to_string()),
+            _ => Status::failed_precondition(error.to_string()),
+        }
     }
 }
 

@@ -7,6 +7,8 @@
 //! One module per concern, so a change has one obvious home:
 //! - [`config`]: load and validate the TOML config, with errors that name the key;
 //! - [`identity`]: the node's Ed25519 signing key, TLS key and certificate, fingerprints;
+//! - [`governance`]: rosters and agreements (parse, verify signatures) and the one
+//!   per-request authorisation decision;
 //! - [`pki`]: development PKI (a CA and node certificates) for tests and demos;
 //! - [`provision`]: create a node directory (keys, config, first admin token);
 //! - [`store`]: the storage trait and its sled implementation;
@@ -25,6 +27,7 @@ pub mod config;
 pub mod devnet;
 pub mod error;
 pub mod fixtures;
+pub mod governance;
 pub mod identity;
 pub mod local;
 pub mod peer;

@@ -31,10 +31,13 @@ use tonic_health::server::HealthReporter;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::governance::registry::{ImportError, Registry};
+use crate::governance::sync;
 use crate::identity::{IdentityError, NodeIdentity};
 use crate::local::LocalService;
 use crate::local::auth::TokenRegistry;
 use crate::peer::PeerService;
+use crate::peer::client::PeerPool;
 use crate::store::{SledStore, Store, StoreError};
 
 /// Keep idle HTTP/2 connections to partners alive through firewalls and
@@ -52,6 +55,8 @@ pub enum NodeError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("stored governance documents could not be loaded: {0}")]
+    Governance(#[from] ImportError),
     #[error("cannot listen on {address} ({listener} listener): {source}")]
     Bind {
         listener: &'static str,
@@ -111,6 +116,7 @@ pub struct Node {
     config: Config,
     identity: Arc<NodeIdentity>,
     store: Arc<dyn Store>,
+    registry: Arc<Registry>,
     clock: SharedClock,
 }
 
@@ -119,18 +125,37 @@ impl Node {
     pub fn open(config: Config) -> Result<Node, NodeError> {
         let identity = Arc::new(NodeIdentity::load(&config)?);
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.node.data_dir)?);
+        Self::assemble(config, identity, store, Arc::new(SystemClock))
+    }
+
+    fn assemble(
+        config: Config,
+        identity: Arc<NodeIdentity>,
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+    ) -> Result<Node, NodeError> {
+        let registry = Arc::new(Registry::open(
+            Arc::clone(&store),
+            config.node.municipality_code,
+            Arc::clone(&clock),
+        )?);
         Ok(Node {
             config,
             identity,
             store,
-            clock: Arc::new(SystemClock),
+            registry,
+            clock,
         })
     }
 
     /// Replaces the clock (tests set "now" this way).
-    pub fn with_clock(mut self, clock: SharedClock) -> Node {
-        self.clock = clock;
-        self
+    pub fn with_clock(self, clock: SharedClock) -> Result<Node, NodeError> {
+        Self::assemble(self.config, self.identity, self.store, clock)
+    }
+
+    /// The node's governance registry (rosters and agreements).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// This node's identity.
@@ -186,14 +211,25 @@ impl Node {
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
 
-        let peer_service = PeerService::new(Arc::clone(&self.identity), Arc::clone(&self.clock));
+        let peer_service = PeerService::new(
+            Arc::clone(&self.identity),
+            Arc::clone(&self.registry),
+            Arc::clone(&self.clock),
+        );
         let local_service = LocalService::new(
             Arc::clone(&self.identity),
             Arc::new(TokenRegistry::new(&self.config.local.tokens)),
             Arc::clone(&self.store),
+            Arc::clone(&self.registry),
             Arc::clone(&self.clock),
             listener_info,
         );
+        let anti_entropy = tokio::spawn(sync::run(
+            Arc::clone(&self.registry),
+            PeerPool::new(self.identity.tls.clone()),
+            self.config.governance.sync_interval,
+            stop.clone(),
+        ));
 
         let peer_server = Server::builder()
             .tls_config(self.peer_tls())
@@ -262,6 +298,9 @@ impl Node {
             set_health(&health, ServingStatus::NotServing).await;
             stop.cancel();
         }
+        if let Err(error) = anti_entropy.await {
+            tracing::error!(%error, "anti-entropy task failed");
+        }
         // Whatever was acknowledged is already durable; this catches the rest.
         store.flush()?;
         tracing::info!("samvirke node stopped");
@@ -273,6 +312,7 @@ impl Node {
         let peer_addr = listeners.peer.local_addr().ok();
         let local_addr = listeners.local.local_addr().ok();
         let identity = Arc::clone(&self.identity);
+        let registry = Arc::clone(&self.registry);
         let local_tls = self.config.local.tls;
         let stop = CancellationToken::new();
         let task = tokio::spawn(self.run(listeners, stop.clone().cancelled_owned()));
@@ -280,6 +320,7 @@ impl Node {
             peer_addr: peer_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             local_addr: local_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             identity,
+            registry,
             local_tls,
             stop,
             task,
@@ -338,6 +379,7 @@ pub struct RunningNode {
     pub peer_addr: SocketAddr,
     pub local_addr: SocketAddr,
     pub identity: Arc<NodeIdentity>,
+    pub registry: Arc<Registry>,
     local_tls: bool,
     stop: CancellationToken,
     task: JoinHandle<Result<(), NodeError>>,

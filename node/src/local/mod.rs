@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use crate::clock::SharedClock;
+use crate::governance::registry::{Imported, Registry};
 use crate::identity::NodeIdentity;
 use crate::store::Store;
 use auth::{Role, TokenRegistry};
@@ -26,6 +27,7 @@ pub struct LocalService {
     identity: Arc<NodeIdentity>,
     tokens: Arc<TokenRegistry>,
     store: Arc<dyn Store>,
+    registry: Arc<Registry>,
     clock: SharedClock,
     started_at: OffsetDateTime,
     listeners: Vec<ListenerInfo>,
@@ -37,6 +39,7 @@ impl LocalService {
         identity: Arc<NodeIdentity>,
         tokens: Arc<TokenRegistry>,
         store: Arc<dyn Store>,
+        registry: Arc<Registry>,
         clock: SharedClock,
         listeners: Vec<ListenerInfo>,
     ) -> LocalService {
@@ -45,6 +48,7 @@ impl LocalService {
             identity,
             tokens,
             store,
+            registry,
             clock,
             started_at,
             listeners,
@@ -83,24 +87,65 @@ impl Local for LocalService {
 
     async fn import_roster(
         &self,
-        _request: Request<ImportRosterRequest>,
+        request: Request<ImportRosterRequest>,
     ) -> Result<Response<ImportRosterResponse>, Status> {
-        Err(Status::unimplemented("roster import is being wired in"))
+        let caller =
+            self.tokens
+                .authorize(&request, Role::Admin, "samvirke.v1.Local/ImportRoster")?;
+        let ask = request.into_inner();
+        let document = ask
+            .document
+            .ok_or_else(|| Status::invalid_argument("document: missing"))?;
+        let (imported, roster) = self
+            .registry
+            .import_roster(&document.content, ask.trust_anchor)?;
+        tracing::info!(
+            token = %caller.name,
+            fellowship = roster.fellowship(),
+            serial = roster.serial(),
+            changed = imported == Imported::Changed,
+            "roster import by operator"
+        );
+        Ok(Response::new(ImportRosterResponse {
+            roster: Some(self.registry.roster_info(&roster)),
+            changed: imported == Imported::Changed,
+        }))
     }
 
     async fn import_agreement(
         &self,
-        _request: Request<ImportAgreementRequest>,
+        request: Request<ImportAgreementRequest>,
     ) -> Result<Response<ImportAgreementResponse>, Status> {
-        Err(Status::unimplemented("agreement import is being wired in"))
+        let caller =
+            self.tokens
+                .authorize(&request, Role::Admin, "samvirke.v1.Local/ImportAgreement")?;
+        let document = request
+            .into_inner()
+            .document
+            .ok_or_else(|| Status::invalid_argument("document: missing"))?;
+        let (imported, agreement) = self.registry.import_agreement(&document.content)?;
+        tracing::info!(
+            token = %caller.name,
+            agreement = %agreement.id(),
+            changed = imported == Imported::Changed,
+            "agreement import by operator"
+        );
+        Ok(Response::new(ImportAgreementResponse {
+            agreement: Some(self.registry.agreement_info(&agreement)),
+            changed: imported == Imported::Changed,
+        }))
     }
 
     async fn list_governance(
         &self,
-        _request: Request<ListGovernanceRequest>,
+        request: Request<ListGovernanceRequest>,
     ) -> Result<Response<ListGovernanceResponse>, Status> {
-        Err(Status::unimplemented(
-            "governance listing is being wired in",
-        ))
+        self.tokens
+            .authorize(&request, Role::Read, "samvirke.v1.Local/ListGovernance")?;
+        let (rosters, agreements) = self.registry.list();
+        Ok(Response::new(ListGovernanceResponse {
+            rosters,
+            agreements,
+        }))
     }
 }

@@ -16,7 +16,11 @@ use samvirke_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use uuid::Uuid;
+
 use crate::clock::SharedClock;
+use crate::governance::registry::{Registry, operation_from_proto, operation_to_proto};
+use crate::governance::{AccessRequest, DatasetRef, sync};
 use crate::identity::{Fingerprint, NodeIdentity};
 use crate::local::timestamp;
 
@@ -25,6 +29,11 @@ use crate::local::timestamp;
 pub enum PeerAuthError {
     #[error("no TLS client certificate on this connection; the peer API needs mutual TLS")]
     NoClientCertificate,
+    #[error(
+        "certificate {0} belongs to no current member of any fellowship this node follows; \
+         if it was renewed, the fellowship roster must be updated with the new fingerprint"
+    )]
+    NotAMember(Fingerprint),
 }
 
 /// The fingerprint of the certificate the caller presented in the TLS
@@ -40,13 +49,22 @@ pub fn caller_fingerprint<T>(request: &Request<T>) -> Result<Fingerprint, PeerAu
 #[derive(Debug)]
 pub struct PeerService {
     identity: Arc<NodeIdentity>,
+    registry: Arc<Registry>,
     clock: SharedClock,
 }
 
 impl PeerService {
-    /// A peer service answering as `identity`.
-    pub fn new(identity: Arc<NodeIdentity>, clock: SharedClock) -> PeerService {
-        PeerService { identity, clock }
+    /// A peer service answering as `identity`, judging calls by `registry`.
+    pub fn new(
+        identity: Arc<NodeIdentity>,
+        registry: Arc<Registry>,
+        clock: SharedClock,
+    ) -> PeerService {
+        PeerService {
+            identity,
+            registry,
+            clock,
+        }
     }
 }
 
@@ -73,15 +91,73 @@ impl Peer for PeerService {
 
     async fn sync_governance(
         &self,
-        _request: Request<SyncGovernanceRequest>,
+        request: Request<SyncGovernanceRequest>,
     ) -> Result<Response<SyncGovernanceResponse>, Status> {
-        Err(Status::unimplemented("governance sync is being wired in"))
+        let caller = caller_fingerprint(&request)?;
+        let fellowships = self.registry.fellowships_of(&caller);
+        if fellowships.is_empty() {
+            return Err(PeerAuthError::NotAMember(caller).into());
+        }
+        let answer = sync::answer(
+            &self.registry,
+            &caller.to_string(),
+            &fellowships,
+            request.into_inner(),
+        )?;
+        Ok(Response::new(answer))
     }
 
     async fn check_access(
         &self,
-        _request: Request<CheckAccessRequest>,
+        request: Request<CheckAccessRequest>,
     ) -> Result<Response<CheckAccessResponse>, Status> {
-        Err(Status::unimplemented("access checks are being wired in"))
+        let caller = caller_fingerprint(&request)?;
+        let ask = request.into_inner();
+        let access = access_request(caller, &ask)?;
+        let grant = self.registry.authorize(&access)?;
+        tracing::info!(
+            caller = grant.caller_code,
+            agreement = %grant.agreement_id,
+            operation = access.operation.as_str(),
+            dataset = %ask.dataset_id,
+            "access check allowed"
+        );
+        Ok(Response::new(CheckAccessResponse {
+            agreement_id: grant.agreement_id.to_string(),
+            caller_member_code: grant.caller_code,
+            operations: grant
+                .operations
+                .iter()
+                .map(|op| operation_to_proto(*op) as i32)
+                .collect(),
+            min_group_size: grant.min_group_size.unwrap_or(0),
+            excluded_fields: grant.excluded_fields,
+        }))
     }
+}
+
+/// The authorisation question a peer request asks, from its fields.
+/// Until the data plane resolves datasets from the catalog, a dataset is
+/// known only by its id, so only id-scoped agreements cover it.
+fn access_request(caller: Fingerprint, ask: &CheckAccessRequest) -> Result<AccessRequest, Status> {
+    let agreement_id = Uuid::parse_str(&ask.agreement_id).map_err(|_| {
+        Status::invalid_argument(format!(
+            "agreement_id: `{}` is not a UUID",
+            ask.agreement_id
+        ))
+    })?;
+    let operation = operation_from_proto(ask.operation)
+        .ok_or_else(|| Status::invalid_argument("operation: must be CATALOG, READ or AGGREGATE"))?;
+    let dataset = (!ask.dataset_id.is_empty()).then(|| DatasetRef {
+        id: ask.dataset_id.clone(),
+        kind: String::new(),
+        keywords: Vec::new(),
+    });
+    Ok(AccessRequest {
+        caller_fingerprint: caller,
+        claimed_code: (ask.claimed_member_code != 0).then_some(ask.claimed_member_code),
+        agreement_id,
+        operation,
+        dataset,
+    })
 }

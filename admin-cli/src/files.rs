@@ -1,0 +1,52 @@
+//! Reading and writing document files for the CLI commands.
+
+use std::path::Path;
+
+use anyhow::Context;
+use samvirke_node::identity::{read_signing_key, write_public_file};
+
+/// Reads a whole file.
+pub fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Reads a text file.
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Writes a document file, replacing it through a temporary file so a
+/// crash never leaves half a document.
+pub fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let temporary = path.with_extension("tmp-write");
+    write_public_file(&temporary, bytes)?;
+    std::fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads a signing key file.
+pub fn signing_key(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    Ok(read_signing_key(path)?)
+}
+
+/// Parses a date `YYYY-MM-DD`.
+pub fn date(text: &str) -> anyhow::Result<time::Date> {
+    time::Date::parse(
+        text,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .with_context(|| format!("`{text}` is not a date like 2025-01-01"))
+}
+
+/// Parses an RFC 3339 instant, or a date meaning 00:00 UTC that day.
+pub fn instant(text: &str) -> anyhow::Result<time::OffsetDateTime> {
+    if let Ok(at) =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        return Ok(at);
+    }
+    Ok(date(text)
+        .with_context(|| format!("`{text}` is neither RFC 3339 nor YYYY-MM-DD"))?
+        .midnight()
+        .assume_utc())
+}
