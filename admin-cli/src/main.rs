@@ -10,6 +10,7 @@ mod files;
 mod identity;
 mod init;
 mod key;
+mod local;
 mod pki;
 mod push;
 mod roster;

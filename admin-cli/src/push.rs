@@ -8,11 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use samvirke_node::governance::files::DocumentKind;
-use samvirke_proto::v1::local_client::LocalClient;
 use samvirke_proto::v1::{ImportAgreementRequest, ImportRosterRequest, SignedDocumentBytes};
-use tonic::metadata::MetadataValue;
 
-use crate::files;
+use crate::{files, local};
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
@@ -37,21 +35,7 @@ pub fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
 async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let content = files::read(&args.file)?;
     let kind = DocumentKind::detect(&content)?;
-    let channel = tonic::transport::Endpoint::from_shared(args.node.clone())
-        .with_context(|| format!("`{}` is not a URL", args.node))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {}", args.node))?;
-    let bearer: MetadataValue<_> = format!("Bearer {}", args.token)
-        .parse()
-        .context("the token has characters a header cannot carry")?;
-    let mut client =
-        LocalClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-            request
-                .metadata_mut()
-                .insert("authorization", bearer.clone());
-            Ok(request)
-        });
+    let mut client = local::connect(&args.node, &args.token).await?;
     let document = Some(SignedDocumentBytes { content });
     let refused = |status: tonic::Status| {
         anyhow::anyhow!(

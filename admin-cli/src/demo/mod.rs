@@ -1,8 +1,13 @@
 //! `samvirke demo`: three municipalities (Aarhus 751, Vejle 630,
 //! Albertslund 165) run real nodes on loopback with fresh development PKI
-//! in a temporary directory; each calls the others' `Hello` over mutual TLS
-//! and the demo prints what happened. It keeps serving until Ctrl-C, or
-//! exits at once with `--exit` (status 1 if any call failed).
+//! in a temporary directory; each calls the others' `Hello` over mutual TLS.
+//! Then governance: the GovTech Midtjylland secretariat signs a roster of
+//! Aarhus and Vejle, Aarhus and Vejle sign an agreement (Aarhus shares air
+//! quality aggregates with Vejle), both are built with the same library
+//! code the CLI uses and imported through the local API; the agreement
+//! reaches Vejle by anti-entropy, and the demo shows one allowed and two
+//! denied calls with their reasons. It keeps serving until Ctrl-C, or exits
+//! at once with `--exit` (status 1 if any step went otherwise).
 
 use std::process::ExitCode;
 
@@ -16,6 +21,8 @@ use samvirke_node::provision::{TLS_CERT_FILE, TLS_KEY_FILE, TRUST_ROOTS_FILE};
 use samvirke_node::telemetry;
 use samvirke_proto::v1::HelloRequest;
 
+mod governance;
+
 /// The demo fellowship's municipalities: Aarhus, Vejle, Albertslund.
 pub const DEMO_MUNICIPALITIES: [u32; 3] = [751, 630, 165];
 
@@ -27,8 +34,9 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    // Node logs would drown the story the demo tells; SAMVIRKE_LOG=info shows them.
-    telemetry::init(LogFormat::Text, "warn");
+    // Node logs (denials are logged as warnings) would drown the story the
+    // demo tells; SAMVIRKE_LOG=info shows them.
+    telemetry::init(LogFormat::Text, "error");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(demo(args))
 }
@@ -87,6 +95,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     println!();
     println!("{} of {calls} Hello calls succeeded.", calls - failures);
+    println!();
+    failures += governance::show(&federation, workdir.path()).await?;
 
     if !args.exit {
         let aarhus = &federation.nodes[0];
