@@ -11,7 +11,7 @@ use samvirke_node::governance::{
 use samvirke_node::identity::signing_key_text;
 use time::OffsetDateTime;
 
-use crate::files;
+use crate::files::{self, SignArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum AgreementCommand {
@@ -78,15 +78,6 @@ pub struct DraftArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SignArgs {
-    /// The agreement file; the signature is appended in place.
-    file: PathBuf,
-    /// Your node's signing key (keys/signing.pem).
-    #[arg(long, value_name = "FILE")]
-    key: PathBuf,
-}
-
-#[derive(Debug, Args)]
 pub struct RosterArgs {
     file: PathBuf,
     /// The fellowship's current roster, to name signers and find who is missing.
@@ -97,11 +88,6 @@ pub struct RosterArgs {
 fn load(path: &Path) -> anyhow::Result<Agreement> {
     Agreement::parse(&files::read(path)?)
         .with_context(|| format!("{} is not a valid agreement", path.display()))
-}
-
-fn load_roster(path: &Path) -> anyhow::Result<Roster> {
-    Roster::parse(&files::read(path)?)
-        .with_context(|| format!("{} is not a valid roster", path.display()))
 }
 
 pub fn run(command: AgreementCommand) -> anyhow::Result<ExitCode> {
@@ -120,7 +106,7 @@ pub fn run(command: AgreementCommand) -> anyhow::Result<ExitCode> {
         }
         AgreementCommand::Verify(args) => {
             let agreement = load(&args.file)?;
-            let roster = load_roster(&args.roster)?;
+            let roster = files::roster(&args.roster)?;
             agreement
                 .document()
                 .valid_signers(DocumentType::Agreement)
@@ -146,7 +132,7 @@ pub fn run(command: AgreementCommand) -> anyhow::Result<ExitCode> {
                 agreement.status_at(&roster, OffsetDateTime::now_utc())
             );
         }
-        AgreementCommand::Show(args) => show(&load(&args.file)?, &load_roster(&args.roster)?),
+        AgreementCommand::Show(args) => show(&load(&args.file)?, &files::roster(&args.roster)?),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,8 +2,27 @@
 
 use std::path::Path;
 
+use std::path::PathBuf;
+
 use anyhow::Context;
+use clap::Args;
+use samvirke_node::governance::Roster;
 use samvirke_node::identity::{read_signing_key, write_public_file};
+
+/// Arguments of `roster sign` and `agreement sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The document file; the signature is appended in place.
+    pub file: PathBuf,
+    /// Your signing key: a node's keys/signing.pem, or the secretariat's key.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+}
+
+/// Reads and parses a roster file.
+pub fn roster(path: &Path) -> anyhow::Result<Roster> {
+    Roster::parse(&read(path)?).with_context(|| format!("{} is not a valid roster", path.display()))
+}
 
 /// Reads a whole file.
 pub fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -5,7 +5,7 @@
 //! written to `--out`, because a signed roster is a record that never
 //! changes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -16,7 +16,7 @@ use samvirke_node::governance::{DecisionRule, Roster, RosterBody, accept_first, 
 use samvirke_node::identity::{parse_signing_key_text, signing_key_text};
 use time::OffsetDateTime;
 
-use crate::files;
+use crate::files::{self, SignArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum RosterCommand {
@@ -98,15 +98,6 @@ pub struct UpdateMemberArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SignArgs {
-    /// The roster file; the signature is appended in place.
-    file: PathBuf,
-    /// Your signing key (a node's keys/signing.pem, or the secretariat's key).
-    #[arg(long, value_name = "FILE")]
-    key: PathBuf,
-}
-
-#[derive(Debug, Args)]
 pub struct VerifyArgs {
     file: PathBuf,
     /// The roster this one replaces; without it, FILE is checked as a trust anchor.
@@ -119,18 +110,13 @@ pub struct ShowArgs {
     file: PathBuf,
 }
 
-fn load(path: &Path) -> anyhow::Result<Roster> {
-    Roster::parse(&files::read(path)?)
-        .with_context(|| format!("{} is not a valid roster", path.display()))
-}
-
 /// Applies `edit` to the roster at `target`: to the draft itself, or to
 /// the next serial's draft when the file is signed.
 fn edit(
     target: &EditTarget,
     change: impl FnOnce(&mut RosterBody) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let roster = load(&target.file)?;
+    let roster = files::roster(&target.file)?;
     let signed = !roster.document().signatures.is_empty();
     let mut body = if signed {
         roster.next_draft(OffsetDateTime::now_utc())
@@ -214,7 +200,7 @@ pub fn run(command: RosterCommand) -> anyhow::Result<ExitCode> {
             })?;
         }
         RosterCommand::Sign(args) => {
-            let mut roster = load(&args.file)?;
+            let mut roster = files::roster(&args.file)?;
             let key = files::signing_key(&args.key)?;
             roster.sign(&key)?;
             files::write(&args.file, &roster.to_bytes())?;
@@ -225,21 +211,20 @@ pub fn run(command: RosterCommand) -> anyhow::Result<ExitCode> {
             );
         }
         RosterCommand::Verify(args) => {
-            let roster = load(&args.file)?;
+            let roster = files::roster(&args.file)?;
             let now = OffsetDateTime::now_utc();
             match &args.previous {
                 None => accept_first(&roster, now).with_context(|| {
                     format!("{} is not a valid trust anchor", args.file.display())
                 })?,
-                Some(previous) => {
-                    accept_next(&load(previous)?, &roster, now).with_context(|| {
+                Some(previous) => accept_next(&files::roster(previous)?, &roster, now)
+                    .with_context(|| {
                         format!(
                             "{} may not follow {}",
                             args.file.display(),
                             previous.display()
                         )
-                    })?
-                }
+                    })?,
             }
             println!(
                 "OK: serial {} of `{}`, {} signatures, digest {}",
@@ -249,7 +234,7 @@ pub fn run(command: RosterCommand) -> anyhow::Result<ExitCode> {
                 roster.digest()
             );
         }
-        RosterCommand::Show(args) => show(&load(&args.file)?),
+        RosterCommand::Show(args) => show(&files::roster(&args.file)?),
     }
     Ok(ExitCode::SUCCESS)
 }
