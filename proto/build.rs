@@ -9,6 +9,7 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "samvirke/v1/common.proto",
     "samvirke/v1/governance.proto",
+    "samvirke/v1/data.proto",
     "samvirke/v1/peer.proto",
     "samvirke/v1/local.proto",
 ];
