@@ -13,7 +13,12 @@
 //!   what the peer listener does with a client;
 //! - [`start_node`]: one node with extra `[[local.tokens]]` entries;
 //! - [`health_status`], [`list_services`]: the standard health and
-//!   reflection services as grpcurl would call them.
+//!   reflection services as grpcurl would call them;
+//! - [`GovernanceFixture`]: a development federation on a [`ManualClock`]
+//!   with a fellowship secretariat key, building signed rosters and
+//!   agreements the way the CLI does, importing them through each node's
+//!   local API and asking providers `Peer/CheckAccess` over mutual TLS;
+//!   with [`flip_positions`], [`assert_denied`] and [`eventually`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,6 +50,27 @@ use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+use ed25519_dalek::SigningKey;
+use samvirke_node::clock::{Clock, ManualClock, SharedClock};
+use samvirke_node::devnet::{DevFederation, DevNode};
+use samvirke_node::governance::document::SEPARATOR;
+use samvirke_node::governance::files::IdentityCard;
+use samvirke_node::governance::registry::operation_to_proto;
+use samvirke_node::governance::{
+    Agreement, AgreementBody, Consumers, DecisionRule, LegalBasis, Member, Operation, Roster,
+    RosterBody, Scope,
+};
+use samvirke_node::identity::{generate_signing_key, write_private_file};
+use samvirke_node::peer::client::connect;
+use samvirke_proto::v1::{
+    CheckAccessRequest, CheckAccessResponse, ImportAgreementRequest, ImportAgreementResponse,
+    ImportRosterRequest, ImportRosterResponse, ListGovernanceRequest, ListGovernanceResponse,
+    SignedDocumentBytes,
+};
+use time::OffsetDateTime;
+use time::macros::{date, datetime};
+use tonic::Code;
 
 /// Upper bound for any single network step in a test (connect, handshake,
 /// call). Generous, so a slow CI machine does not fail a test; its only job
@@ -422,4 +448,384 @@ pub async fn list_services(channel: Channel) -> Vec<String> {
             .collect(),
         other => panic!("expected a ListServices response, got {other:?}"),
     }
+}
+
+// ---- Governance ------------------------------------------------------------
+
+/// The fellowship the governance fixtures build documents for.
+pub const FELLOWSHIP: &str = "digit";
+
+/// The dataset [`GovernanceFixture::terms`] covers.
+pub const DATASET: &str = "greve-luftkvalitet";
+
+/// A development federation whose nodes share one [`ManualClock`], and a
+/// fellowship secretariat key to sign rosters with. Documents are built
+/// with the library the `samvirke` CLI uses (identity cards, drafts,
+/// signatures) and reach the nodes only through their real local API.
+#[derive(Debug)]
+pub struct GovernanceFixture {
+    /// Where the nodes live; removed when the fixture is dropped.
+    pub dir: tempfile::TempDir,
+    pub fed: DevFederation,
+    /// "Now" for every node of the federation.
+    pub clock: Arc<ManualClock>,
+    /// The secretariat's signing key (not any node's).
+    pub secretariat: SigningKey,
+}
+
+impl GovernanceFixture {
+    /// Starts one node per municipality code, all reading `now` from one
+    /// manual clock.
+    pub async fn start(codes: &[u32], now: OffsetDateTime) -> GovernanceFixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::new(now));
+        let shared: SharedClock = clock.clone();
+        let fed = DevFederation::start_with_clock(dir.path(), codes, Some(shared))
+            .await
+            .expect("start the development federation");
+        GovernanceFixture {
+            dir,
+            fed,
+            clock,
+            secretariat: generate_signing_key().expect("secretariat key"),
+        }
+    }
+
+    /// Moves "now" for every node.
+    pub fn set_now(&self, now: OffsetDateTime) {
+        self.clock.set(now);
+    }
+
+    /// The node of municipality `code`.
+    pub fn node(&self, code: u32) -> &DevNode {
+        self.fed
+            .nodes
+            .iter()
+            .find(|n| n.running.identity.municipality_code == code)
+            .unwrap_or_else(|| panic!("no node for municipality {code} in this federation"))
+    }
+
+    /// The document-signing key of the node of `code`.
+    pub fn key(&self, code: u32) -> &SigningKey {
+        self.node(code).running.identity.signing_key()
+    }
+
+    /// The roster entry for the node of `code`, from its identity card
+    /// (what `samvirke identity show` prints), joined on 2016-01-01.
+    pub fn member(&self, code: u32) -> Member {
+        let node = self.node(code);
+        IdentityCard::of_node(&node.running.identity, &node.running.peer_endpoint())
+            .to_member(date!(2016 - 01 - 01))
+            .expect("an identity card with an endpoint makes a member")
+    }
+
+    /// The roster entries of the nodes of `codes`.
+    pub fn members(&self, codes: &[u32]) -> Vec<Member> {
+        codes.iter().map(|code| self.member(*code)).collect()
+    }
+
+    /// Serial 1 of the fellowship's roster, issued now, unsigned.
+    pub fn first_roster(&self, rule: DecisionRule, members: Vec<Member>) -> RosterBody {
+        RosterBody::first(
+            FELLOWSHIP,
+            "DIGIT - Digitaliseringsforeningen (Midtsjaelland)",
+            self.secretariat.verifying_key(),
+            rule,
+            self.clock.now(),
+            members,
+        )
+    }
+
+    /// The draft of the serial after `current`, issued now, changed by `edit`.
+    pub fn next_roster(&self, current: &Roster, edit: impl FnOnce(&mut RosterBody)) -> RosterBody {
+        let mut body = current.next_draft(self.clock.now());
+        edit(&mut body);
+        body
+    }
+
+    /// `body` signed by each of `signers`, in order.
+    pub fn sign_roster(&self, body: &RosterBody, signers: &[&SigningKey]) -> Roster {
+        let mut roster = body.to_draft().expect("the roster body renders");
+        for key in signers {
+            roster.sign(key).expect("sign the roster");
+        }
+        roster
+    }
+
+    /// Serial 1 with `rule` and the members `codes`, signed by the
+    /// secretariat (a valid trust anchor).
+    pub fn anchor(&self, rule: DecisionRule, codes: &[u32]) -> Roster {
+        self.sign_roster(
+            &self.first_roster(rule, self.members(codes)),
+            &[&self.secretariat],
+        )
+    }
+
+    /// Agreement terms: `provider` shares dataset [`DATASET`] with
+    /// `consumers` for catalog and read, never the fields `cpr` and
+    /// `address`, from 2024-01-01 until 2026-01-01 (UTC). Tests change
+    /// what they are about.
+    pub fn terms(&self, provider: u32, consumers: Consumers) -> AgreementBody {
+        AgreementBody {
+            id: AgreementBody::new_id(),
+            fellowship: FELLOWSHIP.to_string(),
+            provider,
+            consumers,
+            scope: Scope {
+                datasets: vec![DATASET.to_string()],
+                kinds: Vec::new(),
+                keywords: Vec::new(),
+            },
+            operations: vec![Operation::Catalog, Operation::Read],
+            min_group_size: None,
+            purpose: "Shared air quality monitoring".to_string(),
+            legal_basis: LegalBasis {
+                code: "GDPR art. 6(1)(e)".to_string(),
+                text: "Task carried out in the public interest".to_string(),
+            },
+            excluded_fields: vec!["cpr".to_string(), "address".to_string()],
+            valid_from: datetime!(2024-01-01 00:00 UTC),
+            valid_until: datetime!(2026-01-01 00:00 UTC),
+        }
+    }
+
+    /// `terms` signed by each of `signers`, in order.
+    pub fn sign_agreement(&self, terms: &AgreementBody, signers: &[&SigningKey]) -> Agreement {
+        let mut agreement = terms.to_draft().expect("the agreement terms render");
+        for key in signers {
+            agreement.sign(key).expect("sign the agreement");
+        }
+        agreement
+    }
+
+    /// `terms` signed by the nodes of `codes`, in order.
+    pub fn agreement(&self, terms: &AgreementBody, codes: &[u32]) -> Agreement {
+        let keys: Vec<&SigningKey> = codes.iter().map(|code| self.key(*code)).collect();
+        self.sign_agreement(terms, &keys)
+    }
+
+    /// A local API client for the node of `code`, with its admin token.
+    pub async fn admin(&self, code: u32) -> TokenLocalClient {
+        let node = self.node(code);
+        local_client(
+            &node.running.local_endpoint(),
+            Some(node.admin_token.as_str()),
+        )
+        .await
+    }
+
+    /// `Local/ImportRoster` of `file` at the node of `code`.
+    pub async fn import_roster(
+        &self,
+        code: u32,
+        file: &[u8],
+        trust_anchor: bool,
+    ) -> Result<ImportRosterResponse, Status> {
+        self.admin(code)
+            .await
+            .import_roster(ImportRosterRequest {
+                document: Some(SignedDocumentBytes {
+                    content: file.to_vec(),
+                }),
+                trust_anchor,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Pins `roster` as the trust anchor on every node of the federation.
+    pub async fn import_everywhere(&self, roster: &Roster) {
+        for node in &self.fed.nodes {
+            let code = node.running.identity.municipality_code;
+            self.import_roster(code, &roster.to_bytes(), true)
+                .await
+                .unwrap_or_else(|status| panic!("node {code} refused the roster: {status:?}"));
+        }
+    }
+
+    /// `Local/ImportAgreement` of `file` at the node of `code`.
+    pub async fn import_agreement(
+        &self,
+        code: u32,
+        file: &[u8],
+    ) -> Result<ImportAgreementResponse, Status> {
+        self.admin(code)
+            .await
+            .import_agreement(ImportAgreementRequest {
+                document: Some(SignedDocumentBytes {
+                    content: file.to_vec(),
+                }),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// `Local/ListGovernance` at the node of `code`.
+    pub async fn list(&self, code: u32) -> ListGovernanceResponse {
+        self.admin(code)
+            .await
+            .list_governance(ListGovernanceRequest {})
+            .await
+            .expect("ListGovernance with the admin token")
+            .into_inner()
+    }
+
+    /// The node of `caller` asks the node of `provider`, over mutual TLS
+    /// with its own certificate and claiming its own code, whether it may
+    /// do `operation` on `dataset` under `agreement`.
+    pub async fn check(
+        &self,
+        caller: u32,
+        provider: u32,
+        agreement: &Agreement,
+        operation: Operation,
+        dataset: &str,
+    ) -> Result<CheckAccessResponse, Status> {
+        let tls = self.node(caller).running.identity.tls.clone();
+        self.check_as(
+            &tls,
+            provider,
+            CheckAccessRequest {
+                agreement_id: agreement.id().to_string(),
+                operation: operation_to_proto(operation) as i32,
+                dataset_id: dataset.to_string(),
+                claimed_member_code: caller,
+            },
+        )
+        .await
+    }
+
+    /// Sends `request` to the provider `provider`'s peer API presenting `tls`.
+    pub async fn check_as(
+        &self,
+        tls: &TlsMaterial,
+        provider: u32,
+        request: CheckAccessRequest,
+    ) -> Result<CheckAccessResponse, Status> {
+        let endpoint = self.node(provider).running.peer_endpoint();
+        let call = async {
+            let mut client = connect(&endpoint, tls)
+                .await
+                .unwrap_or_else(|e| panic!("mutual TLS to {endpoint}: {e}"));
+            client
+                .check_access(request)
+                .await
+                .map(tonic::Response::into_inner)
+        };
+        tokio::time::timeout(IO_TIMEOUT, call)
+            .await
+            .expect("CheckAccess answers promptly")
+    }
+
+    /// A second certificate for the node of `code`, from the federation's
+    /// CA (what a renewal gives an operator), as TLS material a client can
+    /// present. The node itself keeps serving with its first one.
+    pub fn renewed_certificate(&self, code: u32) -> TlsMaterial {
+        let node = self.node(code);
+        let dir = self.dir.path().join(format!("renewed-{code}"));
+        std::fs::create_dir_all(&dir).expect("create the renewal directory");
+        let (certificate, key) = (dir.join("node.crt"), dir.join("node.key"));
+        let issued = self
+            .fed
+            .ca
+            .issue_node(&node.running.identity.municipality_name, &loopback_hosts())
+            .expect("issue a second node certificate");
+        write_private_file(&key, issued.key_pem.as_bytes()).expect("write the key (0600)");
+        std::fs::write(&certificate, &issued.certificate_pem).expect("write the certificate");
+        TlsMaterial::load(&certificate, &key, &node.config.peer.trust_roots)
+            .expect("load the renewed TLS material")
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(self) {
+        self.fed.shutdown().await.expect("shutdown");
+    }
+}
+
+/// Asserts `result` is `PERMISSION_DENIED` and its message contains every
+/// one of `parts`; returns the message.
+pub fn assert_denied<T: std::fmt::Debug>(result: Result<T, Status>, parts: &[&str]) -> String {
+    assert_status(result, &[Code::PermissionDenied], parts)
+}
+
+/// Asserts `result` failed with one of `codes` and a message containing
+/// every one of `parts`; returns the message.
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    codes: &[Code],
+    parts: &[&str],
+) -> String {
+    let status = result.expect_err("the call should have been refused");
+    assert!(
+        codes.contains(&status.code()),
+        "expected one of {codes:?}, got {:?}: {}",
+        status.code(),
+        status.message()
+    );
+    for part in parts {
+        assert!(
+            status.message().contains(part),
+            "the message should contain `{part}`: {}",
+            status.message()
+        );
+    }
+    status.message().to_string()
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, for at most 5 s;
+/// panics naming `what` if it never does. The polling is the readiness
+/// signal (no sleeps elsewhere).
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 5 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Byte positions to damage in a signed document file: the first bytes,
+/// points spread over the body, the separator line, the prefix, key,
+/// signature and newline of every signature line, and the last byte.
+pub fn flip_positions(file: &[u8]) -> Vec<usize> {
+    let len = file.len();
+    let separator = SEPARATOR.as_bytes();
+    let at = file
+        .windows(separator.len())
+        .position(|w| w == separator)
+        .expect("a signed file has a separator line");
+    let mut positions = std::collections::BTreeSet::new();
+    positions.extend([0, 1, at / 4, at / 2, 3 * at / 4, at - 1]);
+    positions.extend([
+        at,
+        at + 4,
+        at + separator.len() / 2,
+        at + separator.len() - 1,
+    ]);
+    let mut line = at + separator.len();
+    while line < len {
+        // `sig ed25519:` (12), key (64 hex), space, signature (128 hex), `\n`.
+        positions.extend([line, line + 4, line + 12, line + 43, line + 76, line + 77]);
+        positions.extend([line + 140, line + 205]);
+        line += 206;
+    }
+    positions.extend((1..10).map(|k| k * len / 10));
+    positions.insert(len - 1);
+    positions.into_iter().filter(|p| *p < len).collect()
+}
+
+/// `file` with the byte at `position` xor 0x01.
+pub fn flipped(file: &[u8], position: usize) -> Vec<u8> {
+    let mut damaged = file.to_vec();
+    damaged[position] ^= 0x01;
+    damaged
 }

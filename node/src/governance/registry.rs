@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::agreement::{Agreement, AgreementError, Consumers, Operation};
 use super::authorize::{AccessRequest, Denial, GovernanceView, Grant, authorize};
-use super::document::{DocumentType, SignedDocument};
+use super::document::{DocumentType, Signature, SignedDocument};
 use super::roster::{Roster, RosterError, accept_first, accept_next};
 use crate::clock::SharedClock;
 use crate::identity::{Fingerprint, signing_key_text};
@@ -227,44 +227,76 @@ impl Registry {
         let roster = view
             .roster(&fellowship)
             .ok_or_else(|| ImportError::UnknownFellowship(fellowship.clone()))?;
-        for check in agreement
+        // Keep every valid signature by a party's current key (and the
+        // secretariat's, which is harmless); drop valid signatures by keys
+        // the roster no longer lists, so a member that rotated its key can
+        // re-sign and the stale signature stops blocking the agreement.
+        let mut offered = Vec::new();
+        for (check, signature) in agreement
             .document()
             .check_signatures(DocumentType::Agreement)
+            .into_iter()
+            .zip(&agreement.document().signatures)
         {
             let signer = signing_key_text(&check.signer);
             if !check.valid {
                 return Err(ImportError::BadSignature { id, signer });
             }
-            if !is_party_key(&agreement, roster, &check.signer) {
+            if counts_for(&agreement, roster, &check.signer) {
+                offered.push(signature.clone());
+            } else if roster.member_by_key(&check.signer).is_some() {
+                // A current member that is not a party to this agreement.
                 return Err(ImportError::SignerNotEntitled {
                     id,
                     signer,
                     fellowship,
                 });
+            } else {
+                tracing::info!(agreement = %id, %signer, "dropping a signature by a key the roster no longer lists");
             }
         }
-        let merged = match view.agreement(id) {
-            None => agreement,
+        if offered.is_empty() && !agreement.document().signatures.is_empty() {
+            let signer = agreement
+                .document()
+                .signatures
+                .iter()
+                .map(|s| signing_key_text(&s.signer))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ImportError::SignerNotEntitled {
+                id,
+                signer,
+                fellowship,
+            });
+        }
+        let held = view.agreement(id);
+        let mut signatures: Vec<Signature> = match held {
+            None => Vec::new(),
             Some(held) if held.digest() != agreement.digest() => {
                 return Err(ImportError::Conflict { id });
             }
-            Some(held) => {
-                let mut signatures = held.document().signatures.clone();
-                let before = signatures.len();
-                for signature in &agreement.document().signatures {
-                    if !signatures.iter().any(|s| s.signer == signature.signer) {
-                        signatures.push(signature.clone());
-                    }
-                }
-                if signatures.len() == before {
-                    return Ok((Imported::Unchanged, held.clone()));
-                }
-                Agreement::from_document(SignedDocument {
-                    body: held.document().body.clone(),
-                    signatures,
-                })?
-            }
+            Some(held) => held
+                .document()
+                .signatures
+                .iter()
+                .filter(|s| counts_for(held, roster, &s.signer))
+                .cloned()
+                .collect(),
         };
+        for signature in offered {
+            if !signatures.iter().any(|s| s.signer == signature.signer) {
+                signatures.push(signature);
+            }
+        }
+        if let Some(held) = held
+            && same_signers(&held.document().signatures, &signatures)
+        {
+            return Ok((Imported::Unchanged, held.clone()));
+        }
+        let merged = Agreement::from_document(SignedDocument {
+            body: agreement.document().body.clone(),
+            signatures,
+        })?;
         let mut batch = WriteBatch::default();
         batch.put(id.as_bytes().to_vec(), merged.to_bytes());
         self.store.write(Keyspace::Agreements, batch)?;
@@ -346,6 +378,12 @@ impl Registry {
                 id: a.id().to_string(),
                 digest: a.digest().to_string(),
                 signatures: u32::try_from(a.document().signatures.len()).unwrap_or(u32::MAX),
+                signers: a
+                    .document()
+                    .signatures
+                    .iter()
+                    .map(|s| signing_key_text(&s.signer))
+                    .collect(),
             })
             .collect();
         agreements.sort_by(|a, b| a.id.cmp(&b.id));
@@ -392,10 +430,10 @@ impl Registry {
                 offer.rosters.push(entry?.1);
             }
         }
-        let their_agreements: BTreeMap<&str, (&str, u32)> = theirs
+        let their_agreements: BTreeMap<&str, &pb::AgreementHead> = theirs
             .agreements
             .iter()
-            .map(|h| (h.id.as_str(), (h.digest.as_str(), h.signatures)))
+            .map(|h| (h.id.as_str(), h))
             .collect();
         for agreement in view.agreements() {
             let fellowship = agreement.body().fellowship.as_str();
@@ -403,11 +441,16 @@ impl Registry {
                 continue;
             }
             let id = agreement.id().to_string();
-            let ours = u32::try_from(agreement.document().signatures.len()).unwrap_or(u32::MAX);
             let send = match their_agreements.get(id.as_str()) {
                 None => true,
-                Some((digest, signatures)) => {
-                    *digest == agreement.digest().to_string() && *signatures < ours
+                // Same terms: send if we hold a signature they lack.
+                Some(head) => {
+                    head.digest == agreement.digest().to_string()
+                        && agreement
+                            .document()
+                            .signatures
+                            .iter()
+                            .any(|s| !head.signers.contains(&signing_key_text(&s.signer)))
                 }
             };
             if send {
@@ -467,6 +510,17 @@ impl Registry {
             self.now(),
         )
     }
+}
+
+/// Whether two signature lists have the same signers.
+fn same_signers(a: &[Signature], b: &[Signature]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.iter().any(|y| y.signer == x.signer))
+}
+
+/// Whether a signature by `key` belongs on `agreement` under `roster`: a
+/// party's current key, or the secretariat's.
+fn counts_for(agreement: &Agreement, roster: &Roster, key: &VerifyingKey) -> bool {
+    key == roster.secretariat_key() || is_party_key(agreement, roster, key)
 }
 
 /// Whether `key` is the current key of a party that may sign `agreement`.

@@ -1,0 +1,585 @@
+//! Governance files with the real `samvirke` binary: a secretariat key
+//! (`key new`), a roster drafted from identity cards (`roster new`,
+//! `add-member`, `remove-member`), signed and verified (`roster sign`,
+//! `roster verify`, as trust anchor and as successor under its rule); an
+//! agreement (`agreement draft`, `sign`, `verify --roster`); damage to any
+//! byte of a signed file failing verification; and `samvirke push` of a
+//! roster and an agreement to a running development node, which accepts
+//! the originals and refuses a damaged copy with its reason.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use samvirke_node::devnet::DevFederation;
+use samvirke_node::governance::document::SEPARATOR;
+use samvirke_node::governance::files::IdentityCard;
+use samvirke_node::identity::Fingerprint;
+
+fn samvirke(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_samvirke"))
+        .args(args)
+        .output()
+        .expect("run samvirke")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `samvirke args...`, asserts it succeeded and returns its stdout.
+fn ok(args: &[&str]) -> String {
+    let output = samvirke(args);
+    assert!(
+        output.status.success(),
+        "samvirke {args:?} failed: {}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// Runs `samvirke args...`, asserts it failed and returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let output = samvirke(args);
+    assert!(
+        !output.status.success(),
+        "samvirke {args:?} should have failed: {}",
+        stdout(&output)
+    );
+    stderr(&output)
+}
+
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// `samvirke key new --out FILE`; returns the printed public key.
+fn new_key(path: &Path) -> String {
+    let text = ok(&["key", "new", "--out", arg(path)]);
+    text.lines()
+        .find_map(|line| line.strip_prefix("public key: "))
+        .unwrap_or_else(|| panic!("no public key printed: {text}"))
+        .to_string()
+}
+
+/// An identity card file for a member whose signing key is `signing_key`.
+fn write_card(path: &Path, code: u32, name: &str, signing_key: &str) {
+    let card = IdentityCard {
+        code,
+        name: name.to_string(),
+        node_id: uuid::Uuid::now_v7(),
+        endpoint: Some(format!("https://samvirke-{code}.example.dk:7443")),
+        signing_key: signing_key.to_string(),
+        tls_fingerprint: Fingerprint::of_der(format!("certificate of {code}").as_bytes())
+            .to_string(),
+    };
+    std::fs::write(path, card.render()).expect("write identity card");
+}
+
+/// Keys and files of a small DIGIT fellowship made with the CLI.
+struct Digit {
+    dir: tempfile::TempDir,
+    secretariat: PathBuf,
+    greve: PathBuf,
+    holbaek: PathBuf,
+    /// Serial 1, signed by the secretariat and Greve.
+    roster: PathBuf,
+}
+
+impl Digit {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Drafts serial 1 (rule quorum:1) with Greve and Holbæk from their
+/// identity cards, and signs it by the secretariat and Greve.
+fn digit() -> Digit {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name);
+    let (secretariat, greve, holbaek) = (path("sec.pem"), path("greve.pem"), path("holbaek.pem"));
+    let secretariat_key = new_key(&secretariat);
+    write_card(&path("greve.card"), 253, "Greve Kommune", &new_key(&greve));
+    write_card(
+        &path("holbaek.card"),
+        316,
+        "Holbaek Kommune",
+        &new_key(&holbaek),
+    );
+    let roster = path("roster.toml");
+    ok(&[
+        "roster",
+        "new",
+        "--fellowship",
+        "digit",
+        "--name",
+        "DIGIT - Digitaliseringsforeningen",
+        "--secretariat-key",
+        &secretariat_key,
+        "--rule",
+        "quorum:1",
+        "--out",
+        arg(&roster),
+    ]);
+    for card in ["greve.card", "holbaek.card"] {
+        let text = ok(&[
+            "roster",
+            "add-member",
+            arg(&roster),
+            "--identity",
+            arg(&path(card)),
+            "--joined",
+            "2016-01-01",
+        ]);
+        assert!(text.contains("Wrote draft serial 1"), "{text}");
+    }
+    let stderr = fails(&["roster", "verify", arg(&roster)]);
+    assert!(
+        stderr.contains("not signed by its own secretariat key"),
+        "{stderr}"
+    );
+    ok(&["roster", "sign", arg(&roster), "--key", arg(&secretariat)]);
+    ok(&["roster", "sign", arg(&roster), "--key", arg(&greve)]);
+    Digit {
+        dir,
+        secretariat,
+        greve,
+        holbaek,
+        roster,
+    }
+}
+
+/// Byte positions to damage: the first bytes, points spread over the
+/// body, the separator, parts of each signature line, the last byte.
+fn flip_positions(file: &[u8]) -> Vec<usize> {
+    let len = file.len();
+    let separator = SEPARATOR.as_bytes();
+    let at = file
+        .windows(separator.len())
+        .position(|w| w == separator)
+        .expect("a signed file has a separator line");
+    let mut positions = std::collections::BTreeSet::new();
+    positions.extend([0, 1, at / 3, at / 2, 2 * at / 3, at - 1]);
+    positions.extend([at, at + separator.len() / 2, at + separator.len() - 1]);
+    let mut line = at + separator.len();
+    while line < len {
+        // `sig ed25519:` (12), key (64 hex), space, signature (128 hex), `\n`.
+        positions.extend([
+            line,
+            line + 12,
+            line + 43,
+            line + 76,
+            line + 140,
+            line + 205,
+        ]);
+        line += 206;
+    }
+    positions.extend((1..20).map(|k| k * len / 20));
+    positions.insert(len - 1);
+    positions.into_iter().filter(|p| *p < len).collect()
+}
+
+/// For every position, writes `file` with that byte xor 0x01 to `damaged`
+/// and asserts `samvirke args...` (which reads `damaged`) fails.
+fn every_flip_fails(file: &Path, damaged: &Path, args: &[&str]) {
+    let original = std::fs::read(file).expect("read the signed file");
+    let positions = flip_positions(&original);
+    assert!(positions.len() >= 20, "{positions:?}");
+    for i in positions {
+        let mut bytes = original.clone();
+        bytes[i] ^= 0x01;
+        std::fs::write(damaged, &bytes).expect("write the damaged copy");
+        let output = samvirke(args);
+        assert!(
+            !output.status.success(),
+            "byte {i} flipped, yet `samvirke {args:?}` succeeded: {}",
+            stdout(&output)
+        );
+        assert!(
+            stderr(&output).starts_with("samvirke: "),
+            "byte {i}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn a_cli_roster_verifies_and_any_flipped_byte_fails_verification() {
+    let digit = digit();
+    let text = ok(&["roster", "verify", arg(&digit.roster)]);
+    assert!(
+        text.contains("OK: serial 1 of `digit`, 2 signatures"),
+        "{text}"
+    );
+
+    let damaged = digit.path("damaged.toml");
+    every_flip_fails(
+        &digit.roster,
+        &damaged,
+        &["roster", "verify", arg(&damaged)],
+    );
+
+    // An identity card without an endpoint cannot become a member.
+    let no_endpoint = digit.path("no-endpoint.card");
+    let card = std::fs::read_to_string(digit.path("holbaek.card")).expect("card");
+    let card: String = card
+        .lines()
+        .filter(|l| !l.starts_with("endpoint"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&no_endpoint, card).expect("write card");
+    let stderr = fails(&[
+        "roster",
+        "add-member",
+        arg(&digit.roster),
+        "--identity",
+        arg(&no_endpoint),
+        "--joined",
+        "2020-01-01",
+        "--out",
+        arg(&digit.path("unused.toml")),
+    ]);
+    assert!(stderr.contains("no endpoint"), "{stderr}");
+}
+
+#[test]
+fn a_cli_roster_successor_must_be_signed_as_the_rule_demands() {
+    let digit = digit();
+    let next = digit.path("serial-2.toml");
+    let text = ok(&[
+        "roster",
+        "remove-member",
+        arg(&digit.roster),
+        "--code",
+        "316",
+        "--left",
+        "2025-01-01",
+        "--out",
+        arg(&next),
+    ]);
+    assert!(text.contains("Wrote draft serial 2"), "{text}");
+    ok(&[
+        "roster",
+        "sign",
+        arg(&next),
+        "--key",
+        arg(&digit.secretariat),
+    ]);
+    let stderr = fails(&[
+        "roster",
+        "verify",
+        arg(&next),
+        "--previous",
+        arg(&digit.roster),
+    ]);
+    assert!(
+        stderr.contains("rule quorum:1 needs the secretariat and 1 current member"),
+        "{stderr}"
+    );
+    ok(&["roster", "sign", arg(&next), "--key", arg(&digit.holbaek)]);
+    let text = ok(&[
+        "roster",
+        "verify",
+        arg(&next),
+        "--previous",
+        arg(&digit.roster),
+    ]);
+    assert!(text.contains("OK: serial 2 of `digit`"), "{text}");
+    // Damage to any byte of the successor breaks its verification too.
+    let damaged = digit.path("damaged.toml");
+    every_flip_fails(
+        &next,
+        &damaged,
+        &[
+            "roster",
+            "verify",
+            arg(&damaged),
+            "--previous",
+            arg(&digit.roster),
+        ],
+    );
+}
+
+fn draft_agreement(out: &Path) {
+    let text = ok(&[
+        "agreement",
+        "draft",
+        "--fellowship",
+        "digit",
+        "--provider",
+        "253",
+        "--consumer",
+        "316",
+        "--dataset",
+        "greve-luftkvalitet",
+        "--operation",
+        "catalog",
+        "--operation",
+        "read",
+        "--purpose",
+        "Shared air quality monitoring",
+        "--legal-basis-code",
+        "GDPR art. 6(1)(e)",
+        "--legal-basis-text",
+        "Task carried out in the public interest",
+        "--exclude-field",
+        "cpr",
+        "--valid-from",
+        "2025-01-01",
+        "--valid-until",
+        "2030-01-01",
+        "--out",
+        arg(out),
+    ]);
+    assert!(text.contains("Wrote draft agreement"), "{text}");
+}
+
+#[test]
+fn a_cli_agreement_verifies_and_any_flipped_byte_fails_verification() {
+    let digit = digit();
+    let agreement = digit.path("agreement.toml");
+    draft_agreement(&agreement);
+    ok(&[
+        "agreement",
+        "sign",
+        arg(&agreement),
+        "--key",
+        arg(&digit.greve),
+    ]);
+    let text = ok(&[
+        "agreement",
+        "verify",
+        arg(&agreement),
+        "--roster",
+        arg(&digit.roster),
+    ]);
+    assert!(text.contains("still to sign: [316]"), "{text}");
+    ok(&[
+        "agreement",
+        "sign",
+        arg(&agreement),
+        "--key",
+        arg(&digit.holbaek),
+    ]);
+    let text = ok(&[
+        "agreement",
+        "verify",
+        arg(&agreement),
+        "--roster",
+        arg(&digit.roster),
+    ]);
+    assert!(text.contains("signed by [253, 316]"), "{text}");
+    assert!(!text.contains("still to sign"), "{text}");
+
+    let damaged = digit.path("damaged.toml");
+    every_flip_fails(
+        &agreement,
+        &damaged,
+        &[
+            "agreement",
+            "verify",
+            arg(&damaged),
+            "--roster",
+            arg(&digit.roster),
+        ],
+    );
+
+    // A signature by a key the roster does not list is named.
+    let stranger = digit.path("stranger.pem");
+    let stranger_key = new_key(&stranger);
+    ok(&[
+        "agreement",
+        "sign",
+        arg(&agreement),
+        "--key",
+        arg(&stranger),
+    ]);
+    let stderr = fails(&[
+        "agreement",
+        "verify",
+        arg(&agreement),
+        "--roster",
+        arg(&digit.roster),
+    ]);
+    assert!(stderr.contains("does not list"), "{stderr}");
+    assert!(stderr.contains(&stranger_key), "{stderr}");
+}
+
+/// Runs the binary off the async runtime (the node under test shares it).
+async fn samvirke_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_samvirke"))
+            .args(&args)
+            .output()
+            .expect("run samvirke")
+    })
+    .await
+    .expect("the CLI process task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_sends_signed_files_to_a_node_which_refuses_a_damaged_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fed = DevFederation::start(&dir.path().join("fed"), &[253, 316])
+        .await
+        .expect("start two development nodes");
+    let path = |name: &str| dir.path().join(name);
+
+    // The members' real identity cards, as `samvirke identity show` prints them.
+    for node in &fed.nodes {
+        let card = IdentityCard::of_node(&node.running.identity, &node.running.peer_endpoint());
+        std::fs::write(
+            path(&format!("{}.card", node.running.identity.municipality_code)),
+            card.render(),
+        )
+        .expect("write identity card");
+    }
+    let secretariat = path("sec.pem");
+    let secretariat_key = new_key(&secretariat);
+    let roster = path("roster.toml");
+    ok(&[
+        "roster",
+        "new",
+        "--fellowship",
+        "digit",
+        "--name",
+        "DIGIT",
+        "--secretariat-key",
+        &secretariat_key,
+        "--out",
+        arg(&roster),
+    ]);
+    for code in ["253", "316"] {
+        ok(&[
+            "roster",
+            "add-member",
+            arg(&roster),
+            "--identity",
+            arg(&path(&format!("{code}.card"))),
+            "--joined",
+            "2016-01-01",
+        ]);
+    }
+    ok(&["roster", "sign", arg(&roster), "--key", arg(&secretariat)]);
+
+    let greve = &fed.nodes[0];
+    let push = |file: &Path, extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "push".into(),
+            arg(file).into(),
+            "--node".into(),
+            greve.running.local_endpoint(),
+            "--token".into(),
+            greve.admin_token.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        samvirke_async(args)
+    };
+
+    // A damaged copy (one byte of the fellowship name) is refused with the reason.
+    let original = std::fs::read(&roster).expect("read roster");
+    let at = original
+        .windows(b"DIGIT".len())
+        .position(|w| w == b"DIGIT")
+        .expect("the name is in the body");
+    let mut bytes = original.clone();
+    bytes[at + 2] ^= 0x01;
+    let damaged = path("damaged.toml");
+    std::fs::write(&damaged, &bytes).expect("write damaged copy");
+    let refused = push(&damaged, &["--trust-anchor"]).await;
+    assert!(!refused.status.success(), "{}", stdout(&refused));
+    let message = stderr(&refused);
+    assert!(
+        message.contains("refused it (InvalidArgument)"),
+        "{message}"
+    );
+    assert!(message.contains("bad signature"), "{message}");
+    assert!(greve.running.registry.list().0.is_empty(), "nothing held");
+
+    let accepted = push(&roster, &["--trust-anchor"]).await;
+    assert!(accepted.status.success(), "{}", stderr(&accepted));
+    let text = stdout(&accepted);
+    assert!(
+        text.contains("accepted: roster `digit` serial 1 (2 members)"),
+        "{text}"
+    );
+    let again = push(&roster, &[]).await;
+    assert!(
+        stdout(&again).contains("already held"),
+        "{}",
+        stderr(&again)
+    );
+
+    // An agreement signed with both nodes' own keys.
+    let agreement = path("agreement.toml");
+    ok(&[
+        "agreement",
+        "draft",
+        "--fellowship",
+        "digit",
+        "--provider",
+        "253",
+        "--consumer",
+        "316",
+        "--dataset",
+        "greve-luftkvalitet",
+        "--operation",
+        "read",
+        "--purpose",
+        "Shared air quality monitoring",
+        "--legal-basis-code",
+        "GDPR art. 6(1)(e)",
+        "--legal-basis-text",
+        "Task carried out in the public interest",
+        "--valid-from",
+        "2025-01-01",
+        "--valid-until",
+        "2099-01-01",
+        "--out",
+        arg(&agreement),
+    ]);
+    for node in &fed.nodes {
+        ok(&[
+            "agreement",
+            "sign",
+            arg(&agreement),
+            "--key",
+            arg(&node.config.node.signing_key),
+        ]);
+    }
+    // One byte of the purpose changed after signing: the node refuses it.
+    let original = std::fs::read(&agreement).expect("read agreement");
+    let at = original
+        .windows(b"air quality".len())
+        .position(|w| w == b"air quality")
+        .expect("the purpose is in the body");
+    let mut bytes = original.clone();
+    bytes[at] ^= 0x01;
+    std::fs::write(&damaged, &bytes).expect("write damaged copy");
+    let refused = push(&damaged, &[]).await;
+    assert!(!refused.status.success(), "{}", stdout(&refused));
+    let message = stderr(&refused);
+    assert!(
+        message.contains("refused it (InvalidArgument)"),
+        "{message}"
+    );
+    assert!(message.contains("bad signature"), "{message}");
+    assert!(
+        greve.running.registry.list().1.is_empty(),
+        "no agreement held"
+    );
+
+    let accepted = push(&agreement, &[]).await;
+    assert!(accepted.status.success(), "{}", stderr(&accepted));
+    let text = stdout(&accepted);
+    assert!(
+        text.contains("accepted: agreement") && text.contains("(active: active until"),
+        "{text}"
+    );
+
+    fed.shutdown().await.expect("shutdown");
+}
