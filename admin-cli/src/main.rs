@@ -5,14 +5,21 @@
 #![forbid(unsafe_code)]
 
 mod agreement;
+mod api;
+mod dataset;
 mod demo;
 mod files;
+mod gen_readings;
 mod identity;
+mod ingest;
 mod init;
 mod key;
 mod local;
+mod output;
 mod pki;
 mod push;
+mod query;
+mod records;
 mod roster;
 mod token;
 
@@ -55,6 +62,20 @@ enum Command {
     Push(push::PushArgs),
     /// Start a three-node demo federation on loopback.
     Demo(demo::DemoArgs),
+    /// Publish, update and list datasets in a node's catalog.
+    #[command(subcommand)]
+    Dataset(dataset::DatasetCommand),
+    /// Send sensor readings from a CSV or JSON file to a node.
+    #[command(subcommand)]
+    Ingest(ingest::IngestCommand),
+    /// Ask a node for readings or aggregates.
+    #[command(subcommand)]
+    Query(query::QueryCommand),
+    /// Pilot results and procurement outcomes on a node.
+    #[command(subcommand)]
+    Records(records::RecordsCommand),
+    /// Write deterministic synthetic readings as CSV (offline).
+    GenReadings(gen_readings::GenArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +90,11 @@ fn main() -> ExitCode {
         Command::Agreement(command) => agreement::run(command),
         Command::Push(args) => push::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Dataset(command) => dataset::run(command),
+        Command::Ingest(command) => ingest::run(command),
+        Command::Query(command) => query::run(command),
+        Command::Records(command) => records::run(command),
+        Command::GenReadings(args) => gen_readings::run(args),
     };
     match result {
         Ok(code) => code,

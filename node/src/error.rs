@@ -10,14 +10,21 @@
 //! | request refused by roster or agreement | `PERMISSION_DENIED`, with the reason |
 //! | malformed roster or agreement | `INVALID_ARGUMENT` |
 //! | valid document not acceptable here and now | `FAILED_PRECONDITION` |
+//! | bad dataset, reading, query or record | `INVALID_ARGUMENT`, naming the field |
+//! | unknown dataset | `NOT_FOUND` |
+//! | dataset id already published | `ALREADY_EXISTS` |
+//! | answer an agreement does not disclose | `PERMISSION_DENIED` |
 //! | storage failure | `INTERNAL` (details logged, not sent) |
 
 use tonic::Status;
 
+use crate::data::records::RecordError;
+use crate::data::{CatalogError, IngestError, QueryError};
 use crate::governance::registry::ImportError;
 use crate::governance::{Denial, RosterError};
 use crate::local::auth::AuthError;
 use crate::peer::PeerAuthError;
+use crate::plane::{DisclosureError, PlacementError};
 use crate::store::StoreError;
 
 impl From<AuthError> for Status {
@@ -76,4 +83,82 @@ impl From<StoreError> for Status {
         tracing::error!(error = %error, "storage failure while serving a call");
         Status::internal("storage failure on the serving node; its operator has the details")
     }
+}
+
+impl From<CatalogError> for Status {
+    fn from(error: CatalogError) -> Status {
+        match &error {
+            CatalogError::Invalid(_) | CatalogError::IncompatibleChange { .. } => {
+                Status::invalid_argument(error.to_string())
+            }
+            CatalogError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
+            CatalogError::NotFound { .. } => Status::not_found(error.to_string()),
+            CatalogError::Store(_) | CatalogError::Corrupt { .. } | CatalogError::Exhausted => {
+                internal(&error)
+            }
+        }
+    }
+}
+
+impl From<IngestError> for Status {
+    fn from(error: IngestError) -> Status {
+        match error {
+            IngestError::UnknownDataset { .. } => Status::not_found(error.to_string()),
+            IngestError::NotSensor { .. } | IngestError::BadReading { .. } => {
+                Status::invalid_argument(error.to_string())
+            }
+            IngestError::Catalog(inner) => inner.into(),
+            IngestError::Corrupt { .. } | IngestError::Store(_) => internal(&error),
+        }
+    }
+}
+
+impl From<QueryError> for Status {
+    fn from(error: QueryError) -> Status {
+        match error {
+            QueryError::UnknownDataset { .. } => Status::not_found(error.to_string()),
+            QueryError::NotSensor { .. } | QueryError::Invalid(_) => {
+                Status::invalid_argument(error.to_string())
+            }
+            QueryError::Catalog(inner) => inner.into(),
+            _ => internal(&error),
+        }
+    }
+}
+
+impl From<RecordError> for Status {
+    fn from(error: RecordError) -> Status {
+        match &error {
+            RecordError::Invalid(_) | RecordError::InvalidFilter(_) => {
+                Status::invalid_argument(error.to_string())
+            }
+            RecordError::DatasetMismatch { .. } => Status::failed_precondition(error.to_string()),
+            RecordError::Corrupt { .. } | RecordError::Store(_) => internal(&error),
+        }
+    }
+}
+
+impl From<PlacementError> for Status {
+    fn from(error: PlacementError) -> Status {
+        match error {
+            PlacementError::UnknownDataset(_) => Status::not_found(error.to_string()),
+            PlacementError::WrongKind { .. } => Status::invalid_argument(error.to_string()),
+            PlacementError::Catalog(inner) => inner.into(),
+            PlacementError::Record(inner) => inner.into(),
+        }
+    }
+}
+
+impl From<DisclosureError> for Status {
+    fn from(error: DisclosureError) -> Status {
+        tracing::warn!(reason = %error, "peer request denied");
+        Status::permission_denied(error.to_string())
+    }
+}
+
+/// A failure of this node, not of the request: logged in full, answered
+/// without details.
+fn internal(error: &dyn std::fmt::Display) -> Status {
+    tracing::error!(%error, "failure while serving a call");
+    Status::internal("failure on the serving node; its operator has the details")
 }

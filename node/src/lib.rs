@@ -12,10 +12,15 @@
 //! - [`pki`]: development PKI (a CA and node certificates) for tests and demos;
 //! - [`provision`]: create a node directory (keys, config, first admin token);
 //! - [`store`]: the storage trait and its sled implementation;
+//! - [`data`]: the dataset catalog and sensor readings (ingest, queries,
+//!   aggregation) over the store;
 //! - [`peer`]: the mutual-TLS peer service and the client for calling partners;
 //! - [`local`]: the bearer-token local service for the municipality's own users;
 //! - [`server`]: wiring both listeners, health, reflection and shutdown;
 //! - [`devnet`]: several nodes on loopback with fresh dev PKI (demo, tests);
+//! - [`data`]: the dataset catalog, sensor readings and records;
+//! - [`plane`]: the data services' shared state, and what an agreement discloses;
+//! - [`wire`]: protobuf <-> domain conversions for the data plane;
 //! - [`telemetry`]: logging setup;
 //! - [`clock`]: the injected source of "now";
 //! - [`fixtures`]: facts about Danish municipalities for demos and tests;
@@ -24,6 +29,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod data;
 pub mod devnet;
 pub mod error;
 pub mod fixtures;
@@ -32,10 +38,12 @@ pub mod identity;
 pub mod local;
 pub mod peer;
 pub mod pki;
+pub mod plane;
 pub mod provision;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod wire;
 
 /// Version of this build, reported by `Hello` and `Status`.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

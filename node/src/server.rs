@@ -38,6 +38,7 @@ use crate::local::LocalService;
 use crate::local::auth::TokenRegistry;
 use crate::peer::PeerService;
 use crate::peer::client::PeerPool;
+use crate::plane::DataPlane;
 use crate::store::{SledStore, Store, StoreError};
 
 /// Keep idle HTTP/2 connections to partners alive through firewalls and
@@ -117,6 +118,7 @@ pub struct Node {
     identity: Arc<NodeIdentity>,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    plane: Arc<DataPlane>,
     clock: SharedClock,
 }
 
@@ -139,11 +141,13 @@ impl Node {
             config.node.municipality_code,
             Arc::clone(&clock),
         )?);
+        let plane = Arc::new(DataPlane::new(Arc::clone(&store), Arc::clone(&clock)));
         Ok(Node {
             config,
             identity,
             store,
             registry,
+            plane,
             clock,
         })
     }
@@ -214,6 +218,7 @@ impl Node {
         let peer_service = PeerService::new(
             Arc::clone(&self.identity),
             Arc::clone(&self.registry),
+            Arc::clone(&self.plane),
             Arc::clone(&self.clock),
         );
         let local_service = LocalService::new(
@@ -221,6 +226,7 @@ impl Node {
             Arc::new(TokenRegistry::new(&self.config.local.tokens)),
             Arc::clone(&self.store),
             Arc::clone(&self.registry),
+            Arc::clone(&self.plane),
             Arc::clone(&self.clock),
             listener_info,
         );

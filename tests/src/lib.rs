@@ -829,3 +829,127 @@ pub fn flipped(file: &[u8], position: usize) -> Vec<u8> {
     damaged[position] ^= 0x01;
     damaged
 }
+
+// ---- Data plane ------------------------------------------------------------
+
+/// Everything one streamed `QueryReadings` answer carried, local or peer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answer {
+    /// The readings of every chunk, in stream order.
+    pub readings: Vec<samvirke_proto::v1::Reading>,
+    /// The buckets of every chunk, in stream order.
+    pub buckets: Vec<samvirke_proto::v1::Bucket>,
+    /// `suppressed_buckets` of the last chunk (the only one that may carry it).
+    pub suppressed: u32,
+    /// How many chunks came.
+    pub chunks: usize,
+}
+
+/// Drains a `QueryReadings` answer: the call's status, or every chunk until
+/// the stream ends or fails. Panics if a chunk other than the last carries
+/// `suppressed_buckets`, or if the answer takes longer than 30 s.
+pub async fn collect_answer(
+    call: impl std::future::Future<
+        Output = Result<
+            tonic::Response<tonic::Streaming<samvirke_proto::v1::ReadingChunk>>,
+            Status,
+        >,
+    >,
+) -> Result<Answer, Status> {
+    let drain = async {
+        let mut stream = call.await?.into_inner();
+        let mut answer = Answer::default();
+        while let Some(chunk) = stream.message().await? {
+            assert_eq!(
+                answer.suppressed, 0,
+                "only the last chunk may carry suppressed_buckets"
+            );
+            answer.chunks += 1;
+            answer.readings.extend(chunk.readings);
+            answer.buckets.extend(chunk.buckets);
+            answer.suppressed = chunk.suppressed_buckets;
+        }
+        Ok(answer)
+    };
+    tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .expect("a QueryReadings answer streams within 30 s")
+}
+
+/// `Local/QueryReadings` of `query`, drained.
+pub async fn local_query(
+    client: &mut TokenLocalClient,
+    query: samvirke_proto::v1::ReadingQuery,
+) -> Result<Answer, Status> {
+    collect_answer(client.query_readings(query)).await
+}
+
+/// `Peer/QueryReadings` of `query` under `agreement_id`, drained.
+pub async fn peer_query(
+    client: &mut PeerClient<Channel>,
+    agreement_id: &str,
+    query: samvirke_proto::v1::ReadingQuery,
+) -> Result<Answer, Status> {
+    collect_answer(client.query_readings(samvirke_proto::v1::PeerReadingQuery {
+        agreement_id: agreement_id.to_string(),
+        query: Some(query),
+    }))
+    .await
+}
+
+/// `readings` of `dataset_id` as ingest batches of at most `size` readings.
+pub fn ingest_batches(
+    dataset_id: &str,
+    readings: &[samvirke_node::data::Reading],
+    size: usize,
+) -> Vec<samvirke_proto::v1::IngestReadingsRequest> {
+    readings
+        .chunks(size.max(1))
+        .map(|chunk| samvirke_proto::v1::IngestReadingsRequest {
+            dataset_id: dataset_id.to_string(),
+            readings: chunk
+                .iter()
+                .cloned()
+                .map(samvirke_node::wire::reading_to_proto)
+                .collect(),
+        })
+        .collect()
+}
+
+/// `Local/IngestReadings` streaming `batches`, one message each.
+pub async fn ingest(
+    client: &mut TokenLocalClient,
+    batches: Vec<samvirke_proto::v1::IngestReadingsRequest>,
+) -> Result<samvirke_proto::v1::IngestReadingsResponse, Status> {
+    let call = client.ingest_readings(tokio_stream::iter(batches));
+    tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("IngestReadings answers within 30 s")
+        .map(tonic::Response::into_inner)
+}
+
+/// `Local/CountReadings` of `dataset_id`.
+pub async fn count_readings(client: &mut TokenLocalClient, dataset_id: &str) -> u64 {
+    client
+        .count_readings(samvirke_proto::v1::CountReadingsRequest {
+            dataset_id: dataset_id.to_string(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("CountReadings of `{dataset_id}`: {status:?}"))
+        .into_inner()
+        .count
+}
+
+impl GovernanceFixture {
+    /// A peer API client from the node of `caller` (presenting its own
+    /// certificate, as `samvirke_node::peer::client::connect` does) to the
+    /// node of `provider`.
+    pub async fn peer(&self, caller: u32, provider: u32) -> PeerClient<Channel> {
+        let tls = self.node(caller).running.identity.tls.clone();
+        let endpoint = self.node(provider).running.peer_endpoint();
+        tokio::time::timeout(IO_TIMEOUT, connect(&endpoint, &tls))
+            .await
+            .expect("mutual TLS connects promptly")
+            .unwrap_or_else(|e| panic!("mutual TLS from {caller} to {endpoint}: {e}"))
+    }
+}

@@ -21,13 +21,21 @@ use time::OffsetDateTime;
 use crate::local;
 
 /// The dataset Aarhus shares in the demo.
-const DATASET: &str = "aarhus-air-quality";
+pub const DATASET: &str = "aarhus-air-quality";
 /// How long the demo waits for anti-entropy to carry the agreement.
 const SPREAD_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Runs the governance story; returns how many steps went otherwise than
-/// expected.
-pub async fn show(federation: &DevFederation, dir: &Path) -> anyhow::Result<usize> {
+/// What the governance story leaves for the data story.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Steps that went otherwise than expected.
+    pub failures: usize,
+    /// The air-quality agreement (Aarhus to Vejle, aggregates only).
+    pub agreement: String,
+}
+
+/// Runs the governance story.
+pub async fn show(federation: &DevFederation, dir: &Path) -> anyhow::Result<Outcome> {
     let [aarhus, vejle, albertslund] = &federation.nodes[..] else {
         bail!("the demo needs exactly three nodes");
     };
@@ -189,5 +197,8 @@ pub async fn show(federation: &DevFederation, dir: &Path) -> anyhow::Result<usiz
             println!("  FAIL  {line}");
         }
     }
-    Ok(failures)
+    Ok(Outcome {
+        failures,
+        agreement: id,
+    })
 }

@@ -21,6 +21,7 @@ use samvirke_node::provision::{TLS_CERT_FILE, TLS_KEY_FILE, TRUST_ROOTS_FILE};
 use samvirke_node::telemetry;
 use samvirke_proto::v1::HelloRequest;
 
+mod data;
 mod governance;
 
 /// The demo fellowship's municipalities: Aarhus, Vejle, Albertslund.
@@ -96,7 +97,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!();
     println!("{} of {calls} Hello calls succeeded.", calls - failures);
     println!();
-    failures += governance::show(&federation, workdir.path()).await?;
+    data::publish(&federation).await?;
+    let governed = governance::show(&federation, workdir.path()).await?;
+    failures += governed.failures;
+    failures += data::query(&federation, &governed.agreement).await?;
 
     if !args.exit {
         let aarhus = &federation.nodes[0];

@@ -4,6 +4,7 @@
 //! [`auth::TokenRegistry::authorize`].
 
 pub mod auth;
+pub mod data;
 
 use std::sync::Arc;
 
@@ -15,9 +16,12 @@ use samvirke_proto::v1::{
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
+use samvirke_proto::v1 as pb;
+
 use crate::clock::SharedClock;
 use crate::governance::registry::{Imported, Registry};
 use crate::identity::NodeIdentity;
+use crate::plane::DataPlane;
 use crate::store::Store;
 use auth::{Role, TokenRegistry};
 
@@ -28,6 +32,7 @@ pub struct LocalService {
     tokens: Arc<TokenRegistry>,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    plane: Arc<DataPlane>,
     clock: SharedClock,
     started_at: OffsetDateTime,
     listeners: Vec<ListenerInfo>,
@@ -40,6 +45,7 @@ impl LocalService {
         tokens: Arc<TokenRegistry>,
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
+        plane: Arc<DataPlane>,
         clock: SharedClock,
         listeners: Vec<ListenerInfo>,
     ) -> LocalService {
@@ -49,6 +55,7 @@ impl LocalService {
             tokens,
             store,
             registry,
+            plane,
             clock,
             started_at,
             listeners,
@@ -147,5 +154,77 @@ impl Local for LocalService {
             rosters,
             agreements,
         }))
+    }
+
+    async fn publish_dataset(
+        &self,
+        request: Request<pb::Dataset>,
+    ) -> Result<Response<pb::Dataset>, Status> {
+        self.publish_dataset_rpc(request, false).await
+    }
+
+    async fn update_dataset(
+        &self,
+        request: Request<pb::Dataset>,
+    ) -> Result<Response<pb::Dataset>, Status> {
+        self.publish_dataset_rpc(request, true).await
+    }
+
+    async fn list_datasets(
+        &self,
+        request: Request<pb::ListDatasetsRequest>,
+    ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
+        self.list_datasets_rpc(request).await
+    }
+
+    async fn ingest_readings(
+        &self,
+        request: Request<tonic::Streaming<pb::IngestReadingsRequest>>,
+    ) -> Result<Response<pb::IngestReadingsResponse>, Status> {
+        self.ingest_readings_rpc(request).await
+    }
+
+    type QueryReadingsStream = data::ChunkStream;
+
+    async fn query_readings(
+        &self,
+        request: Request<pb::ReadingQuery>,
+    ) -> Result<Response<Self::QueryReadingsStream>, Status> {
+        self.query_readings_rpc(request).await
+    }
+
+    async fn count_readings(
+        &self,
+        request: Request<pb::CountReadingsRequest>,
+    ) -> Result<Response<pb::CountReadingsResponse>, Status> {
+        self.count_readings_rpc(request).await
+    }
+
+    async fn put_pilot(
+        &self,
+        request: Request<pb::Pilot>,
+    ) -> Result<Response<pb::PutRecordResponse>, Status> {
+        self.put_pilot_rpc(request).await
+    }
+
+    async fn list_pilots(
+        &self,
+        request: Request<pb::PilotFilter>,
+    ) -> Result<Response<pb::ListPilotsResponse>, Status> {
+        self.list_pilots_rpc(request).await
+    }
+
+    async fn put_procurement(
+        &self,
+        request: Request<pb::Procurement>,
+    ) -> Result<Response<pb::PutRecordResponse>, Status> {
+        self.put_procurement_rpc(request).await
+    }
+
+    async fn list_procurements(
+        &self,
+        request: Request<pb::ProcurementFilter>,
+    ) -> Result<Response<pb::ListProcurementsResponse>, Status> {
+        self.list_procurements_rpc(request).await
     }
 }

@@ -7,6 +7,7 @@
 //! ([`caller_fingerprint`]), never by anything the caller says about itself.
 
 pub mod client;
+mod data;
 
 use std::sync::Arc;
 
@@ -18,11 +19,14 @@ use tonic::{Request, Response, Status};
 
 use uuid::Uuid;
 
+use samvirke_proto::v1 as pb;
+
 use crate::clock::SharedClock;
 use crate::governance::registry::{Registry, operation_from_proto, operation_to_proto};
 use crate::governance::{AccessRequest, DatasetRef, sync};
 use crate::identity::{Fingerprint, NodeIdentity};
 use crate::local::timestamp;
+use crate::plane::DataPlane;
 
 /// Why a peer call was refused before any authorisation rule ran.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,7 @@ pub fn caller_fingerprint<T>(request: &Request<T>) -> Result<Fingerprint, PeerAu
 pub struct PeerService {
     identity: Arc<NodeIdentity>,
     registry: Arc<Registry>,
+    plane: Arc<DataPlane>,
     clock: SharedClock,
 }
 
@@ -58,11 +63,13 @@ impl PeerService {
     pub fn new(
         identity: Arc<NodeIdentity>,
         registry: Arc<Registry>,
+        plane: Arc<DataPlane>,
         clock: SharedClock,
     ) -> PeerService {
         PeerService {
             identity,
             registry,
+            plane,
             clock,
         }
     }
@@ -133,6 +140,35 @@ impl Peer for PeerService {
             min_group_size: grant.min_group_size.unwrap_or(0),
             excluded_fields: grant.excluded_fields,
         }))
+    }
+    async fn catalog(
+        &self,
+        request: Request<pb::PeerCatalogRequest>,
+    ) -> Result<Response<pb::PeerCatalogResponse>, Status> {
+        self.catalog_rpc(request).await
+    }
+
+    type QueryReadingsStream = crate::local::data::ChunkStream;
+
+    async fn query_readings(
+        &self,
+        request: Request<pb::PeerReadingQuery>,
+    ) -> Result<Response<Self::QueryReadingsStream>, Status> {
+        self.query_readings_rpc(request).await
+    }
+
+    async fn list_pilots(
+        &self,
+        request: Request<pb::PeerPilotQuery>,
+    ) -> Result<Response<pb::ListPeerPilotsResponse>, Status> {
+        self.list_pilots_rpc(request).await
+    }
+
+    async fn list_procurements(
+        &self,
+        request: Request<pb::PeerProcurementQuery>,
+    ) -> Result<Response<pb::ListPeerProcurementsResponse>, Status> {
+        self.list_procurements_rpc(request).await
     }
 }
 

@@ -70,6 +70,25 @@ pub enum Keyspace {
     /// Data-sharing agreements: `uuid (16 bytes)` -> the signed file with
     /// every valid signature collected so far.
     Agreements,
+    /// The dataset catalog: `d` + dataset id (UTF-8) -> the dataset as JSON
+    /// with its internal number; `n` + number (u32 BE) -> dataset id; and
+    /// `next` -> the next free number (u32 BE). See `data::catalog`.
+    Datasets,
+    /// Sensor index: dataset number (u32 BE) | sensor id length (u8) |
+    /// sensor id -> last known location and reading count, so a query can
+    /// list a dataset's sensors without scanning readings. See `data::readings`.
+    Sensors,
+    /// Sensor readings: dataset number (u32 BE) | sensor id length (u8) |
+    /// sensor id | timestamp ms (i64 BE, sign bit flipped) -> compact binary
+    /// values, so (dataset, sensor, time range) is one range scan. See
+    /// `data::readings`.
+    Readings,
+    /// Pilot and procurement records, each the prost-encoded protobuf
+    /// message itself: `pilot\0` + record id (UTF-8) -> `Pilot`;
+    /// `procurement\0` + record id -> `Procurement`. The NUL after the kind
+    /// cannot occur in an id, so one prefix scan lists exactly one kind in id
+    /// order. See `data::records`.
+    Records,
 }
 
 impl Keyspace {
@@ -79,6 +98,10 @@ impl Keyspace {
             Keyspace::Meta => "meta",
             Keyspace::Rosters => "rosters",
             Keyspace::Agreements => "agreements",
+            Keyspace::Datasets => "datasets",
+            Keyspace::Sensors => "sensors",
+            Keyspace::Readings => "readings",
+            Keyspace::Records => "records",
         }
     }
 }

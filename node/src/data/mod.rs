@@ -1,0 +1,45 @@
+//! The data core: the dataset catalog and sensor readings, as a library
+//! layer over [`Store`](crate::store::Store). No gRPC here: the local and
+//! peer services call this API and map its errors to statuses; access
+//! decisions (agreements) are made by the caller, which this module helps
+//! with by describing datasets as agreements see them
+//! ([`Dataset::as_ref`]), naming personal fields ([`Dataset::personal_fields`],
+//! [`strip_fields`]) and suppressing small aggregate groups
+//! ([`suppress_small_groups`]).
+//!
+//! One file per concern:
+//! - [`catalog`]: datasets (DCAT-AP-ish), validation, publish/update rules,
+//!   internal dataset numbers;
+//! - [`readings`]: the reading type, batch validation and durable ingest,
+//!   the sensor index, and the key layout (documented there);
+//! - [`query`]: reading queries as a streaming k-way merge over per-sensor
+//!   ranges;
+//! - [`aggregate`]: time-bucket aggregation and small-group suppression;
+//! - [`geo`]: coordinates, boxes, circles, haversine distance;
+//! - [`keys`]: the byte encodings of keys and values;
+//! - [`generate`]: deterministic synthetic readings for demos, tests, benches.
+
+pub mod aggregate;
+pub mod catalog;
+pub mod generate;
+pub mod geo;
+pub mod keys;
+pub mod query;
+pub mod readings;
+pub mod record_fixtures;
+pub mod records;
+
+#[cfg(test)]
+mod testutil;
+
+pub use aggregate::{Bucket, Group, parse_bucket, suppress_small_groups};
+pub use catalog::{
+    Catalog, CatalogEntry, CatalogError, Classification, Dataset, DatasetKind, FieldType,
+    SchemaField, TemporalExtent,
+};
+pub use generate::{GenerateError, Generator, SensorKind, generate, sensor_dataset, sensor_kinds};
+pub use geo::{Area, BoundingBox};
+pub use query::{Order, QueryError, ReadingIter, ReadingQuery};
+pub use readings::{
+    IngestError, IngestSummary, Reading, ReadingProblem, ReadingStore, SensorInfo, strip_fields,
+};

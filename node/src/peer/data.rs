@@ -1,0 +1,178 @@
+//! The peer API's data RPCs. Each one asks the registry whether the caller
+//! may, under the agreement it names, perform the operation on the dataset
+//! (the same [`crate::governance::authorize`] every peer call uses), and
+//! then answers only what the agreement discloses ([`Disclosure`]).
+
+use samvirke_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::{PeerService, caller_fingerprint};
+use crate::data::catalog::{Dataset, DatasetKind};
+use crate::governance::{AccessRequest, Denial, Grant, Operation};
+use crate::identity::Fingerprint;
+use crate::local::data::{ChunkStream, blocking, stream_answer};
+use crate::plane::Disclosure;
+use crate::wire;
+
+fn agreement_id(text: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(text)
+        .map_err(|_| Status::invalid_argument(format!("agreement_id: `{text}` is not a UUID")))
+}
+
+impl PeerService {
+    /// The dataset `id` of this node, or NOT_FOUND.
+    async fn dataset(&self, id: &str) -> Result<Dataset, Status> {
+        let key = id.to_string();
+        blocking(&self.plane, move |plane| plane.catalog.get(&key))
+            .await?
+            .ok_or_else(|| {
+                Status::not_found(format!("dataset `{id}` is not published on this node"))
+            })
+    }
+
+    /// Authorises `operation` on `dataset` under `agreement`.
+    fn grant(
+        &self,
+        caller: Fingerprint,
+        agreement: Uuid,
+        operation: Operation,
+        dataset: Option<&Dataset>,
+    ) -> Result<Grant, Denial> {
+        let grant = self.registry.authorize(&AccessRequest {
+            caller_fingerprint: caller,
+            claimed_code: None,
+            agreement_id: agreement,
+            operation,
+            dataset: dataset.map(Dataset::as_ref),
+        })?;
+        tracing::info!(
+            caller = grant.caller_code,
+            agreement = %grant.agreement_id,
+            operation = operation.as_str(),
+            dataset = dataset.map(|d| d.id.as_str()).unwrap_or(""),
+            "peer request allowed"
+        );
+        Ok(grant)
+    }
+
+    pub(super) async fn catalog_rpc(
+        &self,
+        request: Request<pb::PeerCatalogRequest>,
+    ) -> Result<Response<pb::PeerCatalogResponse>, Status> {
+        let caller = caller_fingerprint(&request)?;
+        let agreement = agreement_id(&request.get_ref().agreement_id)?;
+        let grant = self.grant(caller, agreement, Operation::Catalog, None)?;
+        let datasets = blocking(&self.plane, |plane| plane.catalog.list()).await?;
+        Ok(Response::new(pb::PeerCatalogResponse {
+            datasets: datasets
+                .iter()
+                .filter(|d| grant.scope.covers(&d.as_ref()))
+                .map(|d| Disclosure::new(&grant, d).dataset(d))
+                .collect(),
+        }))
+    }
+
+    pub(super) async fn query_readings_rpc(
+        &self,
+        request: Request<pb::PeerReadingQuery>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let caller = caller_fingerprint(&request)?;
+        let ask = request.into_inner();
+        let agreement = agreement_id(&ask.agreement_id)?;
+        let mut question = wire::query_from_proto(ask.query.unwrap_or_default())
+            .map_err(|e| Status::invalid_argument(format!("query.{e}")))?;
+        let dataset = self.dataset(&question.query.dataset).await?;
+        // An aggregate is allowed by an aggregate-only agreement and, with
+        // no suppression, by one that allows raw reads.
+        let grant = match question.aggregate {
+            None => self.grant(caller, agreement, Operation::Read, Some(&dataset))?,
+            Some(_) => match self.grant(caller, agreement, Operation::Aggregate, Some(&dataset)) {
+                Err(Denial::OperationNotAllowed { .. }) => {
+                    self.grant(caller, agreement, Operation::Read, Some(&dataset))?
+                }
+                other => other?,
+            },
+        };
+        let disclosure = Disclosure::new(&grant, &dataset);
+        disclosure.check_question(&grant, &dataset, &mut question)?;
+        Ok(Response::new(stream_answer(
+            &self.plane,
+            question,
+            Some(disclosure),
+        )))
+    }
+
+    /// Authorises a records read of `dataset_id` of kind `kind`.
+    async fn records_grant(
+        &self,
+        caller: Fingerprint,
+        agreement: &str,
+        dataset_id: &str,
+        kind: DatasetKind,
+    ) -> Result<Disclosure, Status> {
+        let agreement = agreement_id(agreement)?;
+        if dataset_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "filter.dataset_id: required; it is what the agreement must cover",
+            ));
+        }
+        let dataset = self.dataset(dataset_id).await?;
+        if dataset.kind != kind {
+            return Err(Status::invalid_argument(format!(
+                "filter.dataset_id: `{dataset_id}` is a {} dataset, not {kind}",
+                dataset.kind
+            )));
+        }
+        let grant = self.grant(caller, agreement, Operation::Read, Some(&dataset))?;
+        Ok(Disclosure::new(&grant, &dataset))
+    }
+
+    pub(super) async fn list_pilots_rpc(
+        &self,
+        request: Request<pb::PeerPilotQuery>,
+    ) -> Result<Response<pb::ListPeerPilotsResponse>, Status> {
+        let caller = caller_fingerprint(&request)?;
+        let ask = request.into_inner();
+        let filter = ask.filter.unwrap_or_default();
+        let disclosure = self
+            .records_grant(
+                caller,
+                &ask.agreement_id,
+                &filter.dataset_id,
+                DatasetKind::Pilot,
+            )
+            .await?;
+        let pilots = blocking(&self.plane, move |plane| plane.records.list_pilots(&filter)).await?;
+        Ok(Response::new(pb::ListPeerPilotsResponse {
+            pilots: pilots.into_iter().map(|p| disclosure.pilot(p)).collect(),
+        }))
+    }
+
+    pub(super) async fn list_procurements_rpc(
+        &self,
+        request: Request<pb::PeerProcurementQuery>,
+    ) -> Result<Response<pb::ListPeerProcurementsResponse>, Status> {
+        let caller = caller_fingerprint(&request)?;
+        let ask = request.into_inner();
+        let filter = ask.filter.unwrap_or_default();
+        let disclosure = self
+            .records_grant(
+                caller,
+                &ask.agreement_id,
+                &filter.dataset_id,
+                DatasetKind::Procurement,
+            )
+            .await?;
+        let procurements = blocking(&self.plane, move |plane| {
+            plane.records.list_procurements(&filter)
+        })
+        .await?;
+        Ok(Response::new(pb::ListPeerProcurementsResponse {
+            procurements: procurements
+                .into_iter()
+                .map(|p| disclosure.procurement(p))
+                .collect(),
+        }))
+    }
+}

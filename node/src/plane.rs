@@ -1,0 +1,240 @@
+//! The data plane as the services see it: this node's catalog, readings
+//! and records, and the rules for what of them may leave the node under an
+//! agreement.
+//!
+//! Both services use one [`DataPlane`]. The local service hands the
+//! municipality's own users everything; the peer service first asks
+//! [`crate::governance::registry::Registry::authorize`] and then shapes the
+//! answer here with [`Disclosure`]: personal fields and fields the
+//! agreement excludes are removed from every catalog entry, reading,
+//! bucket and record, and an aggregate-only agreement gets aggregates with
+//! small groups suppressed, never raw readings.
+
+use std::sync::Arc;
+
+use samvirke_proto::v1 as pb;
+
+use crate::clock::SharedClock;
+use crate::data::aggregate::{Bucket, Group, suppress_small_groups};
+use crate::data::catalog::{Catalog, Classification, Dataset, DatasetKind};
+use crate::data::readings::{LOCATION_FIELD, Reading, ReadingStore, strip_fields};
+use crate::data::records::{RecordStore, Stored, strip_pilot_fields, strip_procurement_fields};
+use crate::governance::{DatasetRef, Grant, Operation};
+use crate::store::Store;
+use crate::wire;
+
+/// The node's data, shared by the local and peer services.
+#[derive(Debug)]
+pub struct DataPlane {
+    pub catalog: Catalog,
+    pub readings: ReadingStore,
+    pub records: RecordStore,
+    pub clock: SharedClock,
+}
+
+impl DataPlane {
+    /// The data kept in `store`.
+    pub fn new(store: Arc<dyn Store>, clock: SharedClock) -> DataPlane {
+        DataPlane {
+            catalog: Catalog::new(Arc::clone(&store)),
+            readings: ReadingStore::new(Arc::clone(&store)),
+            records: RecordStore::new(store),
+            clock,
+        }
+    }
+
+    /// What the authorisation check needs to know about dataset `id`: its
+    /// kind and keywords from the catalog, or only its id when this node
+    /// does not publish it (then only id-scoped agreements can cover it).
+    pub fn dataset_ref(&self, id: &str) -> DatasetRef {
+        match self.catalog.get(id) {
+            Ok(Some(dataset)) => dataset.as_ref(),
+            _ => DatasetRef {
+                id: id.to_string(),
+                kind: String::new(),
+                keywords: Vec::new(),
+            },
+        }
+    }
+}
+
+/// Why a record cannot be stored under the dataset it names.
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    #[error("dataset_id: `{0}` is not published on this node; publish the dataset first")]
+    UnknownDataset(String),
+    #[error(
+        "dataset_id: `{id}` is a {actual} dataset; this record belongs in a {expected} dataset"
+    )]
+    WrongKind {
+        id: String,
+        actual: DatasetKind,
+        expected: DatasetKind,
+    },
+    #[error(transparent)]
+    Catalog(#[from] crate::data::CatalogError),
+    #[error(transparent)]
+    Record(#[from] crate::data::records::RecordError),
+}
+
+impl DataPlane {
+    /// Stores `pilot` after checking its dataset is a published pilot dataset.
+    pub fn put_pilot(&self, pilot: pb::Pilot) -> Result<Stored, PlacementError> {
+        self.check_placement(&pilot.dataset_id, DatasetKind::Pilot)?;
+        Ok(self.records.put_pilot(pilot)?)
+    }
+
+    /// Stores `procurement` after checking its dataset is a published
+    /// procurement dataset.
+    pub fn put_procurement(&self, procurement: pb::Procurement) -> Result<Stored, PlacementError> {
+        self.check_placement(&procurement.dataset_id, DatasetKind::Procurement)?;
+        Ok(self.records.put_procurement(procurement)?)
+    }
+
+    fn check_placement(&self, id: &str, expected: DatasetKind) -> Result<(), PlacementError> {
+        let dataset = self
+            .catalog
+            .get(id)?
+            .ok_or_else(|| PlacementError::UnknownDataset(id.to_string()))?;
+        if dataset.kind != expected {
+            return Err(PlacementError::WrongKind {
+                id: id.to_string(),
+                actual: dataset.kind,
+                expected,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How much of a dataset one granted peer request may see.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disclosure {
+    /// Fields that never leave: the dataset's personal fields plus the
+    /// agreement's excluded fields.
+    pub withheld: Vec<String>,
+    /// `Some(min)` when the agreement allows aggregates but not raw reads:
+    /// buckets describing fewer than `min` readings or sensors are withheld.
+    pub min_group_size: Option<u32>,
+    /// Whether raw readings and records may be returned.
+    pub raw: bool,
+}
+
+/// Why a granted request still cannot be answered as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DisclosureError {
+    #[error(
+        "agreement {agreement} allows only aggregates of `{dataset}`; ask with a bucket \
+         (e.g. \"1h\") instead of for raw readings"
+    )]
+    RawNotAllowed { agreement: String, dataset: String },
+    #[error(
+        "dataset `{dataset}` is classified personal and agreement {agreement} allows only \
+         aggregates: per-sensor buckets could single out a person; group over all sensors"
+    )]
+    PerSensorOfPersonal { agreement: String, dataset: String },
+}
+
+impl Disclosure {
+    /// The disclosure `grant` allows for `dataset`.
+    pub fn new(grant: &Grant, dataset: &Dataset) -> Disclosure {
+        let mut withheld = dataset.personal_fields();
+        for field in &grant.excluded_fields {
+            if !withheld.contains(field) {
+                withheld.push(field.clone());
+            }
+        }
+        let raw = grant.operations.contains(&Operation::Read);
+        Disclosure {
+            withheld,
+            min_group_size: if raw {
+                None
+            } else {
+                Some(grant.min_group_size.unwrap_or(1))
+            },
+            raw,
+        }
+    }
+
+    fn withholds(&self, field: &str) -> bool {
+        self.withheld.iter().any(|w| w == field)
+    }
+
+    /// The catalog entry as the caller may see it: without withheld fields.
+    pub fn dataset(&self, dataset: &Dataset) -> pb::Dataset {
+        let mut message = wire::dataset_to_proto(dataset);
+        message.schema.retain(|field| !self.withholds(&field.name));
+        message
+    }
+
+    /// Checks a readings question against the disclosure, and narrows its
+    /// measures to those that may leave.
+    pub fn check_question(
+        &self,
+        grant: &Grant,
+        dataset: &Dataset,
+        question: &mut wire::ReadingQuestion,
+    ) -> Result<(), DisclosureError> {
+        match question.aggregate {
+            None if !self.raw => {
+                return Err(DisclosureError::RawNotAllowed {
+                    agreement: grant.agreement_id.to_string(),
+                    dataset: dataset.id.clone(),
+                });
+            }
+            Some((_, Group::PerSensor))
+                if !self.raw && dataset.classification == Classification::Personal =>
+            {
+                return Err(DisclosureError::PerSensorOfPersonal {
+                    agreement: grant.agreement_id.to_string(),
+                    dataset: dataset.id.clone(),
+                });
+            }
+            _ => {}
+        }
+        let allowed: Vec<String> = dataset
+            .measure_names()
+            .into_iter()
+            .filter(|m| !self.withholds(m))
+            .collect();
+        if question.query.measures.is_empty() {
+            question.query.measures = allowed;
+        } else {
+            question.query.measures.retain(|m| allowed.contains(m));
+        }
+        Ok(())
+    }
+
+    /// A reading as the caller may see it.
+    pub fn reading(&self, mut reading: Reading) -> Reading {
+        strip_fields(&mut reading, &self.withheld);
+        if self.withholds(LOCATION_FIELD) {
+            reading.location = None;
+        }
+        reading
+    }
+
+    /// Buckets as the caller may see them, and how many were withheld.
+    pub fn buckets(&self, buckets: Vec<Bucket>) -> (Vec<Bucket>, usize) {
+        let buckets: Vec<Bucket> = buckets
+            .into_iter()
+            .filter(|b| !self.withholds(&b.measure))
+            .collect();
+        match self.min_group_size {
+            Some(min) => suppress_small_groups(buckets, min),
+            None => (buckets, 0),
+        }
+    }
+
+    /// A pilot record as the caller may see it.
+    pub fn pilot(&self, mut pilot: pb::Pilot) -> pb::Pilot {
+        strip_pilot_fields(&mut pilot, &self.withheld);
+        pilot
+    }
+
+    /// A procurement record as the caller may see it.
+    pub fn procurement(&self, mut procurement: pb::Procurement) -> pb::Procurement {
+        strip_procurement_fields(&mut procurement, &self.withheld);
+        procurement
+    }
+}
