@@ -17,7 +17,9 @@
 //! - [`aggregate`]: time-bucket aggregation and small-group suppression;
 //! - [`geo`]: coordinates, boxes, circles, haversine distance;
 //! - [`keys`]: the byte encodings of keys and values;
-//! - [`generate`]: deterministic synthetic readings for demos, tests, benches.
+//! - [`generate`](mod@generate): deterministic synthetic readings for demos, tests, benches.
+//! - [`records`], [`record_fixtures`]: pilot results and procurement outcomes,
+//!   and the fixture facts about them.
 
 pub mod aggregate;
 pub mod catalog;

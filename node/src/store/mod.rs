@@ -93,6 +93,17 @@ pub enum Keyspace {
 
 impl Keyspace {
     /// The name the backend stores this keyspace under.
+    /// Every keyspace, so a backend can open them all up front.
+    pub const ALL: [Keyspace; 7] = [
+        Keyspace::Meta,
+        Keyspace::Rosters,
+        Keyspace::Agreements,
+        Keyspace::Datasets,
+        Keyspace::Sensors,
+        Keyspace::Readings,
+        Keyspace::Records,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Keyspace::Meta => "meta",

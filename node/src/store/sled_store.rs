@@ -2,6 +2,7 @@
 //! [`Keyspace`] is a sled tree; a [`WriteBatch`] is a sled batch, applied
 //! atomically; [`Store::flush`] is sled's fsync.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,9 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 pub struct SledStore {
     path: PathBuf,
     db: sled::Db,
+    /// Open tree handles, one per keyspace: opening a tree takes a lock
+    /// and a lookup, too much to repeat on every read.
+    trees: HashMap<Keyspace, sled::Tree>,
     schema: u32,
 }
 
@@ -34,9 +38,14 @@ impl SledStore {
                 path: dir.to_path_buf(),
                 message: e.to_string(),
             })?;
+        let trees = Keyspace::ALL
+            .into_iter()
+            .map(|space| Ok((space, db.open_tree(space.name()).map_err(backend)?)))
+            .collect::<Result<HashMap<_, _>, StoreError>>()?;
         let store = SledStore {
             path: dir.to_path_buf(),
             db,
+            trees,
             schema: SCHEMA_VERSION,
         };
         let stored = store
@@ -81,7 +90,10 @@ impl SledStore {
     }
 
     fn tree(&self, space: Keyspace) -> Result<sled::Tree, StoreError> {
-        self.db.open_tree(space.name()).map_err(backend)
+        match self.trees.get(&space) {
+            Some(tree) => Ok(tree.clone()),
+            None => self.db.open_tree(space.name()).map_err(backend),
+        }
     }
 }
 
