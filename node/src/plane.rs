@@ -133,6 +133,13 @@ pub enum DisclosureError {
          aggregates: per-sensor buckets could single out a person; group over all sensors"
     )]
     PerSensorOfPersonal { agreement: String, dataset: String },
+    #[error(
+        "`{field}` never leaves this node under agreement {agreement} (personal data, or \
+         excluded by the agreement); leave it out of the query"
+    )]
+    Withheld { agreement: String, field: String },
+    #[error("agreement {agreement} discloses no measure of `{dataset}`")]
+    NothingDisclosed { agreement: String, dataset: String },
 }
 
 impl Disclosure {
@@ -192,15 +199,33 @@ impl Disclosure {
             }
             _ => {}
         }
-        let allowed: Vec<String> = dataset
-            .measure_names()
-            .into_iter()
-            .filter(|m| !self.withholds(m))
-            .collect();
+        // Asking for a withheld field by name is refused outright: narrowing
+        // the request silently would turn "only no2" into "everything else".
+        if let Some(field) = question.query.measures.iter().find(|m| self.withholds(m)) {
+            return Err(DisclosureError::Withheld {
+                agreement: grant.agreement_id.to_string(),
+                field: field.clone(),
+            });
+        }
+        if self.withholds(LOCATION_FIELD) && question.query.area.is_some() {
+            return Err(DisclosureError::Withheld {
+                agreement: grant.agreement_id.to_string(),
+                field: LOCATION_FIELD.to_string(),
+            });
+        }
         if question.query.measures.is_empty() {
+            let allowed: Vec<String> = dataset
+                .measure_names()
+                .into_iter()
+                .filter(|m| !self.withholds(m))
+                .collect();
+            if allowed.is_empty() {
+                return Err(DisclosureError::NothingDisclosed {
+                    agreement: grant.agreement_id.to_string(),
+                    dataset: dataset.id.clone(),
+                });
+            }
             question.query.measures = allowed;
-        } else {
-            question.query.measures.retain(|m| allowed.contains(m));
         }
         Ok(())
     }

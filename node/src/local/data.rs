@@ -165,11 +165,16 @@ impl LocalService {
         let mut totals = pb::IngestReadingsResponse::default();
         while let Some(batch) = batches.message().await? {
             let number = totals.batches + 1;
-            let stored_so_far = |totals: &pb::IngestReadingsResponse| {
-                format!(
-                    "; batches 1..{} ({} readings) before it are stored",
-                    totals.batches, totals.readings
-                )
+            let stored_so_far = |totals: &pb::IngestReadingsResponse| match totals.batches {
+                0 => "; nothing of this call was stored".to_string(),
+                1 => format!(
+                    "; batch 1 ({} readings) before it is stored",
+                    totals.readings
+                ),
+                n => format!(
+                    "; batches 1..{n} ({} readings) before it are stored",
+                    totals.readings
+                ),
             };
             let readings = batch
                 .readings

@@ -86,7 +86,14 @@ impl PeerService {
         // An aggregate is allowed by an aggregate-only agreement and, with
         // no suppression, by one that allows raw reads.
         let grant = match question.aggregate {
-            None => self.grant(caller, agreement, Operation::Read, Some(&dataset))?,
+            // A raw question under an aggregate-only agreement gets the
+            // advice to ask for aggregates (from check_question below).
+            None => match self.grant(caller, agreement, Operation::Read, Some(&dataset)) {
+                Err(denied @ Denial::OperationNotAllowed { .. }) => self
+                    .grant(caller, agreement, Operation::Aggregate, Some(&dataset))
+                    .map_err(|_| denied)?,
+                other => other?,
+            },
             Some(_) => match self.grant(caller, agreement, Operation::Aggregate, Some(&dataset)) {
                 Err(Denial::OperationNotAllowed { .. }) => {
                     self.grant(caller, agreement, Operation::Read, Some(&dataset))?
