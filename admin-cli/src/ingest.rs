@@ -46,8 +46,12 @@ Exit status:
   1  the node refused a batch (its message names the reading), could not
      be reached, or the file could not be read to the end; batches the
      node accepted before that stay stored
-  2  some rows were invalid: they were skipped (not sent) and are listed
+  2  the command line was wrong (as for every samvirke command)
+  3  some rows were invalid: they were skipped (not sent) and are listed
      with their line numbers; every row sent was stored";
+
+/// Exit status when rows were skipped (2 is the command-line error status).
+const EXIT_ROWS_SKIPPED: u8 = 3;
 
 #[derive(Debug, Subcommand)]
 pub enum IngestCommand {
@@ -814,29 +818,21 @@ fn open(path: &Path) -> anyhow::Result<(Box<dyn Read + Send>, Option<u64>)> {
     Ok((Box::new(file), size))
 }
 
+/// Progress templates: by bytes of a file, or bytes read from stdin.
+const BAR_TEMPLATE: &str = "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} \
+                            ({bytes_per_sec}, {eta} left)";
+const SPINNER_TEMPLATE: &str = "{spinner} [{elapsed_precise}] {bytes} read ({bytes_per_sec})";
+
 fn progress_bar(size: Option<u64>) -> ProgressBar {
     // indicatif draws to stderr, and not at all when it is not a terminal.
-    match size {
-        Some(size) => {
-            let bar = ProgressBar::new(size);
-            if let Ok(style) = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} \
-                 ({bytes_per_sec}, {eta} left)",
-            ) {
-                bar.set_style(style);
-            }
-            bar
-        }
-        None => {
-            let bar = ProgressBar::no_length();
-            if let Ok(style) =
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bytes} read")
-            {
-                bar.set_style(style);
-            }
-            bar
-        }
+    let (bar, template) = match size {
+        Some(size) => (ProgressBar::new(size), BAR_TEMPLATE),
+        None => (ProgressBar::no_length(), SPINNER_TEMPLATE),
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
     }
+    bar
 }
 
 async fn ingest(args: IngestArgs, format: Format) -> anyhow::Result<ExitCode> {
@@ -880,11 +876,15 @@ async fn ingest(args: IngestArgs, format: Format) -> anyhow::Result<ExitCode> {
         summary(&args.file, &produced, answer.as_ref().ok(), elapsed)
     );
     if let Err(status) = answer {
-        return Err(args.node.refused("store a batch", &status).context(
-            "batches the node accepted before the refused one stay stored; \
-             fix the reading named and ingest the file again (re-sent readings replace, \
-             never duplicate)",
-        ));
+        let refused = args.node.refused("store the readings", &status);
+        return Err(if status.code() == tonic::Code::InvalidArgument {
+            refused.context(
+                "fix the reading named and ingest the file again (re-sent readings replace, \
+                 never duplicate)",
+            )
+        } else {
+            refused
+        });
     }
     if let Some(fatal) = produced.fatal {
         return Err(fatal.context(format!(
@@ -895,7 +895,7 @@ async fn ingest(args: IngestArgs, format: Format) -> anyhow::Result<ExitCode> {
         )));
     }
     Ok(if produced.rejected_total > 0 {
-        ExitCode::from(2)
+        ExitCode::from(EXIT_ROWS_SKIPPED)
     } else {
         ExitCode::SUCCESS
     })
@@ -925,7 +925,7 @@ fn summary(
             answer.readings, answer.batches, answer.inserted, answer.replaced
         )),
         None => text.push_str(&format!(
-            "sent {} readings in {} batches before the node refused one\n",
+            "the node ended the call after {} readings in {} batches had been sent\n",
             produced.sent, produced.batches
         )),
     }
@@ -1246,6 +1246,13 @@ not json
             text.contains("rejected 3 rows (not sent):\n  line 5: timestamp:"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn progress_templates_are_valid() {
+        for template in [BAR_TEMPLATE, SPINNER_TEMPLATE] {
+            assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
+        }
     }
 
     #[test]

@@ -738,7 +738,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 5);
         assert!(lines[0].starts_with("sensor_id  at "), "{text}");
-        assert!(lines[4].ends_with("15.7  8.7"), "tables round for people: {text}");
+        assert!(
+            lines[4].ends_with("15.7  8.7"),
+            "tables round for people: {text}"
+        );
         assert!(lines[1].contains("56.15341  -10.20000"), "{text}");
         assert_eq!(
             lines[0].find("pm2_5").map(|i| i + 5),

@@ -352,7 +352,10 @@ fn daytime(h: f64) -> f64 {
 }
 
 fn round_to(v: f64, step: f64) -> f64 {
-    (v / step).round() * step
+    // Multiply by the whole number of steps per unit and divide back, so
+    // 15.7 comes out as 15.7 rather than 15.700000000000001.
+    let per_unit = (1.0 / step).round();
+    (v * per_unit).round() / per_unit
 }
 
 fn value(m: &MeasureSpec, s: &GenSensor, t: i64, rng: &mut SplitMix64) -> f64 {
