@@ -925,7 +925,8 @@ fn summary(
             answer.readings, answer.batches, answer.inserted, answer.replaced
         )),
         None => text.push_str(&format!(
-            "the node ended the call after {} readings in {} batches had been sent\n",
+            "the node ended the call after {} readings in {} batches were queued; \
+             only batches it stored before ending it are kept\n",
             produced.sent, produced.batches
         )),
     }

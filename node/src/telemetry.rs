@@ -2,6 +2,8 @@
 //! object per line for log collectors. The filter comes from `SAMVIRKE_LOG`
 //! when set (e.g. `samvirke_node=debug,info`), else from the config.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -15,8 +17,10 @@ pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_env(LOG_ENV)
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never in log files.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // try_init fails only if a subscriber is already installed, which is fine.
     let _ = match format {
