@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use samvirke_proto::v1::{Dataset, ListDatasetsRequest};
 
-use crate::local::{self, Local};
+use crate::local::{self, Local, Token};
 
 /// The node to talk to.
 #[derive(Debug, Clone, Args)]
@@ -18,13 +18,13 @@ pub struct NodeArgs {
     pub node: String,
     /// A local API token for that node (role ingest to write, read to read).
     #[arg(long, env = "SAMVIRKE_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: Token,
 }
 
 impl NodeArgs {
     /// Connects to the node.
     pub async fn connect(&self) -> anyhow::Result<Local> {
-        local::connect(&self.node, &self.token).await
+        local::connect(&self.node, self.token.secret()).await
     }
 
     /// An error for a refused call: which node, what, the status and its message.

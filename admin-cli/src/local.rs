@@ -32,15 +32,53 @@ impl tonic::service::Interceptor for BearerToken {
 /// The local API client type.
 pub type Local = LocalClient<InterceptedService<Channel, BearerToken>>;
 
+/// A bearer token from the command line or `SAMVIRKE_TOKEN`. Its `Debug`
+/// never shows the secret, so no argument dump can leak it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    /// The secret, for the authorization header only.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Token, String> {
+        Ok(Token(text.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
 /// Connects to the local API at `endpoint` (e.g. `http://127.0.0.1:7080`).
 pub async fn connect(endpoint: &str, token: &str) -> anyhow::Result<Local> {
+    if let Some(rest) = endpoint.strip_prefix("http://") {
+        let host = rest.split([':', '/']).next().unwrap_or_default();
+        let loopback =
+            host == "localhost" || host.starts_with("127.") || host == "[::1]" || host.is_empty();
+        if !loopback {
+            eprintln!(
+                "warning: sending the token to {endpoint} without TLS; use https:// \
+                 (local.tls = true on the node) or a loopback address"
+            );
+        }
+    }
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
         .with_context(|| format!("`{endpoint}` is not a URL"))?
         .connect()
         .await
         .with_context(|| format!("cannot reach {endpoint}"))?;
-    let bearer = format!("Bearer {token}")
+    let mut bearer: MetadataValue<Ascii> = format!("Bearer {token}")
         .parse()
         .context("the token has characters a header cannot carry")?;
+    bearer.set_sensitive(true);
     Ok(LocalClient::with_interceptor(channel, BearerToken(bearer)))
 }

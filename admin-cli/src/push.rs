@@ -10,6 +10,7 @@ use clap::Args;
 use samvirke_node::governance::files::DocumentKind;
 use samvirke_proto::v1::{ImportAgreementRequest, ImportRosterRequest, SignedDocumentBytes};
 
+use crate::local::Token;
 use crate::{files, local};
 
 #[derive(Debug, Args)]
@@ -21,7 +22,7 @@ pub struct PushArgs {
     node: String,
     /// An admin token for that node.
     #[arg(long, env = "SAMVIRKE_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Token,
     /// Pin this roster as the fellowship's trust anchor (first import only).
     #[arg(long)]
     trust_anchor: bool,
@@ -35,7 +36,7 @@ pub fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
 async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let content = files::read(&args.file)?;
     let kind = DocumentKind::detect(&content)?;
-    let mut client = local::connect(&args.node, &args.token).await?;
+    let mut client = local::connect(&args.node, args.token.secret()).await?;
     let document = Some(SignedDocumentBytes { content });
     let refused = |status: tonic::Status| {
         anyhow::anyhow!(

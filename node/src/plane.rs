@@ -18,7 +18,9 @@ use crate::clock::SharedClock;
 use crate::data::aggregate::{Bucket, Group, suppress_small_groups};
 use crate::data::catalog::{Catalog, Classification, Dataset, DatasetKind};
 use crate::data::readings::{LOCATION_FIELD, Reading, ReadingStore, strip_fields};
-use crate::data::records::{RecordStore, Stored, strip_pilot_fields, strip_procurement_fields};
+use crate::data::records::{
+    RecordStore, Stored, strip_pilot_fields, strip_procurement_fields, top_level,
+};
 use crate::governance::{DatasetRef, Grant, Operation};
 use crate::store::Store;
 use crate::wire;
@@ -140,15 +142,36 @@ pub enum DisclosureError {
     Withheld { agreement: String, field: String },
     #[error("agreement {agreement} discloses no measure of `{dataset}`")]
     NothingDisclosed { agreement: String, dataset: String },
+    #[error(
+        "measure `{field}` is not available under agreement {agreement}; available: {disclosed}"
+    )]
+    NotDisclosed {
+        agreement: String,
+        field: String,
+        disclosed: String,
+    },
+    #[error(
+        "agreement {agreement} allows only aggregates over all sensors: leave out sensor_ids \
+         and the area filter (aggregates over sets that differ by one sensor would reveal it)"
+    )]
+    NarrowAggregate { agreement: String },
 }
 
 impl Disclosure {
     /// The disclosure `grant` allows for `dataset`.
     pub fn new(grant: &Grant, dataset: &Dataset) -> Disclosure {
-        let mut withheld = dataset.personal_fields();
-        for field in &grant.excluded_fields {
-            if !withheld.contains(field) {
-                withheld.push(field.clone());
+        // Field names are compared as records compare them: trimmed,
+        // lower case, the top-level part of a dotted path; so "NO2" or
+        // "location.lat" in an agreement withhold what a person means.
+        let mut withheld: Vec<String> = Vec::new();
+        for field in dataset
+            .personal_fields()
+            .iter()
+            .chain(&grant.excluded_fields)
+        {
+            let field = top_level(field);
+            if !withheld.contains(&field) {
+                withheld.push(field);
             }
         }
         let raw = grant.operations.contains(&Operation::Read);
@@ -164,7 +187,65 @@ impl Disclosure {
     }
 
     fn withholds(&self, field: &str) -> bool {
-        self.withheld.iter().any(|w| w == field)
+        let field = top_level(field);
+        self.withheld.contains(&field)
+    }
+
+    /// Refuses a records filter that tests a withheld field: whether a
+    /// record matches would reveal the field (a value range halved call by
+    /// call finds the exact value).
+    fn check_filter(&self, grant: &Grant, tested: &[(&str, bool)]) -> Result<(), DisclosureError> {
+        match tested
+            .iter()
+            .find(|(field, set)| *set && self.withholds(field))
+        {
+            Some((field, _)) => Err(DisclosureError::Withheld {
+                agreement: grant.agreement_id.to_string(),
+                field: field.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a pilot filter against the disclosure.
+    pub fn check_pilot_filter(
+        &self,
+        grant: &Grant,
+        filter: &pb::PilotFilter,
+    ) -> Result<(), DisclosureError> {
+        self.check_filter(
+            grant,
+            &[
+                ("phase", filter.phase != 0),
+                ("technology", !filter.technology.is_empty()),
+                ("municipalities", filter.municipality != 0),
+                ("started", filter.year != 0),
+            ],
+        )
+    }
+
+    /// Checks a procurement filter against the disclosure.
+    pub fn check_procurement_filter(
+        &self,
+        grant: &Grant,
+        filter: &pb::ProcurementFilter,
+    ) -> Result<(), DisclosureError> {
+        self.check_filter(
+            grant,
+            &[
+                ("suppliers", !filter.supplier.is_empty()),
+                ("buyer_municipalities", filter.buyer_municipality != 0),
+                ("buyer_fellowship", !filter.buyer_fellowship.is_empty()),
+                ("procedure", filter.procedure != 0),
+                ("awarded", filter.year != 0),
+                (
+                    "value_dkk",
+                    filter.min_value_dkk != 0 || filter.max_value_dkk != 0,
+                ),
+                ("cpv_codes", !filter.cpv_code.is_empty()),
+                ("complaints", filter.has_complaint.is_some()),
+            ],
+        )
     }
 
     /// The catalog entry as the caller may see it: without withheld fields.
@@ -199,12 +280,12 @@ impl Disclosure {
             }
             _ => {}
         }
-        // Asking for a withheld field by name is refused outright: narrowing
-        // the request silently would turn "only no2" into "everything else".
-        if let Some(field) = question.query.measures.iter().find(|m| self.withholds(m)) {
-            return Err(DisclosureError::Withheld {
+        // Under an aggregate-only agreement the set of sensors a bucket
+        // covers is always "all of them": two aggregates over sets that
+        // differ by one sensor would give that sensor's raw values.
+        if !self.raw && (!question.query.sensor_ids.is_empty() || question.query.area.is_some()) {
+            return Err(DisclosureError::NarrowAggregate {
                 agreement: grant.agreement_id.to_string(),
-                field: field.clone(),
             });
         }
         if self.withholds(LOCATION_FIELD) && question.query.area.is_some() {
@@ -213,12 +294,28 @@ impl Disclosure {
                 field: LOCATION_FIELD.to_string(),
             });
         }
+        // A measure that is withheld and one that does not exist get the
+        // same answer, listing only what is disclosed, so a caller learns
+        // nothing about fields it may not see.
+        let disclosed: Vec<String> = dataset
+            .measure_names()
+            .into_iter()
+            .filter(|m| !self.withholds(m))
+            .collect();
+        if let Some(unknown) = question
+            .query
+            .measures
+            .iter()
+            .find(|m| !disclosed.contains(m))
+        {
+            return Err(DisclosureError::NotDisclosed {
+                agreement: grant.agreement_id.to_string(),
+                field: unknown.clone(),
+                disclosed: disclosed.join(", "),
+            });
+        }
         if question.query.measures.is_empty() {
-            let allowed: Vec<String> = dataset
-                .measure_names()
-                .into_iter()
-                .filter(|m| !self.withholds(m))
-                .collect();
+            let allowed = disclosed;
             if allowed.is_empty() {
                 return Err(DisclosureError::NothingDisclosed {
                     agreement: grant.agreement_id.to_string(),

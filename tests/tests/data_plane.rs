@@ -858,6 +858,16 @@ async fn an_aggregate_only_agreement_gives_buckets_with_small_groups_suppressed(
         ),
     ];
     for (what, q, outcome) in cases {
+        // Narrowing the sensors (by id or area) is refused under an
+        // aggregate-only agreement: two answers over sets that differ by one
+        // sensor would give that sensor's values.
+        if !q.sensor_ids.is_empty() || q.area.is_some() {
+            assert_denied(
+                peer_query(&mut vejle, &agreement, q.clone()).await,
+                &["allows only aggregates over all sensors"],
+            );
+            continue;
+        }
         let local = local_query(&mut admin, q.clone())
             .await
             .unwrap_or_else(|s| panic!("{what}: local: {s:?}"));
@@ -979,7 +989,7 @@ async fn a_read_agreement_returns_the_local_answer_minus_withheld_fields() {
     with_no2.measures = strings(&["no2", "pm10"]);
     assert_denied(
         peer_query(&mut vejle, &agreement, with_no2).await,
-        &["`no2` never leaves this node"],
+        &["measure `no2` is not available", "available: pm2_5, pm10"],
     );
     for (what, mut q) in raw {
         // An analyst leaves withheld measures out (naming one is refused, above).
@@ -1241,23 +1251,31 @@ async fn peer_records_lack_withheld_fields_and_need_a_dataset() {
             .all(|p| p.value_dkk == 0 && p.suppliers.is_empty())
     );
 
-    // A supplier filter still filters (on the provider), but the answer
-    // does not name the supplier.
-    let by_supplier = vejle
-        .list_procurements(pb::PeerProcurementQuery {
-            agreement_id: agreement.clone(),
-            filter: Some(pb::ProcurementFilter {
-                dataset_id: PROCUREMENTS.to_string(),
-                supplier: "kmd".to_string(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("by supplier")
-        .into_inner()
-        .procurements;
-    assert_eq!(by_supplier.len(), 2);
-    assert!(by_supplier.iter().all(|p| p.suppliers.is_empty()));
+    // Filtering on a withheld field is refused: which records match would
+    // reveal it (a value range halved call by call finds the exact value).
+    for filter in [
+        pb::ProcurementFilter {
+            dataset_id: PROCUREMENTS.to_string(),
+            supplier: "kmd".to_string(),
+            ..Default::default()
+        },
+        pb::ProcurementFilter {
+            dataset_id: PROCUREMENTS.to_string(),
+            min_value_dkk: 100_000_000,
+            ..Default::default()
+        },
+    ] {
+        assert_denied(
+            vejle
+                .list_procurements(pb::PeerProcurementQuery {
+                    agreement_id: agreement.clone(),
+                    filter: Some(filter),
+                })
+                .await
+                .map(|_| ()),
+            &["never leaves this node"],
+        );
+    }
 
     // The dataset is required, must be of the right kind, and covered.
     assert_status(

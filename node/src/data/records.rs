@@ -768,7 +768,7 @@ fn is_cpv_code(code: &str) -> bool {
 /// The field an excluded name refers to: names are protobuf field names,
 /// compared ignoring ASCII case; a dotted path (`kpis.value`) refers to its
 /// top-level field, which is cleared whole.
-fn top_level(name: &str) -> String {
+pub fn top_level(name: &str) -> String {
     name.trim()
         .split('.')
         .next()

@@ -62,6 +62,11 @@ pub enum ImportError {
          terms; the terms of a signed agreement never change, draft a new one"
     )]
     Conflict { id: Uuid },
+    #[error(
+        "agreement {id} rejected: its provider ({provider}) has not signed it; an agreement is \
+         imported once the provider has signed"
+    )]
+    NoProviderSignature { id: Uuid, provider: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -293,6 +298,16 @@ impl Registry {
         {
             return Ok((Imported::Unchanged, held.clone()));
         }
+        let provider = agreement.body().provider;
+        let provider_signed = roster
+            .member(provider)
+            .is_some_and(|m| signatures.iter().any(|s| s.signer == m.signing_key));
+        if !provider_signed {
+            return Err(ImportError::NoProviderSignature {
+                id,
+                provider: roster.party(provider).to_string(),
+            });
+        }
         let merged = Agreement::from_document(SignedDocument {
             body: agreement.document().body.clone(),
             signatures,
@@ -360,11 +375,13 @@ impl Registry {
         partners.into_values().collect()
     }
 
-    /// What this node holds, for a partner to compare with.
-    pub fn summary(&self) -> pb::GovernanceSummary {
+    /// What this node holds of `fellowships`, for a partner of those
+    /// fellowships to compare with (it learns nothing of the others).
+    pub fn summary(&self, fellowships: &BTreeSet<String>) -> pb::GovernanceSummary {
         let view = self.read();
         let mut rosters: Vec<pb::RosterHead> = view
             .rosters()
+            .filter(|r| fellowships.contains(r.fellowship()))
             .map(|r| pb::RosterHead {
                 fellowship: r.fellowship().to_string(),
                 serial: r.serial(),
@@ -374,6 +391,7 @@ impl Registry {
         rosters.sort_by(|a, b| a.fellowship.cmp(&b.fellowship));
         let mut agreements: Vec<pb::AgreementHead> = view
             .agreements()
+            .filter(|a| fellowships.contains(&a.body().fellowship))
             .map(|a| pb::AgreementHead {
                 id: a.id().to_string(),
                 digest: a.digest().to_string(),
@@ -415,6 +433,21 @@ impl Registry {
             let Some(&their_serial) = their_rosters.get(fellowship) else {
                 continue;
             };
+            if their_serial == roster.serial() {
+                let theirs_digest = theirs
+                    .rosters
+                    .iter()
+                    .find(|h| h.fellowship == fellowship)
+                    .map(|h| h.digest.as_str());
+                if theirs_digest.is_some_and(|d| d != roster.digest().to_string()) {
+                    tracing::error!(
+                        fellowship,
+                        serial = their_serial,
+                        "a partner holds a different roster with the same serial: the \
+                         fellowship's roster has forked; ask the secretariat"
+                    );
+                }
+            }
             if !fellowships.contains(fellowship) || their_serial >= roster.serial() {
                 continue;
             }
@@ -460,23 +493,39 @@ impl Registry {
         Ok(offer)
     }
 
-    /// Imports documents a partner sent. Each is judged on its own; one
-    /// that is refused is logged and does not stop the rest.
-    pub fn import_offer(&self, from: &str, rosters: &[Vec<u8>], agreements: &[Vec<u8>]) -> usize {
+    /// Imports documents a partner sent, of the fellowships it is a
+    /// current member of (`fellowships`); others are ignored. Each is judged
+    /// on its own; one that is refused is logged and does not stop the rest.
+    pub fn import_offer(
+        &self,
+        from: &str,
+        fellowships: &BTreeSet<String>,
+        rosters: &[Vec<u8>],
+        agreements: &[Vec<u8>],
+    ) -> usize {
         let mut changed = 0;
+        let mut count = |outcome: Result<Imported, ImportError>, what: &str| match outcome {
+            Ok(Imported::Changed) => changed += 1,
+            Ok(Imported::Unchanged) => {}
+            Err(error) => tracing::warn!(partner = from, %error, "offered {what} refused"),
+        };
         for bytes in rosters {
-            match self.import_roster(bytes, false) {
-                Ok((Imported::Changed, _)) => changed += 1,
-                Ok((Imported::Unchanged, _)) => {}
-                Err(error) => tracing::warn!(partner = from, %error, "offered roster refused"),
-            }
+            let outcome = match Roster::parse(bytes) {
+                Ok(roster) if !fellowships.contains(roster.fellowship()) => continue,
+                Ok(_) => self
+                    .import_roster(bytes, false)
+                    .map(|(imported, _)| imported),
+                Err(error) => Err(error.into()),
+            };
+            count(outcome, "roster");
         }
         for bytes in agreements {
-            match self.import_agreement(bytes) {
-                Ok((Imported::Changed, _)) => changed += 1,
-                Ok((Imported::Unchanged, _)) => {}
-                Err(error) => tracing::warn!(partner = from, %error, "offered agreement refused"),
-            }
+            let outcome = match Agreement::parse(bytes) {
+                Ok(agreement) if !fellowships.contains(&agreement.body().fellowship) => continue,
+                Ok(_) => self.import_agreement(bytes).map(|(imported, _)| imported),
+                Err(error) => Err(error.into()),
+            };
+            count(outcome, "agreement");
         }
         changed
     }

@@ -146,10 +146,10 @@ pub struct Member {
 }
 
 impl Member {
-    /// Whether the member is current at `at`: a member with `left` set is
-    /// not current from 00:00 UTC on that date.
+    /// Whether the member is current at `at`: from 00:00 UTC on `joined`,
+    /// and, with `left` set, until 00:00 UTC on that date.
     pub fn is_current(&self, at: OffsetDateTime) -> bool {
-        self.left.is_none_or(|left| at < body::start_of(left))
+        at >= body::start_of(self.joined) && self.left.is_none_or(|left| at < body::start_of(left))
     }
 
     /// The member as a party named in messages.
@@ -865,6 +865,16 @@ pub(crate) mod tests {
             joined: date!(2016 - 01 - 01),
             left,
         }
+    }
+
+    #[test]
+    fn a_member_is_current_from_joined_until_left() {
+        let mut m = member(265, "Roskilde Kommune", Some(date!(2025 - 01 - 01)));
+        m.joined = date!(2016 - 03 - 01);
+        assert!(!m.is_current(datetime!(2016-02-29 23:59:59 UTC)));
+        assert!(m.is_current(datetime!(2016-03-01 00:00 UTC)));
+        assert!(m.is_current(datetime!(2024-12-31 23:59:59 UTC)));
+        assert!(!m.is_current(datetime!(2025-01-01 00:00 UTC)));
     }
 
     /// DIGIT-like members: two current, two who left on 2025-01-01, plus Vejle.

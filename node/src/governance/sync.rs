@@ -77,22 +77,33 @@ fn contents(documents: Vec<SignedDocumentBytes>) -> Vec<Vec<u8>> {
 }
 
 /// Compares with one partner: take what it has, then give what it lacks.
-async fn sync_with(registry: &Registry, pool: &PeerPool, partner: &Partner) -> Result<(), String> {
+async fn sync_with(
+    registry: &Arc<Registry>,
+    pool: &PeerPool,
+    partner: &Partner,
+) -> Result<(), String> {
     let mut client = pool.client(&partner.endpoint).map_err(|e| e.to_string())?;
     let answer = client
         .sync_governance(SyncGovernanceRequest {
-            summary: Some(registry.summary()),
+            summary: Some(registry.summary(&partner.fellowships)),
             rosters: Vec::new(),
             agreements: Vec::new(),
         })
         .await
         .map_err(|status| format!("{}: {}", status.code(), status.message()))?
         .into_inner();
-    let learnt = registry.import_offer(
-        &partner.endpoint,
-        &contents(answer.rosters),
-        &contents(answer.agreements),
-    );
+    let learnt = {
+        let registry = Arc::clone(registry);
+        let endpoint = partner.endpoint.clone();
+        let fellowships = partner.fellowships.clone();
+        let (rosters, agreements) = (contents(answer.rosters), contents(answer.agreements));
+        // Imports verify signatures and fsync: keep them off the async workers.
+        tokio::task::spawn_blocking(move || {
+            registry.import_offer(&endpoint, &fellowships, &rosters, &agreements)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    };
     if learnt > 0 {
         tracing::info!(
             partner = partner.code,
@@ -111,7 +122,7 @@ async fn sync_with(registry: &Registry, pool: &PeerPool, partner: &Partner) -> R
     }
     client
         .sync_governance(SyncGovernanceRequest {
-            summary: Some(registry.summary()),
+            summary: Some(registry.summary(&partner.fellowships)),
             rosters: documents(offer.rosters),
             agreements: documents(offer.agreements),
         })
@@ -130,6 +141,7 @@ pub fn answer(
 ) -> Result<samvirke_proto::v1::SyncGovernanceResponse, crate::store::StoreError> {
     registry.import_offer(
         caller,
+        caller_fellowships,
         &contents(request.rosters),
         &contents(request.agreements),
     );
@@ -140,6 +152,6 @@ pub fn answer(
     Ok(samvirke_proto::v1::SyncGovernanceResponse {
         rosters: documents(offer.rosters),
         agreements: documents(offer.agreements),
-        summary: Some(registry.summary()),
+        summary: Some(registry.summary(caller_fellowships)),
     })
 }

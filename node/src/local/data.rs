@@ -52,6 +52,13 @@ pub(crate) fn stream_answer(
 ) -> ChunkStream {
     let (sender, receiver) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
     let plane = Arc::clone(plane);
+    let mut question = question;
+    // A limit counts the buckets the caller may see, so it applies after
+    // withheld and suppressed buckets are gone.
+    let bucket_limit = match (&question.aggregate, &shape) {
+        (Some(_), Some(_)) => std::mem::take(&mut question.query.limit),
+        _ => 0,
+    };
     tokio::task::spawn_blocking(move || {
         let outcome = match question.aggregate {
             Some((size, group)) => plane
@@ -59,10 +66,13 @@ pub(crate) fn stream_answer(
                 .aggregate(&question.query, size, group)
                 .map_err(Status::from)
                 .map(|buckets| {
-                    let (buckets, suppressed) = match &shape {
+                    let (mut buckets, suppressed) = match &shape {
                         Some(disclosure) => disclosure.buckets(buckets),
                         None => (buckets, 0),
                     };
+                    if bucket_limit > 0 {
+                        buckets.truncate(usize::try_from(bucket_limit).unwrap_or(usize::MAX));
+                    }
                     let mut chunks: Vec<pb::ReadingChunk> = buckets
                         .chunks(CHUNK_BUCKETS)
                         .map(|chunk| pb::ReadingChunk {

@@ -63,14 +63,6 @@ impl LocalService {
     }
 }
 
-/// Converts a time to a protobuf timestamp.
-pub(crate) fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.unix_timestamp(),
-        nanos: i32::try_from(at.nanosecond()).unwrap_or(0),
-    }
-}
-
 #[tonic::async_trait]
 impl Local for LocalService {
     async fn status(
@@ -83,7 +75,7 @@ impl Local for LocalService {
         let uptime = (self.clock.now() - self.started_at).whole_seconds().max(0);
         Ok(Response::new(StatusResponse {
             node: Some(self.identity.to_proto()),
-            started_at: Some(timestamp(self.started_at)),
+            started_at: Some(crate::wire::timestamp(self.started_at)),
             uptime_seconds: u64::try_from(uptime).unwrap_or(0),
             listeners: self.listeners.clone(),
             store_schema_version: self.store.schema_version(),
@@ -103,9 +95,13 @@ impl Local for LocalService {
         let document = ask
             .document
             .ok_or_else(|| Status::invalid_argument("document: missing"))?;
-        let (imported, roster) = self
-            .registry
-            .import_roster(&document.content, ask.trust_anchor)?;
+        let registry = Arc::clone(&self.registry);
+        let trust_anchor = ask.trust_anchor;
+        let (imported, roster) = tokio::task::spawn_blocking(move || {
+            registry.import_roster(&document.content, trust_anchor)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("governance task failed: {e}")))??;
         tracing::info!(
             token = %caller.name,
             fellowship = roster.fellowship(),
@@ -130,7 +126,11 @@ impl Local for LocalService {
             .into_inner()
             .document
             .ok_or_else(|| Status::invalid_argument("document: missing"))?;
-        let (imported, agreement) = self.registry.import_agreement(&document.content)?;
+        let registry = Arc::clone(&self.registry);
+        let (imported, agreement) =
+            tokio::task::spawn_blocking(move || registry.import_agreement(&document.content))
+                .await
+                .map_err(|e| Status::internal(format!("governance task failed: {e}")))??;
         tracing::info!(
             token = %caller.name,
             agreement = %agreement.id(),

@@ -21,14 +21,33 @@ fn agreement_id(text: &str) -> Result<Uuid, Status> {
 }
 
 impl PeerService {
-    /// The dataset `id` of this node, or NOT_FOUND.
-    async fn dataset(&self, id: &str) -> Result<Dataset, Status> {
+    /// The dataset `id` of this node for a caller asking under
+    /// `agreement`. A dataset this node does not publish is reported as
+    /// NOT_FOUND only to a caller the agreement would let ask about that id;
+    /// anyone else gets the denial, so ids cannot be probed.
+    async fn dataset(
+        &self,
+        caller: Fingerprint,
+        agreement: Uuid,
+        operation: Operation,
+        id: &str,
+    ) -> Result<Dataset, Status> {
         let key = id.to_string();
-        blocking(&self.plane, move |plane| plane.catalog.get(&key))
-            .await?
-            .ok_or_else(|| {
-                Status::not_found(format!("dataset `{id}` is not published on this node"))
-            })
+        match blocking(&self.plane, move |plane| plane.catalog.get(&key)).await? {
+            Some(dataset) => Ok(dataset),
+            None => {
+                self.registry.authorize(&AccessRequest {
+                    caller_fingerprint: caller,
+                    claimed_code: None,
+                    agreement_id: agreement,
+                    operation,
+                    dataset: Some(self.plane.dataset_ref(id)),
+                })?;
+                Err(Status::not_found(format!(
+                    "dataset `{id}` is not published on this node"
+                )))
+            }
+        }
     }
 
     /// Authorises `operation` on `dataset` under `agreement`.
@@ -82,7 +101,14 @@ impl PeerService {
         let agreement = agreement_id(&ask.agreement_id)?;
         let mut question = wire::query_from_proto(ask.query.unwrap_or_default())
             .map_err(|e| Status::invalid_argument(format!("query.{e}")))?;
-        let dataset = self.dataset(&question.query.dataset).await?;
+        let operation = if question.aggregate.is_some() {
+            Operation::Aggregate
+        } else {
+            Operation::Read
+        };
+        let dataset = self
+            .dataset(caller, agreement, operation, &question.query.dataset)
+            .await?;
         // An aggregate is allowed by an aggregate-only agreement and, with
         // no suppression, by one that allows raw reads.
         let grant = match question.aggregate {
@@ -95,9 +121,9 @@ impl PeerService {
                 other => other?,
             },
             Some(_) => match self.grant(caller, agreement, Operation::Aggregate, Some(&dataset)) {
-                Err(Denial::OperationNotAllowed { .. }) => {
-                    self.grant(caller, agreement, Operation::Read, Some(&dataset))?
-                }
+                Err(denied @ Denial::OperationNotAllowed { .. }) => self
+                    .grant(caller, agreement, Operation::Read, Some(&dataset))
+                    .map_err(|_| denied)?,
                 other => other?,
             },
         };
@@ -117,22 +143,25 @@ impl PeerService {
         agreement: &str,
         dataset_id: &str,
         kind: DatasetKind,
-    ) -> Result<Disclosure, Status> {
+    ) -> Result<(Grant, Disclosure), Status> {
         let agreement = agreement_id(agreement)?;
         if dataset_id.is_empty() {
             return Err(Status::invalid_argument(
                 "filter.dataset_id: required; it is what the agreement must cover",
             ));
         }
-        let dataset = self.dataset(dataset_id).await?;
+        let dataset = self
+            .dataset(caller, agreement, Operation::Read, dataset_id)
+            .await?;
+        let grant = self.grant(caller, agreement, Operation::Read, Some(&dataset))?;
         if dataset.kind != kind {
             return Err(Status::invalid_argument(format!(
                 "filter.dataset_id: `{dataset_id}` is a {} dataset, not {kind}",
                 dataset.kind
             )));
         }
-        let grant = self.grant(caller, agreement, Operation::Read, Some(&dataset))?;
-        Ok(Disclosure::new(&grant, &dataset))
+        let disclosure = Disclosure::new(&grant, &dataset);
+        Ok((grant, disclosure))
     }
 
     pub(super) async fn list_pilots_rpc(
@@ -142,7 +171,7 @@ impl PeerService {
         let caller = caller_fingerprint(&request)?;
         let ask = request.into_inner();
         let filter = ask.filter.unwrap_or_default();
-        let disclosure = self
+        let (grant, disclosure) = self
             .records_grant(
                 caller,
                 &ask.agreement_id,
@@ -150,6 +179,7 @@ impl PeerService {
                 DatasetKind::Pilot,
             )
             .await?;
+        disclosure.check_pilot_filter(&grant, &filter)?;
         let pilots = blocking(&self.plane, move |plane| plane.records.list_pilots(&filter)).await?;
         Ok(Response::new(pb::ListPeerPilotsResponse {
             pilots: pilots.into_iter().map(|p| disclosure.pilot(p)).collect(),
@@ -163,7 +193,7 @@ impl PeerService {
         let caller = caller_fingerprint(&request)?;
         let ask = request.into_inner();
         let filter = ask.filter.unwrap_or_default();
-        let disclosure = self
+        let (grant, disclosure) = self
             .records_grant(
                 caller,
                 &ask.agreement_id,
@@ -171,6 +201,7 @@ impl PeerService {
                 DatasetKind::Procurement,
             )
             .await?;
+        disclosure.check_procurement_filter(&grant, &filter)?;
         let procurements = blocking(&self.plane, move |plane| {
             plane.records.list_procurements(&filter)
         })

@@ -23,10 +23,10 @@ use samvirke_proto::v1 as pb;
 
 use crate::clock::SharedClock;
 use crate::governance::registry::{Registry, operation_from_proto, operation_to_proto};
-use crate::governance::{AccessRequest, DatasetRef, sync};
+use crate::governance::{AccessRequest, sync};
 use crate::identity::{Fingerprint, NodeIdentity};
-use crate::local::timestamp;
 use crate::plane::DataPlane;
+use crate::wire::timestamp;
 
 /// Why a peer call was refused before any authorisation rule ran.
 #[derive(Debug, thiserror::Error)]
@@ -105,12 +105,14 @@ impl Peer for PeerService {
         if fellowships.is_empty() {
             return Err(PeerAuthError::NotAMember(caller).into());
         }
-        let answer = sync::answer(
-            &self.registry,
-            &caller.to_string(),
-            &fellowships,
-            request.into_inner(),
-        )?;
+        let registry = Arc::clone(&self.registry);
+        let ask = request.into_inner();
+        // Imports verify signatures and fsync: keep them off the async workers.
+        let answer = tokio::task::spawn_blocking(move || {
+            sync::answer(&registry, &caller.to_string(), &fellowships, ask)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("governance task failed: {e}")))??;
         Ok(Response::new(answer))
     }
 
@@ -120,7 +122,13 @@ impl Peer for PeerService {
     ) -> Result<Response<CheckAccessResponse>, Status> {
         let caller = caller_fingerprint(&request)?;
         let ask = request.into_inner();
-        let access = access_request(caller, &ask)?;
+        let plane = Arc::clone(&self.plane);
+        let access = tokio::task::spawn_blocking(move || {
+            access_request(caller, &ask, &plane).map(|access| (access, ask))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("storage task failed: {e}")))??;
+        let (access, ask) = access;
         let grant = self.registry.authorize(&access)?;
         tracing::info!(
             caller = grant.caller_code,
@@ -172,10 +180,14 @@ impl Peer for PeerService {
     }
 }
 
-/// The authorisation question a peer request asks, from its fields.
-/// Until the data plane resolves datasets from the catalog, a dataset is
-/// known only by its id, so only id-scoped agreements cover it.
-fn access_request(caller: Fingerprint, ask: &CheckAccessRequest) -> Result<AccessRequest, Status> {
+/// The authorisation question a CheckAccess request asks. The dataset is
+/// described from this node's catalog (kind, keywords), exactly as the data
+/// RPCs describe it, so the answer matches what a data call would get.
+fn access_request(
+    caller: Fingerprint,
+    ask: &CheckAccessRequest,
+    plane: &DataPlane,
+) -> Result<AccessRequest, Status> {
     let agreement_id = Uuid::parse_str(&ask.agreement_id).map_err(|_| {
         Status::invalid_argument(format!(
             "agreement_id: `{}` is not a UUID",
@@ -184,11 +196,7 @@ fn access_request(caller: Fingerprint, ask: &CheckAccessRequest) -> Result<Acces
     })?;
     let operation = operation_from_proto(ask.operation)
         .ok_or_else(|| Status::invalid_argument("operation: must be CATALOG, READ or AGGREGATE"))?;
-    let dataset = (!ask.dataset_id.is_empty()).then(|| DatasetRef {
-        id: ask.dataset_id.clone(),
-        kind: String::new(),
-        keywords: Vec::new(),
-    });
+    let dataset = (!ask.dataset_id.is_empty()).then(|| plane.dataset_ref(&ask.dataset_id));
     Ok(AccessRequest {
         caller_fingerprint: caller,
         claimed_code: (ask.claimed_member_code != 0).then_some(ask.claimed_member_code),

@@ -31,13 +31,10 @@ impl SledStore {
     /// Opens the store in `dir`, creating it if `dir` is missing or empty.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         let claim = claim_directory(dir, "sled")?;
-        let db = sled::Config::new()
-            .path(dir.join(SLED_SUBDIR))
-            .open()
-            .map_err(|e| StoreError::Io {
-                path: dir.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        let db = open_db(&dir.join(SLED_SUBDIR)).map_err(|e| StoreError::Io {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let trees = Keyspace::ALL
             .into_iter()
             .map(|space| Ok((space, db.open_tree(space.name()).map_err(backend)?)))
@@ -93,6 +90,29 @@ impl SledStore {
         match self.trees.get(&space) {
             Some(tree) => Ok(tree.clone()),
             None => self.db.open_tree(space.name()).map_err(backend),
+        }
+    }
+}
+
+/// How long to wait for the previous holder of the store (a process that is
+/// just exiting, or a handle just dropped whose flusher thread is finishing)
+/// to release sled's file lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the sled database, waiting briefly for a lock its previous holder
+/// is about to release; a store held by a running node still fails.
+fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).open() {
+            // sled reports a held lock only in the message text.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
         }
     }
 }
