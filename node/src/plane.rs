@@ -60,6 +60,71 @@ impl DataPlane {
     }
 }
 
+/// The most buckets one aggregate question may produce: bounds the memory
+/// one request can take (each bucket is an accumulator until the end).
+pub const MAX_BUCKETS: u64 = 1_000_000;
+
+/// An aggregate question too large to answer.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "bucket: {bucket} over this range gives up to {estimate} buckets, more than {MAX_BUCKETS}; \
+     use a larger bucket, a shorter range, or group over all sensors"
+)]
+pub struct TooManyBuckets {
+    pub bucket: String,
+    pub estimate: u64,
+}
+
+impl DataPlane {
+    /// Refuses an aggregate question that could produce more than
+    /// [`MAX_BUCKETS`] buckets: time buckets in the range, times sensors
+    /// when grouped per sensor, times measures.
+    pub fn check_aggregate_size(
+        &self,
+        question: &wire::ReadingQuestion,
+    ) -> Result<(), TooManyBuckets> {
+        let Some((size, group)) = question.aggregate else {
+            return Ok(());
+        };
+        let span = (question.query.until - question.query.from)
+            .whole_seconds()
+            .max(0) as u64;
+        let size_s = size.whole_seconds().max(1) as u64;
+        let time_buckets = span.div_ceil(size_s).max(1);
+        let measures = match question.query.measures.len() {
+            0 => self
+                .catalog
+                .get(&question.query.dataset)
+                .ok()
+                .flatten()
+                .map(|d| d.measure_names().len())
+                .unwrap_or(1),
+            n => n,
+        } as u64;
+        let sensors = match group {
+            Group::AllSensors => 1,
+            Group::PerSensor if !question.query.sensor_ids.is_empty() => {
+                question.query.sensor_ids.len() as u64
+            }
+            Group::PerSensor => self
+                .readings
+                .sensors(&question.query.dataset)
+                .map(|s| s.len() as u64)
+                .unwrap_or(1),
+        };
+        let estimate = time_buckets
+            .saturating_mul(measures.max(1))
+            .saturating_mul(sensors.max(1));
+        if estimate > MAX_BUCKETS {
+            return Err(TooManyBuckets {
+                bucket: format!("{size}"),
+                estimate,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Why a record cannot be stored under the dataset it names.
 #[derive(Debug, thiserror::Error)]
 pub enum PlacementError {

@@ -1755,3 +1755,23 @@ async fn bad_input_is_refused_with_a_code_and_the_field_at_fault() {
     );
     fx.shutdown().await;
 }
+
+/// An aggregate that could produce more buckets than a node will hold in
+/// memory for one request is refused up front, naming the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_with_too_many_buckets_is_refused() {
+    let fed = Federation::start().await;
+    let mut admin = fed.world.admin().await;
+    // 2 days of 1 s buckets, per sensor, 12 sensors, 3 measures: ~6M buckets.
+    let huge = aggregated(
+        question(AIR, DATA_FROM, DATA_UNTIL),
+        "1s",
+        pb::Grouping::PerSensor,
+    );
+    assert_status(
+        local_query(&mut admin, huge).await,
+        &[Code::InvalidArgument],
+        &["bucket:", "buckets, more than 1000000"],
+    );
+    fed.world.shutdown().await;
+}

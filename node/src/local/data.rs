@@ -62,9 +62,14 @@ pub(crate) fn stream_answer(
     tokio::task::spawn_blocking(move || {
         let outcome = match question.aggregate {
             Some((size, group)) => plane
-                .readings
-                .aggregate(&question.query, size, group)
-                .map_err(Status::from)
+                .check_aggregate_size(&question)
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+                .and_then(|()| {
+                    plane
+                        .readings
+                        .aggregate(&question.query, size, group)
+                        .map_err(Status::from)
+                })
                 .map(|buckets| {
                     let (mut buckets, suppressed) = match &shape {
                         Some(disclosure) => disclosure.buckets(buckets),
