@@ -28,7 +28,6 @@ use crate::wire;
 /// The node's data, shared by the local and peer services.
 #[derive(Debug)]
 pub struct DataPlane {
-    pub catalog: Catalog,
     pub readings: ReadingStore,
     pub records: RecordStore,
     pub clock: SharedClock,
@@ -38,18 +37,22 @@ impl DataPlane {
     /// The data kept in `store`.
     pub fn new(store: Arc<dyn Store>, clock: SharedClock) -> DataPlane {
         DataPlane {
-            catalog: Catalog::new(Arc::clone(&store)),
             readings: ReadingStore::new(Arc::clone(&store)),
             records: RecordStore::new(store),
             clock,
         }
     }
 
+    /// The dataset catalog (the one the reading store looks datasets up in).
+    pub fn catalog(&self) -> &Catalog {
+        self.readings.catalog()
+    }
+
     /// What the authorisation check needs to know about dataset `id`: its
     /// kind and keywords from the catalog, or only its id when this node
     /// does not publish it (then only id-scoped agreements can cover it).
     pub fn dataset_ref(&self, id: &str) -> DatasetRef {
-        match self.catalog.get(id) {
+        match self.catalog().get(id) {
             Ok(Some(dataset)) => dataset.as_ref(),
             _ => DatasetRef {
                 id: id.to_string(),
@@ -93,7 +96,7 @@ impl DataPlane {
         let time_buckets = span.div_ceil(size_s).max(1);
         let measures = match question.query.measures.len() {
             0 => self
-                .catalog
+                .catalog()
                 .get(&question.query.dataset)
                 .ok()
                 .flatten()
@@ -160,7 +163,7 @@ impl DataPlane {
 
     fn check_placement(&self, id: &str, expected: DatasetKind) -> Result<(), PlacementError> {
         let dataset = self
-            .catalog
+            .catalog()
             .get(id)?
             .ok_or_else(|| PlacementError::UnknownDataset(id.to_string()))?;
         if dataset.kind != expected {

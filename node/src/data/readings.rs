@@ -212,6 +212,12 @@ struct Prepared {
 }
 
 impl ReadingStore {
+    /// The catalog this store looks datasets up in. The node shares this one
+    /// instance, so catalog writes and reading lookups go through one lock.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
     /// Readings over `store`; datasets are looked up in the catalog kept
     /// in the same store.
     pub fn new(store: Arc<dyn Store>) -> ReadingStore {

@@ -147,9 +147,9 @@ impl LocalService {
         let id = dataset.id.clone();
         blocking(&self.plane, move |plane| {
             if update {
-                plane.catalog.update(dataset)
+                plane.catalog().update(dataset)
             } else {
-                plane.catalog.publish(dataset)
+                plane.catalog().publish(dataset)
             }
         })
         .await?;
@@ -163,7 +163,7 @@ impl LocalService {
     ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
         self.tokens
             .authorize(&request, Role::Read, "samvirke.v1.Local/ListDatasets")?;
-        let datasets = blocking(&self.plane, |plane| plane.catalog.list()).await?;
+        let datasets = blocking(&self.plane, |plane| plane.catalog().list()).await?;
         Ok(Response::new(pb::ListDatasetsResponse {
             datasets: datasets.iter().map(wire::dataset_to_proto).collect(),
         }))

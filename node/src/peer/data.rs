@@ -33,7 +33,7 @@ impl PeerService {
         id: &str,
     ) -> Result<Dataset, Status> {
         let key = id.to_string();
-        match blocking(&self.plane, move |plane| plane.catalog.get(&key)).await? {
+        match blocking(&self.plane, move |plane| plane.catalog().get(&key)).await? {
             Some(dataset) => Ok(dataset),
             None => {
                 self.registry.authorize(&AccessRequest {
@@ -82,7 +82,7 @@ impl PeerService {
         let caller = caller_fingerprint(&request)?;
         let agreement = agreement_id(&request.get_ref().agreement_id)?;
         let grant = self.grant(caller, agreement, Operation::Catalog, None)?;
-        let datasets = blocking(&self.plane, |plane| plane.catalog.list()).await?;
+        let datasets = blocking(&self.plane, |plane| plane.catalog().list()).await?;
         Ok(Response::new(pb::PeerCatalogResponse {
             datasets: datasets
                 .iter()
