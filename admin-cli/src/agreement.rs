@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use samvirke_node::governance::agreement::{AggregateTerms, NoiseTerms};
+use samvirke_node::governance::body::{parse_span, show_span};
 use samvirke_node::governance::{
     Agreement, AgreementBody, Consumers, DocumentType, LegalBasis, Operation, Roster, Scope,
 };
@@ -17,8 +19,8 @@ use crate::files::{self, SignArgs};
 pub enum AgreementCommand {
     /// Draft an agreement: who shares what with whom, for which purpose, until when.
     Draft(Box<DraftArgs>),
-    /// Add your signature to an agreement file.
-    Sign(SignArgs),
+    /// Show an agreement's terms, then add your signature.
+    Sign(AgreementSignArgs),
     /// Check every signature, and who still has to sign, against the roster.
     Verify(RosterArgs),
     /// Show an agreement for people: terms, signers, status now.
@@ -54,6 +56,31 @@ pub struct DraftArgs {
     /// Smallest group an aggregate may describe (required with aggregate).
     #[arg(long)]
     min_group_size: Option<u32>,
+    /// Width of the fixed grid aggregate-only answers are built from, e.g.
+    /// 1h (the default) or 1d; buckets are whole multiples of it.
+    #[arg(long, value_name = "SPAN")]
+    cell: Option<String>,
+    /// How long after a grid cell ends before it is answered (default 1h;
+    /// 0s to answer as soon as it ends).
+    #[arg(long, value_name = "SPAN")]
+    settle: Option<String>,
+    /// Allow aggregates per sensor (never for datasets classified personal).
+    #[arg(long)]
+    per_sensor: bool,
+    /// Calibrated noise on aggregates of personal datasets: privacy loss per
+    /// answer and measure (e.g. 0.5). Needs --privacy-budget and --noise-range.
+    #[arg(long, requires_all = ["privacy_budget", "noise_ranges"])]
+    noise_epsilon: Option<f64>,
+    /// Total privacy loss each consumer may spend under the agreement.
+    #[arg(long, requires = "noise_epsilon")]
+    privacy_budget: Option<f64>,
+    /// A measure's value range for noise, as MEASURE=LOWER:UPPER (repeatable).
+    #[arg(
+        long = "noise-range",
+        value_name = "MEASURE=LOWER:UPPER",
+        requires = "noise_epsilon"
+    )]
+    noise_ranges: Vec<String>,
     /// Purpose of the sharing, in words.
     #[arg(long)]
     purpose: String,
@@ -78,6 +105,15 @@ pub struct DraftArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AgreementSignArgs {
+    #[command(flatten)]
+    sign: SignArgs,
+    /// The fellowship's roster, to show parties by name.
+    #[arg(long, value_name = "FILE")]
+    roster: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct RosterArgs {
     file: PathBuf,
     /// The fellowship's current roster, to name signers and find who is missing.
@@ -94,10 +130,22 @@ pub fn run(command: AgreementCommand) -> anyhow::Result<ExitCode> {
     match command {
         AgreementCommand::Draft(args) => draft(*args)?,
         AgreementCommand::Sign(args) => {
-            let mut agreement = load(&args.file)?;
-            let key = files::signing_key(&args.key)?;
+            let AgreementSignArgs { sign, roster } = args;
+            let mut agreement = load(&sign.file)?;
+            let key = files::signing_key(&sign.key)?;
+            let roster = roster.as_deref().map(files::roster).transpose()?;
+            print_terms(&agreement, roster.as_ref());
+            files::confirm(
+                &format!(
+                    "Sign agreement {} (digest {}) as {}?",
+                    agreement.id(),
+                    agreement.digest(),
+                    signing_key_text(&key.verifying_key())
+                ),
+                sign.yes,
+            )?;
             agreement.sign(&key)?;
-            files::write(&args.file, &agreement.to_bytes())?;
+            files::write(&sign.file, &agreement.to_bytes())?;
             println!(
                 "Signed agreement {} as {}",
                 agreement.id(),
@@ -137,7 +185,45 @@ pub fn run(command: AgreementCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Parses `MEASURE=LOWER:UPPER`.
+fn noise_range(text: &str) -> anyhow::Result<(String, (f64, f64))> {
+    let parse = || -> Option<(String, (f64, f64))> {
+        let (measure, range) = text.split_once('=')?;
+        let (lower, upper) = range.split_once(':')?;
+        Some((
+            measure.trim().to_string(),
+            (lower.trim().parse().ok()?, upper.trim().parse().ok()?),
+        ))
+    };
+    parse().ok_or_else(|| {
+        anyhow::anyhow!("--noise-range `{text}`: expected MEASURE=LOWER:UPPER, e.g. kwh=0:50")
+    })
+}
+
 fn draft(args: DraftArgs) -> anyhow::Result<()> {
+    let mut aggregate = AggregateTerms::default();
+    if let Some(cell) = &args.cell {
+        aggregate.cell = parse_span(cell).map_err(|e| anyhow::anyhow!("--cell: {e}"))?;
+    }
+    if let Some(settle) = &args.settle {
+        aggregate.settle = if settle == "0s" {
+            time::Duration::ZERO
+        } else {
+            parse_span(settle).map_err(|e| anyhow::anyhow!("--settle: {e}"))?
+        };
+    }
+    aggregate.per_sensor = args.per_sensor;
+    if let (Some(epsilon), Some(budget)) = (args.noise_epsilon, args.privacy_budget) {
+        aggregate.noise = Some(NoiseTerms {
+            epsilon,
+            budget,
+            bounds: args
+                .noise_ranges
+                .iter()
+                .map(|r| noise_range(r))
+                .collect::<anyhow::Result<_>>()?,
+        });
+    }
     let operations = args
         .operations
         .iter()
@@ -170,6 +256,7 @@ fn draft(args: DraftArgs) -> anyhow::Result<()> {
         excluded_fields: args.excluded_fields,
         valid_from: files::instant(&args.valid_from).context("--valid-from")?,
         valid_until: files::instant(&args.valid_until).context("--valid-until")?,
+        aggregate,
     };
     let draft = body.to_draft()?;
     if args.out.exists() {
@@ -185,10 +272,55 @@ fn draft(args: DraftArgs) -> anyhow::Result<()> {
 }
 
 fn show(agreement: &Agreement, roster: &Roster) {
-    let terms = agreement.body();
+    print_terms(agreement, Some(roster));
     let name = |code: u32| match roster.member(code) {
         Some(m) => format!("{} {code}", m.name),
         None => format!("{code} (not in the roster)"),
+    };
+    let status = agreement.signature_status(roster);
+    println!(
+        "  signed by     {}",
+        if status.signed_by.is_empty() {
+            "nobody yet".to_string()
+        } else {
+            status
+                .signed_by
+                .iter()
+                .map(|c| name(*c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    if !status.missing.is_empty() {
+        println!(
+            "  missing       {}",
+            status
+                .missing
+                .iter()
+                .map(|c| name(*c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for key in &status.unknown_signers {
+        println!("  unknown key   {key}");
+    }
+    for key in &status.bad {
+        println!("  BAD signature {key}");
+    }
+    println!(
+        "  status now    {}",
+        agreement.status_at(roster, OffsetDateTime::now_utc())
+    );
+}
+
+/// The terms of an agreement for a person about to sign or check it.
+fn print_terms(agreement: &Agreement, roster: Option<&Roster>) {
+    let terms = agreement.body();
+    let name = |code: u32| match roster.and_then(|r| r.member(code)) {
+        Some(m) => format!("{} {code}", m.name),
+        None if roster.is_some() => format!("{code} (not in the roster)"),
+        None => format!("municipality {code}"),
     };
     println!("Agreement {}", terms.id);
     println!("  fellowship    {}", terms.fellowship);
@@ -227,41 +359,44 @@ fn show(agreement: &Agreement, roster: &Roster) {
     }
     println!(
         "  valid         {} .. {}",
-        terms.valid_from, terms.valid_until
+        show_instant(terms.valid_from),
+        show_instant(terms.valid_until)
     );
-    let status = agreement.signature_status(roster);
-    println!(
-        "  signed by     {}",
-        if status.signed_by.is_empty() {
-            "nobody yet".to_string()
-        } else {
-            status
-                .signed_by
-                .iter()
-                .map(|c| name(*c))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    );
-    if !status.missing.is_empty() {
+    if terms.allows(Operation::Aggregate) {
+        let grid = &terms.aggregate;
         println!(
-            "  missing       {}",
-            status
-                .missing
-                .iter()
-                .map(|c| name(*c))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "  aggregates    from a fixed grid of {} cells, answered {} after a cell ends, {}",
+            show_span(grid.cell),
+            if grid.settle.is_zero() {
+                "at once".to_string()
+            } else {
+                show_span(grid.settle)
+            },
+            if grid.per_sensor {
+                "per sensor allowed (not for personal datasets)"
+            } else {
+                "over all sensors only"
+            }
         );
+        if let Some(noise) = &grid.noise {
+            let ranges: Vec<String> = noise
+                .bounds
+                .iter()
+                .map(|(m, (lo, hi))| format!("{m} {lo}..{hi}"))
+                .collect();
+            println!(
+                "  noise         personal datasets: epsilon {} per answer and measure, budget {} \
+                 per consumer, ranges {}",
+                noise.epsilon,
+                noise.budget,
+                ranges.join(", ")
+            );
+        }
     }
-    for key in &status.unknown_signers {
-        println!("  unknown key   {key}");
-    }
-    for key in &status.bad {
-        println!("  BAD signature {key}");
-    }
-    println!(
-        "  status now    {}",
-        agreement.status_at(roster, OffsetDateTime::now_utc())
-    );
+    println!("  digest        {}", agreement.digest());
+}
+
+fn show_instant(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
 }

@@ -17,6 +17,35 @@ pub struct SignArgs {
     /// Your signing key: a node's keys/signing.pem, or the secretariat's key.
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
+    /// Sign without asking (for scripts; read what is printed first).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// Asks the person at the terminal to confirm `question` (y/N), unless
+/// `yes` was given. Without a terminal to ask, refuses: nobody should sign
+/// or pin what nobody read.
+pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "{question} - no terminal to ask; read what is printed above and re-run with --yes"
+        );
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => anyhow::bail!("not confirmed; nothing was changed"),
+    }
 }
 
 /// Reads and parses a roster file.

@@ -319,18 +319,23 @@ pub const BUCKET_COLUMNS: [&str; 9] = [
 ];
 
 /// A bucket's cells, in [`BUCKET_COLUMNS`] order; `show` writes the numbers
-/// (`f64::to_string` for CSV, [`short_number`] for tables).
+/// (`f64::to_string` for CSV, [`short_number`] for tables). A value the
+/// provider withheld (min and max of personal data, distinct sensors under
+/// an aggregate-only agreement) is an empty cell.
 pub fn bucket_cells(bucket: &Bucket, show: fn(f64) -> String) -> Vec<String> {
     vec![
         show_timestamp(bucket.start.as_ref()),
         bucket.sensor_id.clone(),
         bucket.measure.clone(),
         bucket.count.to_string(),
-        show(bucket.min),
-        show(bucket.max),
+        bucket.min.map(show).unwrap_or_default(),
+        bucket.max.map(show).unwrap_or_default(),
         show(bucket.avg),
         show(bucket.sum),
-        bucket.distinct_sensors.to_string(),
+        bucket
+            .distinct_sensors
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
     ]
 }
 
@@ -341,8 +346,8 @@ pub fn bucket_json(bucket: &Bucket) -> Value {
         "sensor_id": if bucket.sensor_id.is_empty() { Value::Null } else { json!(bucket.sensor_id) },
         "measure": bucket.measure,
         "count": bucket.count,
-        "min": number(bucket.min),
-        "max": number(bucket.max),
+        "min": bucket.min.map(number).unwrap_or(Value::Null),
+        "max": bucket.max.map(number).unwrap_or(Value::Null),
         "avg": number(bucket.avg),
         "sum": number(bucket.sum),
         "distinct_sensors": bucket.distinct_sensors,

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use samvirke_node::governance::files::DocumentKind;
+use samvirke_node::identity::signing_key_text;
 use samvirke_proto::v1::{ImportAgreementRequest, ImportRosterRequest, SignedDocumentBytes};
 
 use crate::local::Token;
@@ -24,8 +25,23 @@ pub struct PushArgs {
     #[arg(long, env = "SAMVIRKE_TOKEN", hide_env_values = true)]
     token: Token,
     /// Pin this roster as the fellowship's trust anchor (first import only).
+    /// Prints its digest and secretariat key to compare, out of band, with
+    /// what the secretariat gave you, and asks before pinning.
     #[arg(long)]
     trust_anchor: bool,
+    /// Replace the fellowship's roster chain on the node with this roster
+    /// (signed by its secretariat): how a forked roster is resolved. Asks
+    /// first, like --trust-anchor; the node logs it.
+    #[arg(long, conflicts_with = "trust_anchor")]
+    repin: bool,
+    /// Apply a roster that changes this node's own entry although the node
+    /// did not sign it (only when the node's signing key was lost). The
+    /// node logs it.
+    #[arg(long)]
+    accept_own_entry_change: bool,
+    /// Do not ask before pinning (for scripts; read what is printed first).
+    #[arg(long)]
+    yes: bool,
 }
 
 pub fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
@@ -48,10 +64,44 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     };
     match kind {
         DocumentKind::Roster => {
+            if args.trust_anchor || args.repin {
+                let roster = files::roster(&args.file)?;
+                println!(
+                    "Roster of `{}` ({}), serial {}, {} members",
+                    roster.fellowship(),
+                    roster.name(),
+                    roster.serial(),
+                    roster.members().len()
+                );
+                println!("  digest           {}", roster.digest());
+                println!(
+                    "  secretariat key  {}",
+                    signing_key_text(roster.secretariat_key())
+                );
+                println!(
+                    "Compare both with what the secretariat gave you out of band (by phone, in \
+                     person): everything this node will trust in `{}` follows from this roster.",
+                    roster.fellowship()
+                );
+                files::confirm(
+                    &format!(
+                        "{} this roster on {}?",
+                        if args.repin {
+                            "Re-pin (replacing the chain held there)"
+                        } else {
+                            "Pin"
+                        },
+                        args.node
+                    ),
+                    args.yes,
+                )?;
+            }
             let answer = client
                 .import_roster(ImportRosterRequest {
                     document,
                     trust_anchor: args.trust_anchor,
+                    repin: args.repin,
+                    accept_own_entry_change: args.accept_own_entry_change,
                 })
                 .await
                 .map_err(refused)?

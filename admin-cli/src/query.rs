@@ -759,11 +759,11 @@ mod tests {
             sensor_id: String::new(),
             measure: "no2".to_string(),
             count: 6,
-            min: 1.0,
-            max: 3.0,
+            min: Some(1.0),
+            max: Some(3.0),
             sum: 12.0,
             avg: 2.0,
-            distinct_sensors: 2,
+            distinct_sensors: Some(2),
         };
         let chunks = vec![ReadingChunk {
             buckets: vec![bucket],

@@ -28,8 +28,8 @@ pub enum RosterCommand {
     RemoveMember(RemoveMemberArgs),
     /// Replace a member's keys or endpoint from a new identity card (rotation).
     UpdateMember(UpdateMemberArgs),
-    /// Add your signature to a roster file.
-    Sign(SignArgs),
+    /// Show what a roster says (and what it changes), then add your signature.
+    Sign(RosterSignArgs),
     /// Check a roster's signatures: as a trust anchor, or as the successor of --previous.
     Verify(VerifyArgs),
     /// Show a roster for people: fields, members, signers.
@@ -95,6 +95,15 @@ pub struct UpdateMemberArgs {
     /// The member's new identity card file.
     #[arg(long, value_name = "FILE")]
     identity: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RosterSignArgs {
+    #[command(flatten)]
+    sign: SignArgs,
+    /// The roster this one replaces, to show exactly what it changes.
+    #[arg(long, value_name = "FILE")]
+    previous: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -200,15 +209,24 @@ pub fn run(command: RosterCommand) -> anyhow::Result<ExitCode> {
             })?;
         }
         RosterCommand::Sign(args) => {
-            let mut roster = files::roster(&args.file)?;
-            let key = files::signing_key(&args.key)?;
+            let RosterSignArgs { sign, previous } = args;
+            let mut roster = files::roster(&sign.file)?;
+            let key = files::signing_key(&sign.key)?;
+            let previous = previous.as_deref().map(files::roster).transpose()?;
+            print_for_signing(&roster, previous.as_ref())?;
+            let signer = signer_name(previous.as_ref().unwrap_or(&roster), &key.verifying_key());
+            files::confirm(
+                &format!(
+                    "Sign serial {} of `{}` (digest {}) as {signer}?",
+                    roster.serial(),
+                    roster.fellowship(),
+                    roster.digest()
+                ),
+                sign.yes,
+            )?;
             roster.sign(&key)?;
-            files::write(&args.file, &roster.to_bytes())?;
-            println!(
-                "Signed {} as {}",
-                args.file.display(),
-                signer_name(&roster, &key.verifying_key())
-            );
+            files::write(&sign.file, &roster.to_bytes())?;
+            println!("Signed {} as {signer}", sign.file.display());
         }
         RosterCommand::Verify(args) => {
             let roster = files::roster(&args.file)?;
@@ -237,6 +255,53 @@ pub fn run(command: RosterCommand) -> anyhow::Result<ExitCode> {
         RosterCommand::Show(args) => show(&files::roster(&args.file)?),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a signer must see before signing: the roster's identity and, with
+/// the roster it replaces, every change; without it, every member.
+fn print_for_signing(roster: &Roster, previous: Option<&Roster>) -> anyhow::Result<()> {
+    let body = roster.body();
+    println!(
+        "Roster of `{}` ({}), serial {}, rule {}, digest {}",
+        body.fellowship,
+        body.name,
+        body.serial,
+        body.rule,
+        roster.digest()
+    );
+    match previous {
+        Some(previous) => {
+            if body.previous != Some(previous.digest()) {
+                bail!(
+                    "this roster does not follow the given previous roster (serial {}, digest {}):                      it names previous = {}",
+                    previous.serial(),
+                    previous.digest(),
+                    body.previous
+                        .map(|d| d.to_string())
+                        .unwrap_or_else(|| "nothing".to_string())
+                );
+            }
+            let changes = samvirke_node::governance::roster::diff(previous.body(), body);
+            if changes.is_empty() {
+                println!("  changes against serial {}: none", previous.serial());
+            } else {
+                println!("  changes against serial {}:", previous.serial());
+                for change in changes {
+                    println!("    - {change}");
+                }
+            }
+        }
+        None => {
+            if body.serial > 1 {
+                println!(
+                    "  (give --previous FILE to see what serial {} changes; the whole roster follows)",
+                    body.serial
+                );
+            }
+            show(roster);
+        }
+    }
+    Ok(())
 }
 
 fn signer_name(roster: &Roster, key: &ed25519_dalek::VerifyingKey) -> String {

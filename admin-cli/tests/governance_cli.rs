@@ -142,8 +142,22 @@ fn digit() -> Digit {
         stderr.contains("not signed by its own secretariat key"),
         "{stderr}"
     );
-    ok(&["roster", "sign", arg(&roster), "--key", arg(&secretariat)]);
-    ok(&["roster", "sign", arg(&roster), "--key", arg(&greve)]);
+    ok(&[
+        "roster",
+        "sign",
+        "--yes",
+        arg(&roster),
+        "--key",
+        arg(&secretariat),
+    ]);
+    ok(&[
+        "roster",
+        "sign",
+        "--yes",
+        arg(&roster),
+        "--key",
+        arg(&greve),
+    ]);
     Digit {
         dir,
         secretariat,
@@ -265,6 +279,7 @@ fn a_cli_roster_successor_must_be_signed_as_the_rule_demands() {
     ok(&[
         "roster",
         "sign",
+        "--yes",
         arg(&next),
         "--key",
         arg(&digit.secretariat),
@@ -280,7 +295,14 @@ fn a_cli_roster_successor_must_be_signed_as_the_rule_demands() {
         stderr.contains("rule quorum:1 needs the secretariat and 1 current member"),
         "{stderr}"
     );
-    ok(&["roster", "sign", arg(&next), "--key", arg(&digit.holbaek)]);
+    ok(&[
+        "roster",
+        "sign",
+        "--yes",
+        arg(&next),
+        "--key",
+        arg(&digit.holbaek),
+    ]);
     let text = ok(&[
         "roster",
         "verify",
@@ -346,6 +368,7 @@ fn a_cli_agreement_verifies_and_any_flipped_byte_fails_verification() {
     ok(&[
         "agreement",
         "sign",
+        "--yes",
         arg(&agreement),
         "--key",
         arg(&digit.greve),
@@ -361,6 +384,7 @@ fn a_cli_agreement_verifies_and_any_flipped_byte_fails_verification() {
     ok(&[
         "agreement",
         "sign",
+        "--yes",
         arg(&agreement),
         "--key",
         arg(&digit.holbaek),
@@ -394,6 +418,7 @@ fn a_cli_agreement_verifies_and_any_flipped_byte_fails_verification() {
     ok(&[
         "agreement",
         "sign",
+        "--yes",
         arg(&agreement),
         "--key",
         arg(&stranger),
@@ -464,7 +489,14 @@ async fn push_sends_signed_files_to_a_node_which_refuses_a_damaged_copy() {
             "2016-01-01",
         ]);
     }
-    ok(&["roster", "sign", arg(&roster), "--key", arg(&secretariat)]);
+    ok(&[
+        "roster",
+        "sign",
+        "--yes",
+        arg(&roster),
+        "--key",
+        arg(&secretariat),
+    ]);
 
     let greve = &fed.nodes[0];
     let push = |file: &Path, extra: &[&str]| {
@@ -490,7 +522,7 @@ async fn push_sends_signed_files_to_a_node_which_refuses_a_damaged_copy() {
     bytes[at + 2] ^= 0x01;
     let damaged = path("damaged.toml");
     std::fs::write(&damaged, &bytes).expect("write damaged copy");
-    let refused = push(&damaged, &["--trust-anchor"]).await;
+    let refused = push(&damaged, &["--trust-anchor", "--yes"]).await;
     assert!(!refused.status.success(), "{}", stdout(&refused));
     let message = stderr(&refused);
     assert!(
@@ -500,7 +532,7 @@ async fn push_sends_signed_files_to_a_node_which_refuses_a_damaged_copy() {
     assert!(message.contains("bad signature"), "{message}");
     assert!(greve.running.registry.list().0.is_empty(), "nothing held");
 
-    let accepted = push(&roster, &["--trust-anchor"]).await;
+    let accepted = push(&roster, &["--trust-anchor", "--yes"]).await;
     assert!(accepted.status.success(), "{}", stderr(&accepted));
     let text = stdout(&accepted);
     assert!(
@@ -546,6 +578,7 @@ async fn push_sends_signed_files_to_a_node_which_refuses_a_damaged_copy() {
         ok(&[
             "agreement",
             "sign",
+            "--yes",
             arg(&agreement),
             "--key",
             arg(&node.config.node.signing_key),

@@ -104,6 +104,8 @@ struct RawPeer {
     trust_roots: PathBuf,
     #[serde(default = "default_handshake_timeout_secs")]
     handshake_timeout_secs: u64,
+    #[serde(default)]
+    limits: RawLimits,
 }
 
 fn default_handshake_timeout_secs() -> u64 {
@@ -116,8 +118,30 @@ struct RawLocal {
     listen: String,
     #[serde(default)]
     tls: bool,
+    #[serde(default = "default_handshake_timeout_secs")]
+    handshake_timeout_secs: u64,
+    #[serde(default)]
+    limits: RawLimits,
     #[serde(default)]
     tokens: Vec<RawToken>,
+}
+
+/// `[peer.limits]` and `[local.limits]`: what one caller, and all callers
+/// together, can make a listener spend. Unset keys take the listener's
+/// defaults ([`Limits::peer_defaults`], [`Limits::local_defaults`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<u64>,
+    max_connections_per_caller: Option<u64>,
+    max_handshakes_per_address: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_streams_per_connection: Option<u64>,
+    max_calls: Option<u64>,
+    max_calls_per_caller: Option<u64>,
+    call_timeout_secs: Option<u64>,
+    send_timeout_secs: Option<u64>,
+    answer_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +202,7 @@ pub struct PeerConfig {
     pub tls_key: PathBuf,
     pub trust_roots: PathBuf,
     pub handshake_timeout: Duration,
+    pub limits: Limits,
 }
 
 /// `[local]`: the listener for the municipality's own users and apps.
@@ -185,7 +210,71 @@ pub struct PeerConfig {
 pub struct LocalConfig {
     pub listen: SocketAddr,
     pub tls: bool,
+    pub handshake_timeout: Duration,
+    pub limits: Limits,
     pub tokens: Vec<TokenConfig>,
+}
+
+/// What one listener lets callers spend (see `deploy/node.example.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections on the listener.
+    pub max_connections: usize,
+    /// Open connections of one caller (a certificate on the peer listener,
+    /// an address on the local one).
+    pub max_connections_per_caller: usize,
+    /// Handshakes in progress from one address.
+    pub max_handshakes_per_address: usize,
+    /// A connection with no call in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams one connection may have open.
+    pub max_streams_per_connection: u32,
+    /// Calls in progress on the listener, and of one caller (a
+    /// certificate on the peer listener, a token on the local one).
+    pub max_calls: usize,
+    pub max_calls_per_caller: usize,
+    /// Longest a unary call (or a streaming call until its first answer)
+    /// may take.
+    pub call_timeout: Duration,
+    /// A caller that takes no chunk of a streamed answer for this long
+    /// loses the answer.
+    pub send_timeout: Duration,
+    /// Longest a streamed answer may last.
+    pub answer_timeout: Duration,
+}
+
+impl Limits {
+    /// Defaults for the peer listener: partners are few and machines.
+    pub const fn peer_defaults() -> Limits {
+        Limits {
+            max_connections: 1024,
+            max_connections_per_caller: 8,
+            max_handshakes_per_address: 16,
+            idle_timeout: Duration::from_secs(300),
+            max_streams_per_connection: 32,
+            max_calls: 256,
+            max_calls_per_caller: 16,
+            call_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+            answer_timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// Defaults for the local listener: the municipality's own tools.
+    pub const fn local_defaults() -> Limits {
+        Limits {
+            max_connections: 256,
+            max_connections_per_caller: 64,
+            max_handshakes_per_address: 64,
+            idle_timeout: Duration::from_secs(300),
+            max_streams_per_connection: 64,
+            max_calls: 256,
+            max_calls_per_caller: 32,
+            call_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            answer_timeout: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// One `[[local.tokens]]` entry: a named bearer token, stored only as its hash.
@@ -306,20 +395,132 @@ impl Checker<'_> {
                 format!("`{endpoint}` must be an https:// URL (peers always use mutual TLS)"),
             ));
         }
-        if raw.handshake_timeout_secs == 0 || raw.handshake_timeout_secs > 300 {
-            return Err(self.invalid(
-                "peer.handshake_timeout_secs",
-                format!("{} is outside 1..=300", raw.handshake_timeout_secs),
-            ));
-        }
         Ok(PeerConfig {
             listen: self.address("peer.listen", &raw.listen)?,
             advertised_endpoint: raw.advertised_endpoint,
             tls_certificate: self.existing_file("peer.tls_certificate", &raw.tls_certificate)?,
             tls_key: self.existing_file("peer.tls_key", &raw.tls_key)?,
             trust_roots: self.existing_file("peer.trust_roots", &raw.trust_roots)?,
-            handshake_timeout: Duration::from_secs(raw.handshake_timeout_secs),
+            handshake_timeout: self.seconds(
+                "peer.handshake_timeout_secs",
+                raw.handshake_timeout_secs,
+                1..=300,
+            )?,
+            limits: self.limits("peer.limits", raw.limits, Limits::peer_defaults())?,
         })
+    }
+
+    fn seconds(
+        &self,
+        key: &str,
+        value: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        if !range.contains(&value) {
+            return Err(self.invalid(
+                key,
+                format!("{value} is outside {}..={}", range.start(), range.end()),
+            ));
+        }
+        Ok(Duration::from_secs(value))
+    }
+
+    fn count(
+        &self,
+        key: &str,
+        value: Option<u64>,
+        default: usize,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<usize, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(v) if range.contains(&v) => Ok(usize::try_from(v).unwrap_or(usize::MAX)),
+            Some(v) => Err(self.invalid(
+                key,
+                format!("{v} is outside {}..={}", range.start(), range.end()),
+            )),
+        }
+    }
+
+    fn limits(&self, table: &str, raw: RawLimits, defaults: Limits) -> Result<Limits, ConfigError> {
+        let key = |name: &str| format!("{table}.{name}");
+        let secs = |name: &str, value: Option<u64>, default: Duration, max: u64| match value {
+            None => Ok(default),
+            Some(v) => self.seconds(&key(name), v, 1..=max),
+        };
+        let limits = Limits {
+            max_connections: self.count(
+                &key("max_connections"),
+                raw.max_connections,
+                defaults.max_connections,
+                1..=1_000_000,
+            )?,
+            max_connections_per_caller: self.count(
+                &key("max_connections_per_caller"),
+                raw.max_connections_per_caller,
+                defaults.max_connections_per_caller,
+                1..=1_000_000,
+            )?,
+            max_handshakes_per_address: self.count(
+                &key("max_handshakes_per_address"),
+                raw.max_handshakes_per_address,
+                defaults.max_handshakes_per_address,
+                1..=1_000_000,
+            )?,
+            idle_timeout: secs(
+                "idle_timeout_secs",
+                raw.idle_timeout_secs,
+                defaults.idle_timeout,
+                86_400,
+            )?,
+            max_streams_per_connection: u32::try_from(self.count(
+                &key("max_streams_per_connection"),
+                raw.max_streams_per_connection,
+                defaults.max_streams_per_connection as usize,
+                1..=10_000,
+            )?)
+            .unwrap_or(u32::MAX),
+            max_calls: self.count(
+                &key("max_calls"),
+                raw.max_calls,
+                defaults.max_calls,
+                1..=1_000_000,
+            )?,
+            max_calls_per_caller: self.count(
+                &key("max_calls_per_caller"),
+                raw.max_calls_per_caller,
+                defaults.max_calls_per_caller,
+                1..=1_000_000,
+            )?,
+            call_timeout: secs(
+                "call_timeout_secs",
+                raw.call_timeout_secs,
+                defaults.call_timeout,
+                3_600,
+            )?,
+            send_timeout: secs(
+                "send_timeout_secs",
+                raw.send_timeout_secs,
+                defaults.send_timeout,
+                3_600,
+            )?,
+            answer_timeout: secs(
+                "answer_timeout_secs",
+                raw.answer_timeout_secs,
+                defaults.answer_timeout,
+                86_400,
+            )?,
+        };
+        if limits.max_connections_per_caller > limits.max_connections {
+            return Err(self.invalid(
+                &key("max_connections_per_caller"),
+                "is more than max_connections",
+            ));
+        }
+        if limits.max_calls_per_caller > limits.max_calls {
+            return Err(self.invalid(&key("max_calls_per_caller"), "is more than max_calls"));
+        }
+        Ok(limits)
     }
 
     fn governance(&self, raw: RawGovernance) -> Result<GovernanceConfig, ConfigError> {
@@ -374,6 +575,12 @@ impl Checker<'_> {
         Ok(LocalConfig {
             listen,
             tls: raw.tls,
+            handshake_timeout: self.seconds(
+                "local.handshake_timeout_secs",
+                raw.handshake_timeout_secs,
+                1..=300,
+            )?,
+            limits: self.limits("local.limits", raw.limits, Limits::local_defaults())?,
             tokens,
         })
     }

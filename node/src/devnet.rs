@@ -11,6 +11,10 @@ use zeroize::Zeroizing;
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::fixtures;
+use crate::governance::files::IdentityCard;
+use crate::governance::registry::{ImportError, RosterImport};
+use crate::governance::{DecisionRule, Roster, RosterBody};
+use crate::identity::generate_signing_key;
 use crate::pki::{DevCa, PkiError, loopback_hosts};
 use crate::provision::{NodeSpec, ProvisionError, init_node_dir, install_dev_certificate};
 use crate::server::{Listeners, Node, NodeError, RunningNode};
@@ -28,7 +32,15 @@ pub enum DevnetError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Governance(#[from] ImportError),
+    #[error("{0}")]
+    Roster(String),
 }
+
+/// How often development nodes compare governance documents: often, so a
+/// document imported at one node is everywhere within a second or two.
+pub const DEV_SYNC_INTERVAL_SECS: u64 = 1;
 
 /// One running node of a development federation.
 #[derive(Debug)]
@@ -75,6 +87,18 @@ impl DevFederation {
             };
             let made = init_node_dir(&node_dir, &spec)?;
             install_dev_certificate(&node_dir, &municipality.name, &ca, &loopback_hosts())?;
+            let mut text =
+                std::fs::read_to_string(&made.config_path).map_err(|source| ConfigError::Read {
+                    path: made.config_path.clone(),
+                    source,
+                })?;
+            text.push_str(&format!(
+                "\n[governance]\nsync_interval_secs = {DEV_SYNC_INTERVAL_SECS}\n"
+            ));
+            std::fs::write(&made.config_path, text).map_err(|source| ConfigError::Read {
+                path: made.config_path.clone(),
+                source,
+            })?;
             let config = Config::load(&made.config_path)?;
             let mut node = Node::open(config.clone())?;
             if let Some(clock) = &clock {
@@ -89,6 +113,45 @@ impl DevFederation {
             });
         }
         Ok(DevFederation { ca, nodes })
+    }
+
+    /// Makes every node a member of one fellowship `fellowship`: a roster
+    /// of all of them (joined 2000-01-01), signed by a fresh secretariat key
+    /// and pinned on each node as its operator would. Returns the roster.
+    pub fn pin_fellowship(&self, fellowship: &str) -> Result<Roster, DevnetError> {
+        let secretariat = generate_signing_key().map_err(|e| DevnetError::Roster(e.to_string()))?;
+        let members = self
+            .nodes
+            .iter()
+            .map(|node| {
+                IdentityCard::of_node(&node.running.identity, &node.running.peer_endpoint())
+                    .to_member(time::macros::date!(2000 - 01 - 01))
+                    .map_err(|e| DevnetError::Roster(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut roster = RosterBody::first(
+            fellowship,
+            "Development fellowship",
+            secretariat.verifying_key(),
+            DecisionRule::Secretariat,
+            time::OffsetDateTime::now_utc(),
+            members,
+        )
+        .to_draft()
+        .map_err(|e| DevnetError::Roster(e.to_string()))?;
+        roster
+            .sign(&secretariat)
+            .map_err(|e| DevnetError::Roster(e.to_string()))?;
+        for node in &self.nodes {
+            node.running.registry.import_roster(
+                &roster.to_bytes(),
+                RosterImport {
+                    trust_anchor: true,
+                    ..RosterImport::default()
+                },
+            )?;
+        }
+        Ok(roster)
     }
 
     /// Stops every node and waits for each to drain.

@@ -26,16 +26,37 @@ use crate::local::auth::AuthError;
 use crate::peer::PeerAuthError;
 use crate::plane::{DisclosureError, PlacementError};
 use crate::store::StoreError;
+use crate::telemetry::{refusals, untrusted};
+
+/// Logs a refusal at WARN, at most a few lines per caller per minute.
+fn log_refusal(caller: &str, what: &str, reason: &str) {
+    if let Some(suppressed) = refusals().admit(caller) {
+        tracing::warn!(
+            caller = %untrusted(caller),
+            reason = %untrusted(reason),
+            suppressed_since_last = suppressed,
+            "{what}"
+        );
+    }
+}
 
 impl From<AuthError> for Status {
     fn from(error: AuthError) -> Status {
         match &error {
             AuthError::MissingToken | AuthError::Malformed | AuthError::UnknownToken => {
-                tracing::warn!(reason = %error, "local call refused");
+                log_refusal(
+                    "local, no valid token",
+                    "local call refused",
+                    &error.to_string(),
+                );
                 Status::unauthenticated(error.to_string())
             }
-            AuthError::MissingRole { .. } => {
-                tracing::warn!(reason = %error, "local call denied");
+            AuthError::MissingRole { token, .. } => {
+                log_refusal(
+                    &format!("token {token}"),
+                    "local call denied",
+                    &error.to_string(),
+                );
                 Status::permission_denied(error.to_string())
             }
         }
@@ -44,7 +65,11 @@ impl From<AuthError> for Status {
 
 impl From<PeerAuthError> for Status {
     fn from(error: PeerAuthError) -> Status {
-        tracing::warn!(reason = %error, "peer call refused");
+        let caller = match &error {
+            PeerAuthError::NoClientCertificate => "no certificate".to_string(),
+            PeerAuthError::NotAMember(fingerprint) => fingerprint.to_string(),
+        };
+        log_refusal(&caller, "peer call refused", &error.to_string());
         match error {
             PeerAuthError::NoClientCertificate => Status::unauthenticated(error.to_string()),
             PeerAuthError::NotAMember(_) => Status::permission_denied(error.to_string()),
@@ -54,14 +79,20 @@ impl From<PeerAuthError> for Status {
 
 impl From<Denial> for Status {
     fn from(denial: Denial) -> Status {
-        tracing::warn!(reason = %denial, "peer request denied");
-        Status::permission_denied(denial.to_string())
+        // The operator's log has the whole reason; the caller gets only
+        // what it is entitled to know.
+        log_refusal(
+            &denial.caller_key(),
+            "peer request denied",
+            &denial.to_string(),
+        );
+        Status::permission_denied(denial.public())
     }
 }
 
 impl From<ImportError> for Status {
     fn from(error: ImportError) -> Status {
-        tracing::warn!(%error, "governance document refused");
+        tracing::warn!(error = %untrusted(&error.to_string()), "governance document refused");
         match &error {
             ImportError::Store(_) => {
                 tracing::error!(%error, "storage failure while importing");
@@ -92,6 +123,7 @@ impl From<CatalogError> for Status {
                 Status::invalid_argument(error.to_string())
             }
             CatalogError::AlreadyExists { .. } => Status::already_exists(error.to_string()),
+            CatalogError::Widening { .. } => Status::permission_denied(error.to_string()),
             CatalogError::NotFound { .. } => Status::not_found(error.to_string()),
             CatalogError::Store(_) | CatalogError::Corrupt { .. } | CatalogError::Exhausted => {
                 internal(&error)
@@ -151,8 +183,15 @@ impl From<PlacementError> for Status {
 
 impl From<DisclosureError> for Status {
     fn from(error: DisclosureError) -> Status {
-        tracing::warn!(reason = %error, "peer request denied");
-        Status::permission_denied(error.to_string())
+        log_refusal(
+            &error.caller_key(),
+            "peer request denied",
+            &error.to_string(),
+        );
+        match error {
+            DisclosureError::BudgetSpent { .. } => Status::resource_exhausted(error.to_string()),
+            _ => Status::permission_denied(error.to_string()),
+        }
     }
 }
 

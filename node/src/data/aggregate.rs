@@ -1,8 +1,7 @@
-//! Server-side aggregation of readings into time buckets, and suppression
-//! of buckets too small to share.
+//! Server-side aggregation of readings into time buckets, as a stream.
 //!
-//! This module owns [`Bucket`], [`Group`], bucket sizes ([`parse_bucket`])
-//! and [`suppress_small_groups`], the rule an `aggregate`-only agreement
+//! This module owns [`Bucket`], [`Group`], bucket sizes ([`parse_bucket`]),
+//! [`BucketStream`] and the [`Grid`] check an aggregate-only agreement
 //! applies before anything leaves the node.
 //!
 //! Buckets are aligned to the Unix epoch in UTC: a reading at time `t`
@@ -14,21 +13,32 @@
 //! `limit` apply to the buckets (ordered by start, then sensor id, then the
 //! measure's position in the dataset).
 //!
-//! Aggregation reads each sensor's range in turn (the order of readings
-//! does not matter for count, min, max and sum), which makes counting the
-//! distinct sensors of a bucket a comparison with the last contributor
-//! instead of a set per bucket. Memory is one accumulator per (bucket,
-//! group, measure) that has data.
-
-use std::collections::BTreeMap;
+//! The readings are read in time order, merged across sensors (the same
+//! merge raw queries use), so buckets come out one by one as the scan
+//! passes them: memory is one bucket's accumulators (one per sensor and
+//! measure at most) whatever the range, and a caller that stops reading
+//! stops the scan. Distinct sensors are counted with a per-sensor stamp of
+//! the last bucket (and cell) each sensor was seen in, not with sets.
+//!
+//! # The grid
+//!
+//! With a [`Grid`], every bucket is also checked cell by cell: the grid's
+//! cells are epoch-aligned and `cell` wide (the bucket a whole multiple of
+//! it), and a bucket is released only if every cell in it that holds data
+//! for the measure meets the minimum group size (that many readings, and
+//! that many distinct sensors when grouped over all sensors). Since the
+//! caller can only choose whole buckets of whole cells, two released
+//! buckets always differ by whole cells, each of which met the threshold:
+//! no answer can be subtracted from another to isolate fewer readings than
+//! the minimum. See `plane::disclosure` for the rest of that argument.
 
 use time::{Duration, OffsetDateTime};
 
 use super::catalog::show_time;
-use super::keys;
-use super::query::{Cursor, Order, QueryError, ReadingQuery};
+use super::keys::{self, CodecError};
+use super::query::{QueryError, RawMerge, ReadingQuery};
 use super::readings::{ReadingStore, from_ms};
-use crate::governance::body::FieldError;
+use crate::governance::body::{FieldError, parse_span};
 
 /// Longest bucket: a year.
 const MAX_BUCKET: Duration = Duration::days(366);
@@ -52,177 +62,360 @@ pub struct Bucket {
     pub measure: String,
     /// Number of values (readings with this measure).
     pub count: u64,
-    pub min: f64,
-    pub max: f64,
+    /// Smallest and largest value; `None` where they are withheld.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
     pub sum: f64,
     pub avg: f64,
-    /// Sensors that contributed (1 for per-sensor buckets).
-    pub distinct_sensors: u32,
+    /// Sensors that contributed (1 for per-sensor buckets); `None` where
+    /// withheld.
+    pub distinct_sensors: Option<u32>,
 }
 
 /// Parses a bucket size: a positive whole number and a unit, `s`, `m`,
 /// `h` or `d` (`30s`, `15m`, `1h`, `1d`), at most a year.
 pub fn parse_bucket(text: &str) -> Result<Duration, FieldError> {
-    let bad = || {
-        FieldError::new(
-            "bucket",
-            format!(
-                "`{}` is not a bucket size; use a whole number and s, m, h or d \
-                 (e.g. 30s, 15m, 1h, 1d), at most 366d",
-                text.escape_debug()
-            ),
-        )
-    };
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (digits, unit) = text.split_at(split);
-    let n: i64 = digits.parse().map_err(|_| bad())?;
-    let unit_seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad()),
-    };
-    let size = Duration::seconds(n.checked_mul(unit_seconds).ok_or_else(bad)?);
-    if n == 0 || size > MAX_BUCKET {
-        return Err(bad());
-    }
-    Ok(size)
+    parse_span(text).map_err(|reason| FieldError::new("bucket", reason))
 }
 
-/// Running statistics of one (bucket, group, measure).
-#[derive(Debug)]
+/// The fixed grid of an aggregate-only answer (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    /// Cell width; the bucket must be a whole multiple of it.
+    pub cell: Duration,
+    /// Readings, and distinct sensors over all sensors, every cell with
+    /// data needs for its bucket to be released.
+    pub min_group: u32,
+}
+
+/// What to aggregate: the bucket size, the grouping, the grid (if any),
+/// and per measure position the range values are clamped to before they
+/// are summed (for calibrated noise, whose sensitivity needs bounds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateSpec {
+    pub bucket: Duration,
+    pub group: Group,
+    pub grid: Option<Grid>,
+    pub clamp: Option<Vec<Option<(f64, f64)>>>,
+}
+
+impl AggregateSpec {
+    /// Plain aggregation: no grid, no clamping.
+    pub fn plain(bucket: Duration, group: Group) -> AggregateSpec {
+        AggregateSpec {
+            bucket,
+            group,
+            grid: None,
+            clamp: None,
+        }
+    }
+}
+
+/// Running statistics of one (group, measure) in the current bucket.
+#[derive(Debug, Clone, Copy)]
 struct Acc {
     count: u64,
     min: f64,
     max: f64,
     sum: f64,
     distinct: u32,
-    last_sensor: usize,
+    /// A cell of this bucket missed the grid's minimum.
+    tainted: bool,
+}
+
+const EMPTY: Acc = Acc {
+    count: 0,
+    min: f64::INFINITY,
+    max: f64::NEG_INFINITY,
+    sum: 0.0,
+    distinct: 0,
+    tainted: false,
+};
+
+/// Counts of one (group, measure) in the current grid cell.
+#[derive(Debug, Clone, Copy, Default)]
+struct CellAcc {
+    count: u64,
+    distinct: u32,
+}
+
+/// Buckets of one aggregate question, produced as the readings are read.
+#[derive(Debug)]
+pub struct BucketStream {
+    merge: RawMerge,
+    bucket_ms: i64,
+    cell_ms: i64,
+    min_group: u64,
+    per_sensor: bool,
+    clamp: Option<Vec<Option<(f64, f64)>>>,
+    /// Buckets still allowed by the limit; `None` = no limit.
+    remaining: Option<u64>,
+    /// Start of the bucket being filled, and of its cell.
+    bucket: Option<i64>,
+    cell: Option<i64>,
+    /// Sequence numbers of the current bucket and cell (stamps compare
+    /// against them).
+    bucket_seq: u32,
+    cell_seq: u32,
+    /// Accumulators by `group * measures + measure`, and which are in use.
+    accs: Vec<Acc>,
+    touched: Vec<usize>,
+    cells: Vec<CellAcc>,
+    cells_touched: Vec<usize>,
+    /// Per (measure, sensor): the bucket and cell sequence last seen.
+    bucket_stamp: Vec<u32>,
+    cell_stamp: Vec<u32>,
+    /// Present (measure position, value) pairs of one reading, reused.
+    present: Vec<(usize, f64)>,
+    finished: bool,
 }
 
 impl ReadingStore {
-    /// Buckets of `bucket` size over the readings `query` selects, per
-    /// sensor or over all sensors. See the module docs for alignment and
-    /// ordering.
+    /// The buckets `spec` asks for over the readings `query` selects, as a
+    /// stream (see the module docs for alignment, order and the grid).
+    pub fn aggregate_stream(
+        &self,
+        query: &ReadingQuery,
+        spec: &AggregateSpec,
+    ) -> Result<BucketStream, QueryError> {
+        let bucket_ms = span_ms(spec.bucket)
+            .filter(|_| spec.bucket <= MAX_BUCKET)
+            .ok_or_else(|| {
+                FieldError::new(
+                    "bucket",
+                    format!(
+                        "{} is not a bucket size; use whole milliseconds, up to 366 days",
+                        spec.bucket
+                    ),
+                )
+            })?;
+        let (cell_ms, min_group) = match &spec.grid {
+            None => (bucket_ms, 0),
+            Some(grid) => {
+                let cell_ms = span_ms(grid.cell)
+                    .filter(|cell| bucket_ms % cell == 0)
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            "bucket",
+                            format!(
+                                "must be a whole multiple of the grid cell ({})",
+                                crate::governance::body::show_span(grid.cell)
+                            ),
+                        )
+                    })?;
+                (cell_ms, u64::from(grid.min_group))
+            }
+        };
+        let plan = self.plan(query)?;
+        let measures = plan.measures.len();
+        let sensors = plan.sensors.len();
+        let per_sensor = spec.group == Group::PerSensor;
+        let groups = if per_sensor { sensors.max(1) } else { 1 };
+        Ok(BucketStream {
+            merge: RawMerge::new(self.store.clone(), plan, query.order),
+            bucket_ms,
+            cell_ms,
+            min_group,
+            per_sensor,
+            clamp: spec.clamp.clone(),
+            remaining: (query.limit > 0).then_some(query.limit),
+            bucket: None,
+            cell: None,
+            bucket_seq: 0,
+            cell_seq: 0,
+            accs: vec![EMPTY; groups * measures],
+            touched: Vec::new(),
+            cells: vec![CellAcc::default(); groups * measures],
+            cells_touched: Vec::new(),
+            bucket_stamp: vec![u32::MAX; measures * sensors],
+            cell_stamp: vec![u32::MAX; measures * sensors],
+            present: Vec::with_capacity(measures),
+            finished: false,
+        })
+    }
+
+    /// Every bucket of an aggregate question, collected (tests, benches).
     pub fn aggregate(
         &self,
         query: &ReadingQuery,
         bucket: Duration,
         group: Group,
     ) -> Result<Vec<Bucket>, QueryError> {
-        let size_ms = i64::try_from(bucket.whole_milliseconds()).unwrap_or(0);
-        if size_ms <= 0 || Duration::milliseconds(size_ms) != bucket || bucket > MAX_BUCKET {
-            return Err(FieldError::new(
-                "bucket",
-                format!("{bucket} is not a bucket size; use whole milliseconds, up to 366 days"),
-            )
-            .into());
-        }
-        let plan = self.plan(query)?;
-        let corrupt = |source| QueryError::Corrupt {
-            dataset: query.dataset.clone(),
-            source,
-        };
-        // (bucket start, sensor position if per sensor, measure position)
-        let mut accs: BTreeMap<(i64, Option<usize>, usize), Acc> = BTreeMap::new();
-        // Present (measure position, value) pairs of one reading, reused.
-        let mut present: Vec<(usize, f64)> = Vec::new();
-        for (s, scan) in plan.sensors.iter().enumerate() {
-            let mut cursor = Cursor::new(&plan, scan, Order::Ascending);
-            while let Some((ms, value)) = cursor.next_raw(self.store.as_ref())? {
-                present.clear();
-                let location =
-                    keys::visit_values(&value, |m, v| present.push((m, v))).map_err(corrupt)?;
-                if !plan.in_area(location) {
-                    continue;
-                }
-                let start = ms - ms.rem_euclid(size_ms);
-                let sensor = (group == Group::PerSensor).then_some(s);
-                for &(m, v) in &present {
-                    if m >= plan.measures.len() || !plan.keeps(m) {
-                        continue;
-                    }
-                    let acc = accs.entry((start, sensor, m)).or_insert(Acc {
-                        count: 0,
-                        min: f64::INFINITY,
-                        max: f64::NEG_INFINITY,
-                        sum: 0.0,
-                        distinct: 0,
-                        last_sensor: usize::MAX,
-                    });
-                    acc.count += 1;
-                    acc.min = acc.min.min(v);
-                    acc.max = acc.max.max(v);
-                    acc.sum += v;
-                    if acc.last_sensor != s {
-                        acc.last_sensor = s;
-                        acc.distinct += 1;
-                    }
-                }
+        let mut stream = self.aggregate_stream(query, &AggregateSpec::plain(bucket, group))?;
+        let mut out = Vec::new();
+        loop {
+            let chunk = stream.next_chunk(4096)?;
+            if chunk.is_empty() {
+                return Ok(out);
             }
+            out.extend(chunk);
         }
-        let mut keyed: Vec<_> = accs.into_iter().collect();
-        if query.order == Order::Descending {
-            // Latest bucket first; within a bucket, the same order as ascending.
-            keyed.sort_by(|(a, _), (b, _)| b.0.cmp(&a.0).then_with(|| (a.1, a.2).cmp(&(b.1, b.2))));
-        }
-        if query.limit > 0 {
-            keyed.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
-        }
-        let mut out = Vec::with_capacity(keyed.len());
-        for ((start, sensor, m), acc) in keyed {
-            out.push(Bucket {
-                start: from_ms(start).map_err(corrupt)?,
-                sensor_id: sensor.map(|s| plan.sensors[s].sensor_id.to_string()),
-                measure: plan.measures[m].clone(),
-                count: acc.count,
-                min: acc.min,
-                max: acc.max,
-                sum: acc.sum,
-                avg: acc.sum / acc.count as f64,
-                distinct_sensors: acc.distinct,
-            });
-        }
-        Ok(out)
     }
 }
 
-/// Drops buckets too small to share under an agreement's minimum group
-/// size; returns the kept buckets and how many were suppressed.
-///
-/// - An all-sensors bucket is suppressed if it summarises fewer than
-///   `min_group_size` values *or* fewer than `min_group_size` distinct
-///   sensors: an average over many readings of one or two sensors still
-///   describes those sensors.
-/// - A per-sensor bucket names its sensor by design, so the distinct-sensor
-///   rule would suppress every one of them; it is suppressed only if it
-///   summarises fewer than `min_group_size` values. Per-sensor aggregates
-///   therefore fit datasets whose sensors are things (bins, parking bays,
-///   street lamps). Where a sensor stands for a person or a household, the
-///   data plane should refuse [`Group::PerSensor`] altogether (e.g. for
-///   datasets classified `personal`); this function cannot know that.
-///
-/// A `min_group_size` of 0 or 1 keeps everything.
-pub fn suppress_small_groups(buckets: Vec<Bucket>, min_group_size: u32) -> (Vec<Bucket>, usize) {
-    let before = buckets.len();
-    let min = u64::from(min_group_size);
-    let kept: Vec<Bucket> = buckets
-        .into_iter()
-        .filter(|b| {
-            let enough_values = b.count >= min;
-            match b.sensor_id {
-                Some(_) => enough_values,
-                None => enough_values && u64::from(b.distinct_sensors) >= min,
+/// A span in whole milliseconds, if it is positive and whole.
+fn span_ms(span: Duration) -> Option<i64> {
+    let ms = i64::try_from(span.whole_milliseconds()).ok()?;
+    (ms > 0 && Duration::milliseconds(ms) == span).then_some(ms)
+}
+
+impl BucketStream {
+    fn corrupt(&self, source: CodecError) -> QueryError {
+        QueryError::Corrupt {
+            dataset: self.merge.plan.dataset.to_string(),
+            source,
+        }
+    }
+
+    /// Up to `max` further buckets (at least one unless the answer is
+    /// exhausted; empty means done).
+    pub fn next_chunk(&mut self, max: usize) -> Result<Vec<Bucket>, QueryError> {
+        let mut out = Vec::new();
+        while out.len() < max.max(1) && !self.finished {
+            if self.remaining == Some(0) {
+                self.finished = true;
+                break;
             }
-        })
-        .collect();
-    let suppressed = before - kept.len();
-    (kept, suppressed)
+            match self.merge.next_raw()? {
+                Some(raw) => {
+                    let bucket = raw.ms - raw.ms.rem_euclid(self.bucket_ms);
+                    if self.bucket != Some(bucket) {
+                        self.close_cell();
+                        self.close_bucket(&mut out)?;
+                        self.bucket = Some(bucket);
+                        self.bucket_seq = self.bucket_seq.wrapping_add(1);
+                    }
+                    let cell = raw.ms - raw.ms.rem_euclid(self.cell_ms);
+                    if self.cell != Some(cell) {
+                        self.close_cell();
+                        self.cell = Some(cell);
+                        self.cell_seq = self.cell_seq.wrapping_add(1);
+                    }
+                    self.add(raw.sensor, &raw.value)?;
+                }
+                None => {
+                    self.close_cell();
+                    self.close_bucket(&mut out)?;
+                    self.finished = true;
+                }
+            }
+        }
+        if let Some(remaining) = &mut self.remaining {
+            let keep = usize::try_from(*remaining)
+                .unwrap_or(usize::MAX)
+                .min(out.len());
+            out.truncate(keep);
+            *remaining -= keep as u64;
+        }
+        Ok(out)
+    }
+
+    /// Adds one reading of sensor position `sensor` to the accumulators.
+    fn add(&mut self, sensor: usize, value: &[u8]) -> Result<(), QueryError> {
+        let mut present = std::mem::take(&mut self.present);
+        present.clear();
+        let visited = keys::visit_values(value, |m, v| present.push((m, v)));
+        let measures = self.merge.plan.measures.len();
+        let sensors = self.merge.plan.sensors.len();
+        if let Err(source) = visited {
+            self.present = present;
+            return Err(self.corrupt(source));
+        }
+        let group = if self.per_sensor { sensor } else { 0 };
+        for &(m, v) in &present {
+            if m >= measures || !self.merge.plan.keeps(m) {
+                continue;
+            }
+            let v = match self
+                .clamp
+                .as_ref()
+                .and_then(|c| c.get(m).copied().flatten())
+            {
+                Some((lower, upper)) => v.clamp(lower, upper),
+                None => v,
+            };
+            let index = group * measures + m;
+            let stamp = m * sensors + sensor;
+            let acc = &mut self.accs[index];
+            if acc.count == 0 && !acc.tainted {
+                self.touched.push(index);
+            }
+            acc.count += 1;
+            acc.min = acc.min.min(v);
+            acc.max = acc.max.max(v);
+            acc.sum += v;
+            if self.bucket_stamp[stamp] != self.bucket_seq {
+                self.bucket_stamp[stamp] = self.bucket_seq;
+                acc.distinct += 1;
+            }
+            if self.min_group > 0 {
+                let cell = &mut self.cells[index];
+                if cell.count == 0 {
+                    self.cells_touched.push(index);
+                }
+                cell.count += 1;
+                if self.cell_stamp[stamp] != self.cell_seq {
+                    self.cell_stamp[stamp] = self.cell_seq;
+                    cell.distinct += 1;
+                }
+            }
+        }
+        self.present = present;
+        Ok(())
+    }
+
+    /// Checks the cell just passed against the grid: a (group, measure)
+    /// whose cell holds too few readings (or, over all sensors, too few
+    /// sensors) taints its bucket.
+    fn close_cell(&mut self) {
+        let min = self.min_group;
+        for index in self.cells_touched.drain(..) {
+            let cell = std::mem::take(&mut self.cells[index]);
+            let too_few = cell.count < min || (!self.per_sensor && u64::from(cell.distinct) < min);
+            if too_few {
+                self.accs[index].tainted = true;
+            }
+        }
+    }
+
+    /// Emits the bucket just passed (its untainted accumulators, in group
+    /// then measure order) and clears it.
+    fn close_bucket(&mut self, out: &mut Vec<Bucket>) -> Result<(), QueryError> {
+        let Some(start_ms) = self.bucket else {
+            return Ok(());
+        };
+        let start = from_ms(start_ms).map_err(|source| self.corrupt(source))?;
+        let measures = self.merge.plan.measures.len();
+        self.touched.sort_unstable();
+        for index in self.touched.drain(..) {
+            let acc = std::mem::replace(&mut self.accs[index], EMPTY);
+            if acc.tainted || acc.count == 0 {
+                continue;
+            }
+            let (group, m) = (index / measures, index % measures);
+            out.push(Bucket {
+                start,
+                sensor_id: self
+                    .per_sensor
+                    .then(|| self.merge.plan.sensors[group].sensor_id.to_string()),
+                measure: self.merge.plan.measures[m].clone(),
+                count: acc.count,
+                min: Some(acc.min),
+                max: Some(acc.max),
+                sum: acc.sum,
+                avg: acc.sum / acc.count as f64,
+                distinct_sensors: Some(acc.distinct),
+            });
+        }
+        self.bucket = None;
+        self.cell = None;
+        Ok(())
+    }
 }
 
 impl std::fmt::Display for Bucket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string());
         write!(
             f,
             "{} {} {}: n={} min={} max={} avg={} sensors={}",
@@ -230,18 +423,21 @@ impl std::fmt::Display for Bucket {
             self.sensor_id.as_deref().unwrap_or("*"),
             self.measure,
             self.count,
-            self.min,
-            self.max,
+            shown(self.min),
+            shown(self.max),
             self.avg,
             self.distinct_sensors
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".to_string())
         )
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
+    use super::super::query::Order;
     use super::super::readings::{Reading, to_ms};
     use super::super::testutil::{self, Rng};
     use super::*;
@@ -291,11 +487,11 @@ mod tests {
                     sensor_id,
                     measure: measures[m].clone(),
                     count: values.len() as u64,
-                    min: values.iter().copied().fold(f64::INFINITY, f64::min),
-                    max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    min: Some(values.iter().copied().fold(f64::INFINITY, f64::min)),
+                    max: Some(values.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
                     sum,
                     avg: sum / values.len() as f64,
-                    distinct_sensors: sensors.len() as u32,
+                    distinct_sensors: Some(sensors.len() as u32),
                 }
             })
             .collect();
@@ -371,7 +567,7 @@ mod tests {
         );
         // 3 sensors, 10-minute interval: the partial first hour has 4 slots.
         let first_pm10 = got.iter().find(|b| b.measure == "pm10").expect("pm10");
-        assert_eq!(first_pm10.distinct_sensors, 3);
+        assert_eq!(first_pm10.distinct_sensors, Some(3));
         assert!(first_pm10.count <= 12);
         let err = fx
             .readings
@@ -402,30 +598,147 @@ mod tests {
         }
     }
 
+    /// The buckets a grid releases, computed the obvious way: every cell
+    /// with data of a released bucket meets the minimum.
+    fn naive_grid(
+        data: &[Reading],
+        measures: &[String],
+        q: &ReadingQuery,
+        size: Duration,
+        cell: Duration,
+        group: Group,
+        min: u32,
+    ) -> Vec<Bucket> {
+        let cell_ms = cell.whole_milliseconds() as i64;
+        let size_ms = size.whole_milliseconds() as i64;
+        // (bucket, sensor, measure) -> cell -> (count, sensors)
+        type Cells = BTreeMap<i64, (u64, BTreeSet<String>)>;
+        let mut cells: BTreeMap<(i64, Option<String>, String), Cells> = BTreeMap::new();
+        for r in data.iter().filter(|r| r.at >= q.from && r.at < q.until) {
+            let ms = to_ms(r.at);
+            for name in r.values.keys() {
+                let sensor = (group == Group::PerSensor).then(|| r.sensor_id.clone());
+                let e = cells
+                    .entry((ms.div_euclid(size_ms) * size_ms, sensor, name.clone()))
+                    .or_default()
+                    .entry(ms.div_euclid(cell_ms) * cell_ms)
+                    .or_default();
+                e.0 += 1;
+                e.1.insert(r.sensor_id.clone());
+            }
+        }
+        let bad: BTreeSet<(i64, Option<String>, String)> = cells
+            .into_iter()
+            .filter(|(key, cells)| {
+                cells.values().any(|(count, sensors)| {
+                    *count < u64::from(min)
+                        || (key.1.is_none() && (sensors.len() as u64) < u64::from(min))
+                })
+            })
+            .map(|(key, _)| key)
+            .collect();
+        naive(data, measures, q, size, group)
+            .into_iter()
+            .filter(|b| {
+                let key = (to_ms(b.start), b.sensor_id.clone(), b.measure.clone());
+                !bad.contains(&key)
+            })
+            .collect()
+    }
+
     #[test]
-    fn small_groups_are_suppressed() {
-        let bucket = |sensor: Option<&str>, count: u64, distinct: u32| Bucket {
-            start: super::super::readings::EARLIEST,
-            sensor_id: sensor.map(str::to_string),
-            measure: "pm10".to_string(),
-            count,
-            min: 0.0,
-            max: 1.0,
-            sum: 1.0,
-            avg: 0.5,
-            distinct_sensors: distinct,
+    fn a_grid_releases_exactly_the_buckets_whose_cells_all_meet_the_minimum() {
+        let fx = testutil::fixture(12, 2);
+        let measures = fx.measures();
+        let mut rng = Rng(0x6e1d);
+        let mut released = 0;
+        let mut withheld = 0;
+        for round in 0..60 {
+            let mut q = testutil::random_query(&fx, &mut rng);
+            q.sensor_ids.clear();
+            q.area = None;
+            q.limit = 0;
+            let cell = [Duration::minutes(10), Duration::minutes(30), Duration::HOUR]
+                [rng.below(3) as usize];
+            let size = cell * [1, 2, 6][rng.below(3) as usize];
+            let min = [2, 3, 5, 8][rng.below(4) as usize];
+            for group in [Group::AllSensors, Group::PerSensor] {
+                let expected = naive_grid(&fx.data, &measures, &q, size, cell, group, min);
+                let spec = AggregateSpec {
+                    bucket: size,
+                    group,
+                    grid: Some(Grid {
+                        cell,
+                        min_group: min,
+                    }),
+                    clamp: None,
+                };
+                let mut stream = fx.readings.aggregate_stream(&q, &spec).expect("stream");
+                let mut got = Vec::new();
+                loop {
+                    let chunk = stream.next_chunk(7).expect("chunk");
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    got.extend(chunk);
+                }
+                let all = naive(&fx.data, &measures, &q, size, group).len();
+                released += got.len();
+                withheld += all - got.len();
+                assert_same(
+                    &got,
+                    &expected,
+                    &format!("round {round} {group:?} {size} cell {cell} min {min}"),
+                );
+            }
+        }
+        assert!(
+            released > 0 && withheld > 0,
+            "{released} released, {withheld} withheld"
+        );
+    }
+
+    #[test]
+    fn a_bucket_must_be_a_whole_number_of_cells() {
+        let fx = testutil::fixture(3, 1);
+        let q = testutil::everything(&fx.dataset);
+        let spec = AggregateSpec {
+            bucket: Duration::minutes(90),
+            group: Group::AllSensors,
+            grid: Some(Grid {
+                cell: Duration::HOUR,
+                min_group: 1,
+            }),
+            clamp: None,
         };
-        let buckets = vec![
-            bucket(None, 100, 2),      // many values, too few sensors
-            bucket(None, 4, 4),        // too few values
-            bucket(None, 5, 5),        // kept
-            bucket(Some("s"), 100, 1), // per sensor: enough values, kept
-            bucket(Some("s"), 4, 1),   // per sensor: too few values
-        ];
-        let (kept, suppressed) = suppress_small_groups(buckets.clone(), 5);
-        assert_eq!(suppressed, 3);
-        assert_eq!(kept, vec![buckets[2].clone(), buckets[3].clone()]);
-        let (kept, suppressed) = suppress_small_groups(buckets.clone(), 1);
-        assert_eq!((kept.len(), suppressed), (5, 0));
+        let err = fx
+            .readings
+            .aggregate_stream(&q, &spec)
+            .expect_err("90m of 1h cells");
+        assert!(
+            err.to_string()
+                .contains("whole multiple of the grid cell (1h)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn clamped_values_are_summed_within_their_bounds() {
+        let fx = testutil::fixture(4, 1);
+        let q = testutil::everything(&fx.dataset);
+        let measures = fx.measures();
+        let spec = AggregateSpec {
+            bucket: Duration::DAY,
+            group: Group::AllSensors,
+            grid: None,
+            clamp: Some(measures.iter().map(|_| Some((0.0, 1.0))).collect()),
+        };
+        let mut stream = fx.readings.aggregate_stream(&q, &spec).expect("stream");
+        let buckets = stream.next_chunk(1000).expect("chunk");
+        assert!(!buckets.is_empty());
+        for b in buckets {
+            assert!(b.sum <= b.count as f64 && b.sum >= 0.0, "{b}");
+            assert!(b.max.expect("max") <= 1.0, "{b}");
+        }
     }
 }

@@ -377,6 +377,15 @@ pub enum CatalogError {
         field: String,
         reason: String,
     },
+    #[error(
+        "dataset `{id}`: this change widens what partners may see ({changes}); it needs a token \
+         with the admin role, and token `{token}` has not"
+    )]
+    Widening {
+        id: String,
+        token: String,
+        changes: String,
+    },
     #[error("catalog entry `{key}` is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("the catalog has run out of dataset numbers")]
@@ -490,6 +499,43 @@ impl Catalog {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// How `new` would let partners see more of a dataset than `old`: a field
+/// no longer marked personal, a lower classification, or a keyword that
+/// was not there (keyword-scoped agreements would cover the dataset).
+/// Empty when the change widens nothing.
+pub fn widening_changes(old: &Dataset, new: &Dataset) -> Vec<String> {
+    let mut changes = Vec::new();
+    for field in &old.schema {
+        if field.personal
+            && new
+                .schema
+                .iter()
+                .any(|f| f.name == field.name && !f.personal)
+        {
+            changes.push(format!(
+                "field `{}` would no longer be personal",
+                field.name
+            ));
+        }
+    }
+    if new.classification < old.classification {
+        changes.push(format!(
+            "classification would go from {} to {}",
+            old.classification, new.classification
+        ));
+    }
+    for keyword in &new.keywords {
+        if !old
+            .keywords
+            .iter()
+            .any(|k| k.to_lowercase() == keyword.to_lowercase())
+        {
+            changes.push(format!("keyword `{keyword}` would be added"));
+        }
+    }
+    changes
 }
 
 fn check_compatible(old: &Dataset, new: &Dataset) -> Result<(), CatalogError> {

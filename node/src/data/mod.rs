@@ -34,7 +34,7 @@ pub mod records;
 #[cfg(test)]
 mod testutil;
 
-pub use aggregate::{Bucket, Group, parse_bucket, suppress_small_groups};
+pub use aggregate::{AggregateSpec, Bucket, BucketStream, Grid, Group, parse_bucket};
 pub use catalog::{
     Catalog, CatalogEntry, CatalogError, Classification, Dataset, DatasetKind, FieldType,
     SchemaField, TemporalExtent,

@@ -39,6 +39,12 @@ use crate::store::{Keyspace, Store, StoreError};
 /// Smallest and largest number of entries a cursor reads per store call.
 const FIRST_CHUNK: usize = 16;
 const MAX_CHUNK: usize = 512;
+/// Entries all cursors of one query may hold at once: a merge over many
+/// sensors reads less per sensor, so one answer's memory stays bounded
+/// (about 64 bytes an entry) however many sensors a dataset has.
+const MERGE_BUFFER: usize = 64 * 1024;
+/// The fewest entries a cursor reads per store call, whatever the budget.
+const LEAST_CHUNK: usize = 4;
 
 /// Time order of results; readings at the same time come in sensor id
 /// order (ascending) either way.
@@ -316,12 +322,16 @@ pub(super) struct Cursor {
     /// Entries read but not yet taken, in output order.
     buffer: VecDeque<(i64, Vec<u8>)>,
     chunk: usize,
+    /// The largest `chunk` may grow: the merge's buffer budget shared out.
+    max_chunk: usize,
     /// Descending only: the width of the next backward window.
     window_ms: i64,
 }
 
 impl Cursor {
     pub(super) fn new(plan: &Plan, scan: &SensorScan, order: Order) -> Cursor {
+        let max_chunk = (MERGE_BUFFER / plan.sensors.len().max(1)).clamp(LEAST_CHUNK, MAX_CHUNK);
+        let chunk = FIRST_CHUNK.min(max_chunk);
         Cursor {
             prefix: keys::sensor_prefix(plan.number, &scan.sensor_id),
             sensor_id: scan.sensor_id.clone(),
@@ -330,8 +340,9 @@ impl Cursor {
             hi_ms: scan.hi_ms,
             order,
             buffer: VecDeque::new(),
-            chunk: FIRST_CHUNK,
-            window_ms: plan.interval_ms.saturating_mul(FIRST_CHUNK as i64),
+            chunk,
+            max_chunk,
+            window_ms: plan.interval_ms.saturating_mul(chunk as i64),
         }
     }
 
@@ -384,7 +395,7 @@ impl Cursor {
         if read < self.chunk {
             self.lo_ms = self.hi_ms;
         }
-        self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+        self.chunk = (self.chunk * 2).min(self.max_chunk);
         Ok(())
     }
 
@@ -404,7 +415,7 @@ impl Cursor {
             kept.push_back((ms, value));
         }
         let window = self.hi_ms - start;
-        let next_chunk = (self.chunk * 2).min(MAX_CHUNK);
+        let next_chunk = (self.chunk * 2).min(self.max_chunk);
         match kept.front() {
             Some(&(first, _)) if overflowed => {
                 // Too many in this window: the rest of it comes next time,
@@ -490,71 +501,78 @@ impl PartialOrd for Head {
     }
 }
 
-/// The readings of a query, in order, read from the store as needed.
-/// Owns its store handle, so it can be moved to a blocking task and
-/// drained chunk by chunk ([`ReadingIter::next_chunk`]).
+/// One stored reading as the merge yields it: its time, the position of
+/// its sensor in the plan (sensor id order), and its encoded values.
 #[derive(Debug)]
-pub struct ReadingIter {
-    store: Arc<dyn Store>,
-    plan: Plan,
-    cursors: Vec<Cursor>,
-    pending: Vec<Option<Reading>>,
-    heap: BinaryHeap<Head>,
-    descending: bool,
-    /// Readings still allowed by the limit; `None` = no limit.
-    remaining: Option<u64>,
-    started: bool,
-    finished: bool,
+pub(super) struct RawReading {
+    pub ms: i64,
+    pub sensor: usize,
+    pub value: Vec<u8>,
 }
 
-impl ReadingIter {
-    fn new(store: Arc<dyn Store>, plan: Plan, order: Order, limit: u64) -> ReadingIter {
+/// The stored readings of a plan in time order across sensors (a k-way
+/// merge over one cursor per sensor), read from the store as needed.
+/// Readings outside the plan's area are skipped; measure selection is left
+/// to the consumer (raw readings and aggregation decode differently).
+#[derive(Debug)]
+pub(super) struct RawMerge {
+    store: Arc<dyn Store>,
+    pub plan: Plan,
+    cursors: Vec<Cursor>,
+    pending: Vec<Option<Vec<u8>>>,
+    heap: BinaryHeap<Head>,
+    descending: bool,
+    started: bool,
+}
+
+impl RawMerge {
+    pub(super) fn new(store: Arc<dyn Store>, plan: Plan, order: Order) -> RawMerge {
         let cursors: Vec<Cursor> = plan
             .sensors
             .iter()
             .map(|scan| Cursor::new(&plan, scan, order))
             .collect();
-        ReadingIter {
+        RawMerge {
             store,
             pending: (0..cursors.len()).map(|_| None).collect(),
             cursors,
             plan,
             heap: BinaryHeap::new(),
             descending: order == Order::Descending,
-            remaining: (limit > 0).then_some(limit),
             started: false,
-            finished: false,
         }
     }
 
-    /// Moves cursor `i` to its next matching reading and queues it.
+    fn corrupt(&self, source: CodecError) -> QueryError {
+        QueryError::Corrupt {
+            dataset: self.plan.dataset.to_string(),
+            source,
+        }
+    }
+
+    /// Moves cursor `i` to its next reading inside the area and queues it.
     fn advance(&mut self, i: usize) -> Result<(), QueryError> {
-        let cursor = &mut self.cursors[i];
-        while let Some((ms, value)) = cursor.next_raw(self.store.as_ref())? {
-            let reading =
-                materialize(&self.plan, &cursor.sensor_id, ms, &value).map_err(|source| {
-                    QueryError::Corrupt {
-                        dataset: self.plan.dataset.to_string(),
-                        source,
-                    }
-                })?;
-            if let Some(reading) = reading {
-                self.pending[i] = Some(reading);
-                self.heap.push(Head {
-                    ms,
-                    cursor: i,
-                    descending: self.descending,
-                });
-                return Ok(());
+        while let Some((ms, value)) = self.cursors[i].next_raw(self.store.as_ref())? {
+            if self.plan.area.is_some() {
+                let location =
+                    keys::visit_values(&value, |_, _| {}).map_err(|source| self.corrupt(source))?;
+                if !self.plan.in_area(location) {
+                    continue;
+                }
             }
+            self.pending[i] = Some(value);
+            self.heap.push(Head {
+                ms,
+                cursor: i,
+                descending: self.descending,
+            });
+            return Ok(());
         }
         Ok(())
     }
 
-    fn step(&mut self) -> Result<Option<Reading>, QueryError> {
-        if self.remaining == Some(0) {
-            return Ok(None);
-        }
+    /// The next reading in order, or `None` when the plan is exhausted.
+    pub(super) fn next_raw(&mut self) -> Result<Option<RawReading>, QueryError> {
         if !self.started {
             self.started = true;
             for i in 0..self.cursors.len() {
@@ -564,14 +582,57 @@ impl ReadingIter {
         let Some(head) = self.heap.pop() else {
             return Ok(None);
         };
-        let reading = self.pending[head.cursor].take();
-        if let Some(n) = &mut self.remaining {
-            *n -= 1;
+        let value = self.pending[head.cursor].take().unwrap_or_default();
+        self.advance(head.cursor)?;
+        Ok(Some(RawReading {
+            ms: head.ms,
+            sensor: head.cursor,
+            value,
+        }))
+    }
+}
+
+/// The readings of a query, in order, read from the store as needed.
+/// Owns its store handle, so it can be moved to a blocking task and
+/// drained chunk by chunk ([`ReadingIter::next_chunk`]).
+#[derive(Debug)]
+pub struct ReadingIter {
+    merge: RawMerge,
+    /// Readings still allowed by the limit; `None` = no limit.
+    remaining: Option<u64>,
+    finished: bool,
+}
+
+impl ReadingIter {
+    fn new(store: Arc<dyn Store>, plan: Plan, order: Order, limit: u64) -> ReadingIter {
+        ReadingIter {
+            merge: RawMerge::new(store, plan, order),
+            remaining: (limit > 0).then_some(limit),
+            finished: false,
         }
-        if self.remaining != Some(0) {
-            self.advance(head.cursor)?;
+    }
+
+    fn step(&mut self) -> Result<Option<Reading>, QueryError> {
+        while self.remaining != Some(0) {
+            let Some(raw) = self.merge.next_raw()? else {
+                return Ok(None);
+            };
+            let plan = &self.merge.plan;
+            let reading = materialize(
+                plan,
+                &plan.sensors[raw.sensor].sensor_id,
+                raw.ms,
+                &raw.value,
+            )
+            .map_err(|source| self.merge.corrupt(source))?;
+            if let Some(reading) = reading {
+                if let Some(n) = &mut self.remaining {
+                    *n -= 1;
+                }
+                return Ok(Some(reading));
+            }
         }
-        Ok(reading)
+        Ok(None)
     }
 
     /// Up to `max` further readings (at least one unless the answer is

@@ -769,12 +769,50 @@ fn is_cpv_code(code: &str) -> bool {
 /// compared ignoring ASCII case; a dotted path (`kpis.value`) refers to its
 /// top-level field, which is cleared whole.
 pub fn top_level(name: &str) -> String {
-    name.trim()
-        .split('.')
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase()
+    crate::governance::agreement::field_root(name)
 }
+
+/// The fields of a pilot record an agreement may exclude (the protobuf
+/// field names of [`Pilot`]).
+pub const PILOT_FIELDS: &[&str] = &[
+    "id",
+    "dataset_id",
+    "title",
+    "owner",
+    "municipalities",
+    "phase",
+    "technology",
+    "started",
+    "ended",
+    "budget_dkk",
+    "kpis",
+    "findings",
+    "attachments",
+];
+
+/// The fields of a procurement record an agreement may exclude (the
+/// protobuf field names of [`Procurement`]).
+pub const PROCUREMENT_FIELDS: &[&str] = &[
+    "id",
+    "dataset_id",
+    "title",
+    "buyer_municipalities",
+    "buyer_fellowship",
+    "buyer_organisation",
+    "buyer_count",
+    "procedure",
+    "procedure_detail",
+    "cpv_codes",
+    "suppliers",
+    "value_dkk",
+    "awarded",
+    "contract_start",
+    "contract_end",
+    "bids",
+    "complaints",
+    "status",
+    "notes",
+];
 
 /// Clears the fields of `pilot` that `excluded` names, so fields an
 /// agreement excludes never leave the node.

@@ -11,12 +11,12 @@
 //! per-request decision that combines them with the caller's identity is in
 //! [`super::authorize`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
 use ed25519_dalek::SigningKey;
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 use toml::{Table, Value};
 use uuid::Uuid;
 
@@ -28,6 +28,49 @@ use crate::identity::signing_key_text;
 /// The `kind` of an agreement body.
 pub const AGREEMENT_KIND: &str = "samvirke-agreement/v1";
 
+/// Largest agreement file, in bytes. An agreement travels to each of its
+/// parties and is held in memory by each; its terms fit in a few kilobytes.
+pub const MAX_AGREEMENT_BYTES: usize = 32 * 1024;
+
+/// Default width of the fixed grid an aggregate-only answer is built from.
+pub const DEFAULT_CELL: Duration = Duration::HOUR;
+/// Default delay after a grid cell ends before it is answered.
+pub const DEFAULT_SETTLE: Duration = Duration::HOUR;
+/// Narrowest grid cell an agreement may set.
+pub const MIN_CELL: Duration = Duration::MINUTE;
+/// Longest settling delay an agreement may set.
+pub const MAX_SETTLE: Duration = Duration::days(31);
+/// Largest privacy-loss parameter one noisy answer may spend.
+pub const MAX_EPSILON: f64 = 10.0;
+
+/// Pseudo-field naming a reading's sensor id: excluded, consumers see a
+/// stable per-agreement pseudonym instead.
+pub const SENSOR_ID_FIELD: &str = "sensor_id";
+/// Pseudo-field naming a reading's location: excluded, readings leave
+/// without it and area filters are refused.
+pub const LOCATION_FIELD: &str = "location";
+
+/// The field an excluded name refers to: trimmed, lower case, and the
+/// top-level part of a dotted path (`Location.lat` withholds `location`,
+/// `kpis.value` withholds `kpis`). Withholding more than asked is the safe
+/// side; every comparison of excluded names goes through this function.
+pub fn field_root(name: &str) -> String {
+    name.trim()
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// Whether `name` is spelt like a field: `[a-z][a-z0-9_]*`, at most 64
+/// characters (the rule dataset schemas follow).
+pub fn is_field_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
 /// Problems with an agreement file or its contents.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgreementError {
@@ -37,6 +80,11 @@ pub enum AgreementError {
     Toml(String),
     #[error("{0}")]
     Field(#[from] FieldError),
+    #[error(
+        "the agreement file is {size} bytes; at most {MAX_AGREEMENT_BYTES} are accepted \
+         (shorten the purpose or the lists)"
+    )]
+    TooLarge { size: usize },
 }
 
 /// What a consumer may do with covered datasets.
@@ -143,6 +191,44 @@ impl fmt::Display for Scope {
     }
 }
 
+/// How aggregate-only answers are made (see `plane::disclosure`): from a
+/// fixed, epoch-aligned grid of cells `cell` wide, answered once a cell has
+/// been over for `settle`, per sensor only where `per_sensor` grants it, and
+/// with calibrated noise where `noise` asks for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateTerms {
+    pub cell: Duration,
+    pub settle: Duration,
+    /// Whether buckets may be grouped per sensor (never for datasets
+    /// classified personal, whatever this says).
+    pub per_sensor: bool,
+    /// Differential privacy for datasets classified personal.
+    pub noise: Option<NoiseTerms>,
+}
+
+impl Default for AggregateTerms {
+    fn default() -> Self {
+        AggregateTerms {
+            cell: DEFAULT_CELL,
+            settle: DEFAULT_SETTLE,
+            per_sensor: false,
+            noise: None,
+        }
+    }
+}
+
+/// Calibrated noise on aggregates of personal datasets: each answer spends
+/// `epsilon` per measure from a `budget` that each consumer has over the
+/// agreement's life; sums are taken over values clamped to `bounds`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoiseTerms {
+    pub epsilon: f64,
+    pub budget: f64,
+    /// Measure name -> (lower, upper) clamp; a measure without bounds is
+    /// not answered under noise.
+    pub bounds: BTreeMap<String, (f64, f64)>,
+}
+
 /// The legal basis the parties cite for the sharing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegalBasis {
@@ -154,7 +240,7 @@ pub struct LegalBasis {
 /// The terms of an agreement. Also the draft a CLI builds: fill it in (or
 /// start from [`AgreementBody::new_id`]), then [`AgreementBody::render`] it to
 /// the text the parties sign.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgreementBody {
     /// A UUID v7.
     pub id: Uuid,
@@ -166,6 +252,9 @@ pub struct AgreementBody {
     pub operations: Vec<Operation>,
     /// Required (>= 1) when `aggregate` is allowed.
     pub min_group_size: Option<u32>,
+    /// How aggregates are made; meaningful only when `aggregate` is allowed
+    /// (written to the file only then).
+    pub aggregate: AggregateTerms,
     pub purpose: String,
     pub legal_basis: LegalBasis,
     /// Field names that must never leave the provider.
@@ -202,6 +291,17 @@ impl AgreementBody {
                 return Err(FieldError::new(
                     "consumers",
                     "names nobody; list member codes or write consumers = \"all\"",
+                )
+                .into());
+            }
+            if codes.len() > body::MAX_LIST_ITEMS {
+                return Err(FieldError::new(
+                    "consumers",
+                    format!(
+                        "names {} members; at most {}",
+                        codes.len(),
+                        body::MAX_LIST_ITEMS
+                    ),
                 )
                 .into());
             }
@@ -261,12 +361,27 @@ impl AgreementBody {
             }
             _ => {}
         }
-        body::check_text(&self.purpose).map_err(|r| FieldError::new("purpose", r))?;
+        body::check_text_within(&self.purpose, body::MAX_LONG_TEXT)
+            .map_err(|r| FieldError::new("purpose", r))?;
         body::check_text(&self.legal_basis.code)
             .map_err(|r| FieldError::new("legal_basis.code", r))?;
-        body::check_text(&self.legal_basis.text)
+        body::check_text_within(&self.legal_basis.text, body::MAX_LONG_TEXT)
             .map_err(|r| FieldError::new("legal_basis.text", r))?;
         check_list("excluded_fields", &self.excluded_fields)?;
+        for (i, name) in self.excluded_fields.iter().enumerate() {
+            if !is_field_name(&field_root(name)) {
+                return Err(FieldError::new(
+                    format!("excluded_fields[{i}]"),
+                    format!(
+                        "`{}` is not a field name (lowercase letters, digits and _, e.g. \
+                         `cpr`, `location`, `sensor_id`)",
+                        name.escape_debug()
+                    ),
+                )
+                .into());
+            }
+        }
+        self.validate_aggregate()?;
         if self.valid_until <= self.valid_from {
             return Err(FieldError::new(
                 "valid_until",
@@ -277,6 +392,82 @@ impl AgreementBody {
                 ),
             )
             .into());
+        }
+        Ok(())
+    }
+
+    fn validate_aggregate(&self) -> Result<(), AgreementError> {
+        let terms = &self.aggregate;
+        if !self.allows(Operation::Aggregate) {
+            if *terms != AggregateTerms::default() {
+                return Err(FieldError::new(
+                    "aggregate",
+                    "aggregate terms (cell, settle, per_sensor, noise) need the \
+                     \"aggregate\" operation",
+                )
+                .into());
+            }
+            return Ok(());
+        }
+        let whole_seconds = |d: Duration| Duration::seconds(d.whole_seconds()) == d;
+        if terms.cell < MIN_CELL || terms.cell > Duration::days(366) || !whole_seconds(terms.cell) {
+            return Err(FieldError::new(
+                "aggregate.cell",
+                format!("{} is outside 1m..=366d", body::show_span(terms.cell)),
+            )
+            .into());
+        }
+        if terms.settle < Duration::ZERO
+            || terms.settle > MAX_SETTLE
+            || !whole_seconds(terms.settle)
+        {
+            return Err(FieldError::new(
+                "aggregate.settle",
+                format!("{} is outside 0s..=31d", body::show_span(terms.settle)),
+            )
+            .into());
+        }
+        if let Some(noise) = &terms.noise {
+            if !(noise.epsilon > 0.0 && noise.epsilon <= MAX_EPSILON) {
+                return Err(FieldError::new(
+                    "aggregate.noise.epsilon",
+                    format!("{} is outside (0, {MAX_EPSILON}]", noise.epsilon),
+                )
+                .into());
+            }
+            if !(noise.budget.is_finite() && noise.budget >= noise.epsilon) {
+                return Err(FieldError::new(
+                    "aggregate.noise.budget",
+                    format!(
+                        "{} must be a finite number at least epsilon ({})",
+                        noise.budget, noise.epsilon
+                    ),
+                )
+                .into());
+            }
+            if noise.bounds.is_empty() {
+                return Err(FieldError::new(
+                    "aggregate.noise.bounds",
+                    "names no measure; give each measure to answer a range, e.g. kwh = [0.0, 50.0]",
+                )
+                .into());
+            }
+            if noise.bounds.len() > body::MAX_LIST_ITEMS {
+                return Err(FieldError::new("aggregate.noise.bounds", "too many measures").into());
+            }
+            for (name, (lower, upper)) in &noise.bounds {
+                let field = format!("aggregate.noise.bounds.{name}");
+                if !is_field_name(name) {
+                    return Err(FieldError::new(field, "is not a measure name").into());
+                }
+                if !(lower.is_finite() && upper.is_finite() && lower < upper) {
+                    return Err(FieldError::new(
+                        field,
+                        format!("[{lower}, {upper}] is not a finite range with lower < upper"),
+                    )
+                    .into());
+                }
+            }
         }
         Ok(())
     }
@@ -311,6 +502,22 @@ impl AgreementBody {
         ));
         out.push_str(&format!("valid_from = {from}\n"));
         out.push_str(&format!("valid_until = {until}\n"));
+        if self.allows(Operation::Aggregate) {
+            let terms = &self.aggregate;
+            out.push_str("\n[aggregate]\n");
+            out.push_str(&format!("cell = \"{}\"\n", body::show_span(terms.cell)));
+            out.push_str(&format!("settle = \"{}\"\n", show_settle(terms.settle)));
+            out.push_str(&format!("per_sensor = {}\n", terms.per_sensor));
+            if let Some(noise) = &terms.noise {
+                out.push_str("\n[aggregate.noise]\n");
+                out.push_str(&format!("epsilon = {:?}\n", noise.epsilon));
+                out.push_str(&format!("budget = {:?}\n", noise.budget));
+                out.push_str("\n[aggregate.noise.bounds]\n");
+                for (name, (lower, upper)) in &noise.bounds {
+                    out.push_str(&format!("{name} = [{lower:?}, {upper:?}]\n"));
+                }
+            }
+        }
         out.push_str("\n[scope]\n");
         out.push_str(&format!(
             "datasets = {}\n",
@@ -357,7 +564,34 @@ impl AgreementBody {
     }
 }
 
+/// A settling delay as the file spells it (`0s` is allowed here).
+fn show_settle(settle: Duration) -> String {
+    if settle == Duration::ZERO {
+        "0s".to_string()
+    } else {
+        body::show_span(settle)
+    }
+}
+
+fn parse_settle(text: &str) -> Result<Duration, String> {
+    if text == "0s" {
+        Ok(Duration::ZERO)
+    } else {
+        body::parse_span(text)
+    }
+}
+
 fn check_list(field: &str, items: &[String]) -> Result<(), FieldError> {
+    if items.len() > body::MAX_LIST_ITEMS {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "lists {} items; at most {}",
+                items.len(),
+                body::MAX_LIST_ITEMS
+            ),
+        ));
+    }
     let mut seen = BTreeSet::new();
     for (i, item) in items.iter().enumerate() {
         body::check_text(item).map_err(|r| FieldError::new(format!("{field}[{i}]"), r))?;
@@ -387,6 +621,7 @@ fn read_body(table: &Table) -> Result<AgreementBody, FieldError> {
         "excluded_fields",
         "valid_from",
         "valid_until",
+        "aggregate",
     ])?;
     let kind = top.string("kind")?;
     if kind != AGREEMENT_KIND {
@@ -461,6 +696,41 @@ fn read_body(table: &Table) -> Result<AgreementBody, FieldError> {
         excluded_fields: top.string_array("excluded_fields")?,
         valid_from: top.timestamp("valid_from")?,
         valid_until: top.timestamp("valid_until")?,
+        aggregate: if top.has("aggregate") {
+            read_aggregate(&top.table("aggregate")?)?
+        } else {
+            AggregateTerms::default()
+        },
+    })
+}
+
+fn read_aggregate(table: &Reader<'_>) -> Result<AggregateTerms, FieldError> {
+    table.only(&["cell", "settle", "per_sensor", "noise"])?;
+    let defaults = AggregateTerms::default();
+    Ok(AggregateTerms {
+        cell: table
+            .opt_parsed("cell", body::parse_span)?
+            .unwrap_or(defaults.cell),
+        settle: table
+            .opt_parsed("settle", parse_settle)?
+            .unwrap_or(defaults.settle),
+        per_sensor: table.opt_bool("per_sensor")?.unwrap_or(false),
+        noise: if table.has("noise") {
+            let noise = table.table("noise")?;
+            noise.only(&["epsilon", "budget", "bounds"])?;
+            let bounds_table = noise.table("bounds")?;
+            let mut bounds = BTreeMap::new();
+            for name in bounds_table.keys() {
+                bounds.insert(name.clone(), bounds_table.number_pair(&name)?);
+            }
+            Some(NoiseTerms {
+                epsilon: noise.number("epsilon")?,
+                budget: noise.number("budget")?,
+                bounds,
+            })
+        } else {
+            None
+        },
     })
 }
 
@@ -544,7 +814,7 @@ impl fmt::Display for AgreementStatus {
 }
 
 /// A parsed agreement: its validated terms and the signed file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Agreement {
     body: AgreementBody,
     document: SignedDocument,
@@ -552,7 +822,11 @@ pub struct Agreement {
 
 impl Agreement {
     /// Parses an agreement file (signed or draft) and validates its terms.
+    /// Files larger than [`MAX_AGREEMENT_BYTES`] are refused unread.
     pub fn parse(bytes: &[u8]) -> Result<Agreement, AgreementError> {
+        if bytes.len() > MAX_AGREEMENT_BYTES {
+            return Err(AgreementError::TooLarge { size: bytes.len() });
+        }
         Agreement::from_document(SignedDocument::parse(bytes)?)
     }
 
@@ -685,6 +959,7 @@ pub(crate) mod tests {
             excluded_fields: vec!["cpr".to_string(), "address".to_string()],
             valid_from: datetime!(2025-01-01 00:00 UTC),
             valid_until: datetime!(2026-01-01 00:00 UTC),
+            aggregate: AggregateTerms::default(),
         }
     }
 

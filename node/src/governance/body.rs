@@ -220,6 +220,41 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// An optional boolean.
+    pub(crate) fn opt_bool(&self, key: &str) -> Result<Option<bool>, FieldError> {
+        match self.table.get(key) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.error(
+                key,
+                format!("expected true or false, found {}", other.type_str()),
+            )),
+        }
+    }
+
+    /// A required number (a TOML float or integer).
+    pub(crate) fn number(&self, key: &str) -> Result<f64, FieldError> {
+        number_of(self.required(key)?).ok_or_else(|| self.error(key, "expected a number"))
+    }
+
+    /// A required pair of numbers `[lower, upper]`.
+    pub(crate) fn number_pair(&self, key: &str) -> Result<(f64, f64), FieldError> {
+        match self.required(key)? {
+            Value::Array(items) if items.len() == 2 => {
+                match (number_of(&items[0]), number_of(&items[1])) {
+                    (Some(a), Some(b)) => Ok((a, b)),
+                    _ => Err(self.error(key, "expected two numbers [lower, upper]")),
+                }
+            }
+            _ => Err(self.error(key, "expected two numbers [lower, upper]")),
+        }
+    }
+
+    /// The keys of this table, in order.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        self.table.keys().cloned().collect()
+    }
+
     /// A required sub-table.
     pub(crate) fn table(&self, key: &str) -> Result<Reader<'a>, FieldError> {
         match self.required(key)? {
@@ -258,17 +293,84 @@ impl<'a> Reader<'a> {
     }
 }
 
+fn number_of(value: &Value) -> Option<f64> {
+    match value {
+        Value::Float(f) => Some(*f),
+        Value::Integer(i) => Some(*i as f64),
+        _ => None,
+    }
+}
+
 // ---- Value checks shared by rosters and agreements ------------------------
 
-/// A single line of human text: not empty, not only spaces, no control characters.
+/// Longest single-line text in a document (names, ids, list items), in
+/// characters. Documents travel to every party and are held in memory by
+/// every node: nothing in them may be unbounded.
+pub const MAX_SHORT_TEXT: usize = 200;
+/// Longest prose field (an agreement's purpose, a legal basis text).
+pub const MAX_LONG_TEXT: usize = 2_000;
+/// Most items in one list of a document (scope entries, excluded fields,
+/// named consumers).
+pub const MAX_LIST_ITEMS: usize = 256;
+
+/// A single line of human text: not empty, not only spaces, no control
+/// characters, at most [`MAX_SHORT_TEXT`] characters.
 pub(crate) fn check_text(s: &str) -> Result<(), String> {
+    check_text_within(s, MAX_SHORT_TEXT)
+}
+
+/// Like [`check_text`], with a bound of `max` characters.
+pub(crate) fn check_text_within(s: &str, max: usize) -> Result<(), String> {
     if s.trim().is_empty() {
         return Err("must not be empty".to_string());
     }
     if s.chars().any(char::is_control) {
         return Err("must be a single line without control characters".to_string());
     }
+    let length = s.chars().count();
+    if length > max {
+        return Err(format!("is {length} characters long; at most {max}"));
+    }
     Ok(())
+}
+
+/// Parses a span of time written as a positive whole number and a unit,
+/// `s`, `m`, `h` or `d` (`30s`, `15m`, `1h`, `1d`), at most 366 days.
+/// Bucket sizes, grid cells and settling delays are all written this way.
+pub fn parse_span(text: &str) -> Result<time::Duration, String> {
+    let bad = || {
+        format!(
+            "`{}` is not a span of time; use a whole number and s, m, h or d \
+             (e.g. 30s, 15m, 1h, 1d), at most 366d",
+            text.escape_debug()
+        )
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (digits, unit) = text.split_at(split);
+    let n: i64 = digits.parse().map_err(|_| bad())?;
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let span = time::Duration::seconds(n.checked_mul(unit_seconds).ok_or_else(bad)?);
+    if n == 0 || span > time::Duration::days(366) {
+        return Err(bad());
+    }
+    Ok(span)
+}
+
+/// A span as [`parse_span`] reads it, in the largest unit that divides it.
+pub fn show_span(span: time::Duration) -> String {
+    let seconds = span.whole_seconds();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if seconds != 0 && seconds % size == 0 {
+            return format!("{}{unit}", seconds / size);
+        }
+    }
+    format!("{seconds}s")
 }
 
 /// An identifier slug such as `digit` or `govtech-midtjylland`.
@@ -404,6 +506,43 @@ mod tests {
         assert!(parse_date("2025-01-01").is_ok());
         assert!(parse_date("2025-1-1").is_err());
         assert!(parse_date("2025").is_err());
+    }
+
+    #[test]
+    fn spans_parse_and_show_in_one_form() {
+        for (text, seconds) in [
+            ("30s", 30),
+            ("15m", 900),
+            ("1h", 3600),
+            ("90m", 5400),
+            ("1d", 86_400),
+        ] {
+            let span = parse_span(text).expect(text);
+            assert_eq!(span.whole_seconds(), seconds, "{text}");
+            assert_eq!(parse_span(&show_span(span)).expect("again"), span);
+        }
+        assert_eq!(show_span(time::Duration::minutes(120)), "2h");
+        for bad in [
+            "",
+            "m",
+            "0m",
+            "15",
+            "15x",
+            "1.5h",
+            "-1h",
+            "400d",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_span(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_is_bounded() {
+        assert!(check_text(&"x".repeat(MAX_SHORT_TEXT)).is_ok());
+        let err = check_text(&"x".repeat(MAX_SHORT_TEXT + 1)).expect_err("too long");
+        assert!(err.contains("at most 200"), "{err}");
+        assert!(check_text_within(&"x".repeat(MAX_LONG_TEXT), MAX_LONG_TEXT).is_ok());
     }
 
     #[test]

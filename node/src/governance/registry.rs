@@ -2,16 +2,33 @@
 //! follows and the agreements it holds, in memory for the per-call
 //! authorisation and in the store so they survive restarts.
 //!
-//! Every document enters through [`Registry::import_roster`] or
-//! [`Registry::import_agreement`], whether an operator pushed it or a
-//! partner offered it during anti-entropy; the only difference is that an
-//! operator may pin a fellowship's first roster (`trust_anchor`), and a
-//! partner never can. Imports are checked, written and flushed before they
-//! take effect, and each change wakes the anti-entropy loop so partners
-//! hear of it within moments.
+//! Every document enters through an [`Import`] session, whether an operator
+//! pushed it or a partner offered it during anti-entropy. A session holds
+//! the registry's import lock (imports are serialised), works on a copy of
+//! the [`GovernanceView`], writes and flushes the store, and only then swaps
+//! the new view in. Readers (the authorisation of every peer call) take a
+//! snapshot `Arc` under a lock held for a pointer copy: no lock is ever held
+//! across I/O on the authorisation path.
+//!
+//! The import rules beyond signatures and chains:
+//! - a roster that changes this node's own entry (keys, certificate,
+//!   endpoint, or removes it) is applied only if the key this node holds
+//!   signed it too; otherwise it is quarantined, the operator is alerted
+//!   (ERROR log, `Status` alerts) and the node keeps its current roster.
+//!   An operator may accept such a roster explicitly (a lost key), logged;
+//! - an agreement this node provides counts as signed by this node only
+//!   with the key it holds, and must pass the data plane's check
+//!   ([`ProviderCheck`]: excluded fields must name real fields);
+//! - agreements are held per (provider, id), so no member can squat an id
+//!   another member's agreement uses; a provider may hold at most
+//!   [`MAX_AGREEMENTS_PER_PROVIDER`] agreements per fellowship here;
+//! - partners may offer only documents of fellowships they belong to, and
+//!   only agreements this node is a party to;
+//! - an operator may re-pin a fellowship's roster (a forked chain), logged.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ed25519_dalek::VerifyingKey;
 use samvirke_proto::v1 as pb;
@@ -19,13 +36,21 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::agreement::{Agreement, AgreementError, Consumers, Operation};
-use super::authorize::{AccessRequest, Denial, GovernanceView, Grant, authorize};
-use super::document::{DocumentType, Signature, SignedDocument};
-use super::roster::{Roster, RosterError, accept_first, accept_next};
+use super::agreement::{Agreement, AgreementBody, AgreementError, Consumers, Operation};
+use super::authorize::{
+    AccessRequest, AgreementKey, Denial, GovernanceView, Grant, authorize, key_of,
+};
+use super::document::{DocumentDigest, DocumentType, Signature, SignedDocument};
+use super::roster::{Roster, RosterChange, RosterError, accept_first, accept_next, diff};
 use crate::clock::SharedClock;
 use crate::identity::{Fingerprint, signing_key_text};
 use crate::store::{Keyspace, Store, StoreError, WriteBatch};
+use crate::telemetry::untrusted;
+
+/// Most agreements one provider may have in one fellowship on this node:
+/// enough for any real municipality, and a bound on what one member can
+/// make every other member store and exchange.
+pub const MAX_AGREEMENTS_PER_PROVIDER: usize = 500;
 
 /// Why a roster or agreement was not imported.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +64,19 @@ pub enum ImportError {
          import its first roster explicitly (samvirke push FILE --trust-anchor)"
     )]
     NotAnchored(String),
+    #[error(
+        "roster serial {serial} of `{fellowship}` quarantined: it changes this node's own entry \
+         ({changes}) but is not signed with the key this node holds. The node keeps serial \
+         {current}. If this node agreed to the change, sign the roster with its key \
+         (samvirke roster sign FILE --key keys/signing.pem) and push it; if its key was lost, \
+         accept it explicitly (samvirke push FILE --accept-own-entry-change)"
+    )]
+    Quarantined {
+        fellowship: String,
+        serial: u64,
+        current: u64,
+        changes: String,
+    },
     #[error(
         "agreement rejected: unknown fellowship `{0}`; import the fellowship's roster on this \
          node first"
@@ -58,8 +96,8 @@ pub enum ImportError {
         fellowship: String,
     },
     #[error(
-        "agreement {id} rejected: this node holds an agreement with the same id and different \
-         terms; the terms of a signed agreement never change, draft a new one"
+        "agreement {id} rejected: this node holds an agreement of the same provider with the same \
+         id and different terms; the terms of a signed agreement never change, draft a new one"
     )]
     Conflict { id: Uuid },
     #[error(
@@ -67,6 +105,27 @@ pub enum ImportError {
          imported once the provider has signed"
     )]
     NoProviderSignature { id: Uuid, provider: String },
+    #[error(
+        "agreement {id} rejected: this node is its provider, but it is not signed with the key \
+         this node holds ({key}); sign it with this node's keys/signing.pem"
+    )]
+    NotSignedByThisNode { id: Uuid, key: String },
+    #[error(
+        "agreement {id} rejected: {provider} already has {MAX_AGREEMENTS_PER_PROVIDER} agreements \
+         in `{fellowship}` on this node"
+    )]
+    TooManyAgreements {
+        id: Uuid,
+        provider: String,
+        fellowship: String,
+    },
+    #[error(
+        "agreement {id} rejected: this node is not a party to it (not its provider nor a \
+         consumer); partners send agreements only to their parties"
+    )]
+    NotAParty { id: Uuid },
+    #[error("agreement {id} rejected: {reason}")]
+    Unacceptable { id: Uuid, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -80,19 +139,44 @@ pub enum Imported {
     Unchanged,
 }
 
-/// Documents one node should send another, as file bytes.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Offer {
-    /// Roster files, each fellowship's serials in ascending order.
-    pub rosters: Vec<Vec<u8>>,
-    pub agreements: Vec<Vec<u8>>,
+/// How an operator imports a roster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RosterImport {
+    /// Pin a fellowship's first roster (operators only).
+    pub trust_anchor: bool,
+    /// Replace the fellowship's roster chain with this roster, signed by
+    /// its own secretariat key, whatever the chain says (a forked roster).
+    pub repin: bool,
+    /// Apply a roster that changes this node's own entry without its
+    /// signature (its key was lost); otherwise such a roster is quarantined.
+    pub accept_own_entry_change: bool,
 }
 
-impl Offer {
-    /// Whether there is nothing to send.
-    pub fn is_empty(&self) -> bool {
-        self.rosters.is_empty() && self.agreements.is_empty()
-    }
+impl RosterImport {
+    /// What a partner's offer may do: follow the chain, nothing more.
+    pub const FROM_PARTNER: RosterImport = RosterImport {
+        trust_anchor: false,
+        repin: false,
+        accept_own_entry_change: false,
+    };
+}
+
+/// What the data plane says about an agreement this node provides, before
+/// it is accepted: whether the node can honour its terms exactly.
+pub trait ProviderCheck: Send + Sync + std::fmt::Debug {
+    /// Refuses terms this node cannot honour (e.g. an excluded field that
+    /// names no field of any covered dataset: a typo would let it leave).
+    fn check(&self, terms: &AgreementBody) -> Result<(), String>;
+}
+
+/// A roster this node refused to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedRoster {
+    pub fellowship: String,
+    pub serial: u64,
+    pub digest: DocumentDigest,
+    /// The changes to this node's own entry, in words.
+    pub changes: String,
 }
 
 /// A partner node to exchange documents with.
@@ -110,11 +194,15 @@ pub struct Partner {
 pub struct Registry {
     store: Arc<dyn Store>,
     clock: SharedClock,
-    view: RwLock<GovernanceView>,
+    view: RwLock<Arc<GovernanceView>>,
+    /// Serialises imports; held across store I/O, never taken by readers.
+    imports: Mutex<()>,
+    quarantine: Mutex<BTreeMap<(String, u64), QuarantinedRoster>>,
+    provider_check: RwLock<Option<Arc<dyn ProviderCheck>>>,
     changes: watch::Sender<u64>,
 }
 
-fn roster_key(fellowship: &str, serial: u64) -> Vec<u8> {
+pub(crate) fn roster_key(fellowship: &str, serial: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(fellowship.len() + 9);
     key.extend_from_slice(fellowship.as_bytes());
     key.push(0);
@@ -122,16 +210,25 @@ fn roster_key(fellowship: &str, serial: u64) -> Vec<u8> {
     key
 }
 
+fn agreement_key(key: AgreementKey) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(20);
+    bytes.extend_from_slice(&key.provider.to_be_bytes());
+    bytes.extend_from_slice(key.id.as_bytes());
+    bytes
+}
+
 impl Registry {
-    /// Loads every accepted document from `store`. Documents were checked
-    /// when imported; they are parsed again here, and a file that no
-    /// longer parses is reported rather than trusted.
+    /// Loads every accepted document from `store` for the node of
+    /// `own_code` holding `own_key`. Documents were checked when imported;
+    /// they are parsed again here, and a file that no longer parses is
+    /// reported rather than trusted.
     pub fn open(
         store: Arc<dyn Store>,
         own_code: u32,
+        own_key: VerifyingKey,
         clock: SharedClock,
     ) -> Result<Registry, ImportError> {
-        let mut view = GovernanceView::new(own_code);
+        let mut view = GovernanceView::new(own_code, own_key);
         let mut latest: BTreeMap<String, Roster> = BTreeMap::new();
         for entry in store.scan_prefix(Keyspace::Rosters, b"") {
             let (_, bytes) = entry?;
@@ -142,29 +239,79 @@ impl Registry {
         for roster in latest.into_values() {
             view.insert_roster(roster);
         }
+        let mut rekey = WriteBatch::default();
         for entry in store.scan_prefix(Keyspace::Agreements, b"") {
+            let (key, bytes) = entry?;
+            let agreement = Agreement::parse(&bytes)?;
+            if key.len() == 16 {
+                // Written before agreements were keyed by provider.
+                rekey.delete(key);
+                rekey.put(agreement_key(key_of(&agreement)), bytes);
+            }
+            view.insert_agreement(agreement);
+        }
+        if !rekey.ops.is_empty() {
+            tracing::info!(
+                agreements = rekey.ops.len() / 2,
+                "re-keying stored agreements by provider and id"
+            );
+            store.write(Keyspace::Agreements, rekey)?;
+            store.flush()?;
+        }
+        let mut quarantine = BTreeMap::new();
+        for entry in store.scan_prefix(Keyspace::Quarantine, b"") {
             let (_, bytes) = entry?;
-            view.insert_agreement(Agreement::parse(&bytes)?);
+            let roster = Roster::parse(&bytes)?;
+            let changes = view
+                .roster(roster.fellowship())
+                .map(|current| own_entry_changes(own_code, current, &roster))
+                .unwrap_or_default();
+            quarantine.insert(
+                (roster.fellowship().to_string(), roster.serial()),
+                QuarantinedRoster {
+                    fellowship: roster.fellowship().to_string(),
+                    serial: roster.serial(),
+                    digest: roster.digest(),
+                    changes: describe(&changes),
+                },
+            );
         }
         let (changes, _) = watch::channel(0);
         Ok(Registry {
             store,
             clock,
-            view: RwLock::new(view),
+            view: RwLock::new(Arc::new(view)),
+            imports: Mutex::new(()),
+            quarantine: Mutex::new(quarantine),
+            provider_check: RwLock::new(None),
             changes,
         })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, GovernanceView> {
-        self.view
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Sets the data plane's check of agreements this node provides.
+    pub fn set_provider_check(&self, check: Arc<dyn ProviderCheck>) {
+        *self
+            .provider_check
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(check);
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, GovernanceView> {
-        self.view
-            .write()
+    fn provider_check(&self) -> Option<Arc<dyn ProviderCheck>> {
+        self.provider_check
+            .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The accepted documents as of now: a consistent snapshot, cheap to
+    /// take, never blocked by an import in progress.
+    pub fn snapshot(&self) -> Arc<GovernanceView> {
+        Arc::clone(
+            &self
+                .view
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 
     fn now(&self) -> OffsetDateTime {
@@ -176,62 +323,452 @@ impl Registry {
         self.changes.subscribe()
     }
 
-    fn changed(&self) {
-        self.changes.send_modify(|generation| *generation += 1);
+    /// Starts an import session (waits for one in progress to finish).
+    fn session(&self) -> Import<'_> {
+        let guard = self
+            .imports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Import {
+            registry: self,
+            _guard: guard,
+            view: (*self.snapshot()).clone(),
+            rosters: WriteBatch::default(),
+            agreements: WriteBatch::default(),
+            quarantine: WriteBatch::default(),
+            changed: false,
+        }
     }
 
-    /// Imports a roster file. `trust_anchor` pins a fellowship's first
-    /// roster (operators only); later serials must follow the chain.
+    /// Imports a roster file as an operator asks (see [`RosterImport`]).
     pub fn import_roster(
         &self,
         bytes: &[u8],
-        trust_anchor: bool,
+        mode: RosterImport,
     ) -> Result<(Imported, Roster), ImportError> {
-        let roster = Roster::parse(bytes)?;
-        let now = self.now();
-        let mut view = self.write();
-        match view.roster(roster.fellowship()) {
-            None if !trust_anchor => {
-                return Err(ImportError::NotAnchored(roster.fellowship().to_string()));
-            }
-            None => accept_first(&roster, now)?,
-            Some(current) if current.digest() == roster.digest() => {
-                return Ok((Imported::Unchanged, current.clone()));
-            }
-            Some(current) => accept_next(current, &roster, now)?,
-        }
-        let mut batch = WriteBatch::default();
-        batch.put(
-            roster_key(roster.fellowship(), roster.serial()),
-            roster.to_bytes(),
-        );
-        self.store.write(Keyspace::Rosters, batch)?;
-        self.store.flush()?;
-        tracing::info!(
-            fellowship = roster.fellowship(),
-            serial = roster.serial(),
-            digest = %roster.digest(),
-            trust_anchor,
-            "roster accepted"
-        );
-        view.insert_roster(roster.clone());
-        drop(view);
-        self.changed();
-        Ok((Imported::Changed, roster))
+        let mut session = self.session();
+        // Committed even when refused: a quarantined roster is kept.
+        let outcome = session.roster(bytes, mode);
+        session.commit()?;
+        outcome
     }
 
     /// Imports an agreement file, or more signatures for one already held.
-    /// Every signature must verify and come from a party to the agreement
-    /// (by its current key in the roster); missing signatures are allowed,
-    /// the agreement simply is not in force until they arrive.
     pub fn import_agreement(&self, bytes: &[u8]) -> Result<(Imported, Agreement), ImportError> {
+        let mut session = self.session();
+        let outcome = session.agreement(bytes, false)?;
+        session.commit()?;
+        Ok(outcome)
+    }
+
+    /// Imports documents partner `from` (municipality `from_code`) sent, of
+    /// the fellowships it is a current member of (`fellowships`); others
+    /// are ignored. Each is judged on its own, in one session (one flush);
+    /// a refused one is logged and does not stop the rest. Returns how many
+    /// changed something.
+    pub fn import_offer(
+        &self,
+        from: u32,
+        fellowships: &BTreeSet<String>,
+        rosters: &[Vec<u8>],
+        agreements: &[Vec<u8>],
+    ) -> Result<usize, StoreError> {
+        let mut session = self.session();
+        let mut changed = 0;
+        let mut count = |outcome: Result<Imported, ImportError>, what: &str| match outcome {
+            Ok(Imported::Changed) => changed += 1,
+            Ok(Imported::Unchanged) => {}
+            // Quarantine raised its own alert.
+            Err(ImportError::Quarantined { .. }) => {}
+            Err(error) => tracing::warn!(
+                partner = from,
+                error = %untrusted(&error.to_string()),
+                "offered {what} refused"
+            ),
+        };
+        for bytes in rosters {
+            let outcome = match Roster::parse(bytes) {
+                Ok(roster) if !fellowships.contains(roster.fellowship()) => continue,
+                Ok(_) => session
+                    .roster(bytes, RosterImport::FROM_PARTNER)
+                    .map(|(imported, _)| imported),
+                Err(error) => Err(error.into()),
+            };
+            count(outcome, "roster");
+        }
+        for bytes in agreements {
+            let outcome = match Agreement::parse(bytes) {
+                Ok(agreement) if !fellowships.contains(&agreement.body().fellowship) => continue,
+                Ok(_) => session.agreement(bytes, true).map(|(imported, _)| imported),
+                Err(error) => Err(error.into()),
+            };
+            count(outcome, "agreement");
+        }
+        session.commit()?;
+        Ok(changed)
+    }
+
+    /// The one authorisation check for peer requests, at the clock's "now".
+    pub fn authorize(&self, request: &AccessRequest) -> Result<Grant, Denial> {
+        authorize(&self.snapshot(), request, self.now())
+    }
+
+    /// The fellowships in which the holder of `fingerprint` is a current
+    /// member, by this node's rosters, and its municipality code.
+    pub fn membership_of(&self, fingerprint: &Fingerprint) -> Option<(u32, BTreeSet<String>)> {
+        let now = self.now();
+        let view = self.snapshot();
+        let mut code = None;
+        let fellowships: BTreeSet<String> = view
+            .rosters()
+            .filter_map(|roster| {
+                let member = roster
+                    .member_by_fingerprint(fingerprint)
+                    .filter(|member| member.is_current(now))?;
+                code = Some(member.code);
+                Some(roster.fellowship().to_string())
+            })
+            .collect();
+        code.map(|code| (code, fellowships))
+    }
+
+    /// Current members of the fellowships this node is a current member
+    /// of, other than this node, one entry per endpoint.
+    pub fn partners(&self) -> Vec<Partner> {
+        let now = self.now();
+        let view = self.snapshot();
+        let own = view.own_code();
+        let mut partners: BTreeMap<String, Partner> = BTreeMap::new();
+        for roster in view.rosters() {
+            if !roster.member(own).is_some_and(|m| m.is_current(now)) {
+                continue;
+            }
+            for member in roster.current_members(now).filter(|m| m.code != own) {
+                partners
+                    .entry(member.endpoint.clone())
+                    .or_insert_with(|| Partner {
+                        code: member.code,
+                        name: member.name.clone(),
+                        endpoint: member.endpoint.clone(),
+                        fellowships: BTreeSet::new(),
+                    })
+                    .fellowships
+                    .insert(roster.fellowship().to_string());
+            }
+        }
+        partners.into_values().collect()
+    }
+
+    /// The stored serials `from..=to` of `fellowship`'s roster, in order,
+    /// stopping once `budget` bytes are taken (at least one is always
+    /// returned, so a chain always moves).
+    pub fn roster_chain(
+        &self,
+        fellowship: &str,
+        from: u64,
+        to: u64,
+        budget: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        let mut taken = 0;
+        for entry in self.store.range(
+            Keyspace::Rosters,
+            (
+                Bound::Included(roster_key(fellowship, from)),
+                Bound::Included(roster_key(fellowship, to)),
+            ),
+        ) {
+            let (_, bytes) = entry?;
+            if !out.is_empty() && taken + bytes.len() > budget {
+                break;
+            }
+            taken += bytes.len();
+            out.push(bytes);
+        }
+        Ok(out)
+    }
+
+    /// Rosters refused because they change this node's own entry unsigned.
+    pub fn quarantined(&self) -> Vec<QuarantinedRoster> {
+        self.quarantine_lock().values().cloned().collect()
+    }
+
+    fn quarantine_lock(&self) -> MutexGuard<'_, BTreeMap<(String, u64), QuarantinedRoster>> {
+        self.quarantine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Things the operator must know now, in words: quarantined rosters,
+    /// stale rosters, this node's own membership ended, a roster listing
+    /// another signing key for this node.
+    pub fn alerts(&self) -> Vec<String> {
+        let now = self.now();
+        let view = self.snapshot();
+        let mut alerts = Vec::new();
+        for q in self.quarantined() {
+            alerts.push(format!(
+                "roster serial {} of `{}` ({}) is quarantined: it changes this node's own entry \
+                 ({}) without this node's signature",
+                q.serial, q.fellowship, q.digest, q.changes
+            ));
+        }
+        let mut rosters: Vec<&Roster> = view.rosters().collect();
+        rosters.sort_by(|a, b| a.fellowship().cmp(b.fellowship()));
+        for roster in rosters {
+            if roster.is_stale(now)
+                && let Some(review_by) = roster.body().review_by
+            {
+                alerts.push(format!(
+                    "the roster of `{}` (serial {}) was due for review on {}; no newer serial has \
+                     reached this node{}",
+                    roster.fellowship(),
+                    roster.serial(),
+                    super::body::ymd(review_by),
+                    if roster.body().on_stale == super::roster::StalePolicy::Refuse {
+                        "; data calls under its agreements are refused"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            match roster.member(view.own_code()) {
+                Some(own) if !own.is_current(now) => alerts.push(format!(
+                    "this node's membership of `{}` is not current (joined {}{}); partners \
+                     refuse its calls in that fellowship",
+                    roster.fellowship(),
+                    super::body::ymd(own.joined),
+                    own.left
+                        .map(|left| format!(", left {}", super::body::ymd(left)))
+                        .unwrap_or_default()
+                )),
+                Some(own) if own.signing_key != *view.own_key() => alerts.push(format!(
+                    "the roster of `{}` lists signing key {} for this node, but it holds {}; \
+                     agreements it provides are not in force",
+                    roster.fellowship(),
+                    signing_key_text(&own.signing_key),
+                    signing_key_text(view.own_key())
+                )),
+                _ => {}
+            }
+        }
+        alerts
+    }
+
+    /// Every roster and agreement with its status now, for people.
+    pub fn list(&self) -> (Vec<pb::RosterInfo>, Vec<pb::AgreementInfo>) {
+        let now = self.now();
+        let view = self.snapshot();
+        let mut rosters: Vec<pb::RosterInfo> =
+            view.rosters().map(|r| roster_info(r, now)).collect();
+        rosters.sort_by(|a, b| a.fellowship.cmp(&b.fellowship));
+        let mut agreements: Vec<pb::AgreementInfo> = view
+            .agreements()
+            .map(|a| agreement_info(a, view.roster(&a.body().fellowship), now))
+            .collect();
+        agreements.sort_by(|a, b| (a.provider, &a.id).cmp(&(b.provider, &b.id)));
+        (rosters, agreements)
+    }
+
+    /// The report of one roster, now.
+    pub fn roster_info(&self, roster: &Roster) -> pb::RosterInfo {
+        roster_info(roster, self.now())
+    }
+
+    /// The report of one agreement, now, against the roster this node holds.
+    pub fn agreement_info(&self, agreement: &Agreement) -> pb::AgreementInfo {
+        let view = self.snapshot();
+        agreement_info(
+            agreement,
+            view.roster(&agreement.body().fellowship),
+            self.now(),
+        )
+    }
+}
+
+/// The changes `candidate` makes to the entry of `own_code` in `current`
+/// that only that member may consent to.
+fn own_entry_changes(own_code: u32, current: &Roster, candidate: &Roster) -> Vec<RosterChange> {
+    diff(current.body(), candidate.body())
+        .into_iter()
+        .filter(|change| change.member_code() == Some(own_code) && change.speaks_for_member())
+        .collect()
+}
+
+fn describe(changes: &[RosterChange]) -> String {
+    changes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One import session: see the module documentation.
+struct Import<'a> {
+    registry: &'a Registry,
+    _guard: MutexGuard<'a, ()>,
+    view: GovernanceView,
+    rosters: WriteBatch,
+    agreements: WriteBatch,
+    quarantine: WriteBatch,
+    changed: bool,
+}
+
+impl Import<'_> {
+    fn now(&self) -> OffsetDateTime {
+        self.registry.now()
+    }
+
+    fn roster(
+        &mut self,
+        bytes: &[u8],
+        mode: RosterImport,
+    ) -> Result<(Imported, Roster), ImportError> {
+        let roster = Roster::parse(bytes)?;
+        let now = self.now();
+        let own_code = self.view.own_code();
+        let own_key = *self.view.own_key();
+        let fellowship = roster.fellowship().to_string();
+        let current = self.view.roster(&fellowship).cloned();
+        match &current {
+            None if !(mode.trust_anchor || mode.repin) => {
+                return Err(ImportError::NotAnchored(fellowship));
+            }
+            Some(current) if current.digest() == roster.digest() => {
+                return Ok((Imported::Unchanged, current.clone()));
+            }
+            None => accept_first(&roster, now)?,
+            Some(_) if mode.repin => accept_first(&roster, now)?,
+            Some(current) => accept_next(current, &roster, now)?,
+        }
+        if let Some(current) = &current {
+            let changes = own_entry_changes(own_code, current, &roster);
+            if !changes.is_empty() && !roster.signed_by(&own_key) {
+                if !mode.accept_own_entry_change {
+                    return Err(self.quarantine(current, &roster, &changes));
+                }
+                tracing::warn!(
+                    fellowship = %fellowship,
+                    serial = roster.serial(),
+                    changes = %describe(&changes),
+                    "operator accepted a roster that changes this node's own entry without its \
+                     signature"
+                );
+            }
+        }
+        if let Some(own) = roster.member(own_code)
+            && own.signing_key != own_key
+        {
+            tracing::warn!(
+                fellowship = %fellowship,
+                serial = roster.serial(),
+                listed = %signing_key_text(&own.signing_key),
+                held = %signing_key_text(&own_key),
+                "the roster lists another signing key for this node than the one it holds"
+            );
+        }
+        if mode.repin && current.is_some() {
+            // Drop the chain this node followed; the new roster starts one.
+            for entry in self.registry.store.scan_prefix(
+                Keyspace::Rosters,
+                &roster_key(&fellowship, 0)[..fellowship.len() + 1],
+            ) {
+                self.rosters.delete(entry?.0);
+            }
+            tracing::warn!(
+                fellowship = %fellowship,
+                serial = roster.serial(),
+                digest = %roster.digest(),
+                replaced = current.as_ref().map(|c| c.serial()).unwrap_or_default(),
+                "operator re-pinned the fellowship's roster"
+            );
+        }
+        self.rosters
+            .put(roster_key(&fellowship, roster.serial()), roster.to_bytes());
+        // A roster at or past a quarantined serial settles it.
+        let settled: Vec<(String, u64)> = self
+            .registry
+            .quarantine_lock()
+            .keys()
+            .filter(|(f, serial)| f == &fellowship && *serial <= roster.serial())
+            .cloned()
+            .collect();
+        for (f, serial) in settled {
+            self.quarantine.delete(roster_key(&f, serial));
+        }
+        tracing::info!(
+            fellowship = %fellowship,
+            serial = roster.serial(),
+            digest = %roster.digest(),
+            trust_anchor = mode.trust_anchor,
+            "roster accepted"
+        );
+        self.view.insert_roster(roster.clone());
+        self.changed = true;
+        Ok((Imported::Changed, roster))
+    }
+
+    /// Records `candidate` as quarantined and raises the alert (once per
+    /// roster: partners offer it again every round).
+    fn quarantine(
+        &mut self,
+        current: &Roster,
+        candidate: &Roster,
+        changes: &[RosterChange],
+    ) -> ImportError {
+        let key = (candidate.fellowship().to_string(), candidate.serial());
+        let described = describe(changes);
+        let mut held = self.registry.quarantine_lock();
+        let fresh = held.get(&key).map(|q| q.digest) != Some(candidate.digest());
+        if fresh {
+            tracing::error!(
+                fellowship = %candidate.fellowship(),
+                serial = candidate.serial(),
+                digest = %candidate.digest(),
+                changes = %described,
+                "roster QUARANTINED: it changes this node's own entry without this node's \
+                 signature; the node keeps its current roster. Check with the secretariat"
+            );
+            held.insert(
+                key.clone(),
+                QuarantinedRoster {
+                    fellowship: key.0.clone(),
+                    serial: key.1,
+                    digest: candidate.digest(),
+                    changes: described.clone(),
+                },
+            );
+            self.quarantine
+                .put(roster_key(&key.0, key.1), candidate.to_bytes());
+        }
+        ImportError::Quarantined {
+            fellowship: key.0,
+            serial: key.1,
+            current: current.serial(),
+            changes: described,
+        }
+    }
+
+    /// Imports an agreement; `from_partner` applies the partner rules.
+    fn agreement(
+        &mut self,
+        bytes: &[u8],
+        from_partner: bool,
+    ) -> Result<(Imported, Agreement), ImportError> {
         let agreement = Agreement::parse(bytes)?;
         let id = agreement.id();
-        let mut view = self.write();
-        let fellowship = agreement.body().fellowship.clone();
-        let roster = view
+        let own_code = self.view.own_code();
+        let own_key = *self.view.own_key();
+        let terms = agreement.body();
+        let fellowship = terms.fellowship.clone();
+        let roster = self
+            .view
             .roster(&fellowship)
             .ok_or_else(|| ImportError::UnknownFellowship(fellowship.clone()))?;
+        let is_party = terms.provider == own_code || terms.has_consumer(own_code);
+        if from_partner && !is_party {
+            return Err(ImportError::NotAParty { id });
+        }
         // Keep every valid signature by a party's current key (and the
         // secretariat's, which is harmless); drop valid signatures by keys
         // the roster no longer lists, so a member that rotated its key can
@@ -256,6 +793,10 @@ impl Registry {
                     signer,
                     fellowship,
                 });
+            } else if terms.provider == own_code && check.signer == own_key {
+                // This node's own signature, under a roster that lists
+                // another key for it: kept, and reported below.
+                offered.push(signature.clone());
             } else {
                 tracing::info!(agreement = %id, %signer, "dropping a signature by a key the roster no longer lists");
             }
@@ -274,7 +815,8 @@ impl Registry {
                 fellowship,
             });
         }
-        let held = view.agreement(id);
+        let key = key_of(&agreement);
+        let held = self.view.agreement(key.provider, key.id);
         let mut signatures: Vec<Signature> = match held {
             None => Vec::new(),
             Some(held) if held.digest() != agreement.digest() => {
@@ -284,7 +826,10 @@ impl Registry {
                 .document()
                 .signatures
                 .iter()
-                .filter(|s| counts_for(held, roster, &s.signer))
+                .filter(|s| {
+                    counts_for(held, roster, &s.signer)
+                        || (terms.provider == own_code && s.signer == own_key)
+                })
                 .cloned()
                 .collect(),
         };
@@ -298,266 +843,91 @@ impl Registry {
         {
             return Ok((Imported::Unchanged, held.clone()));
         }
-        let provider = agreement.body().provider;
-        let provider_signed = roster
-            .member(provider)
-            .is_some_and(|m| signatures.iter().any(|s| s.signer == m.signing_key));
-        if !provider_signed {
-            return Err(ImportError::NoProviderSignature {
+        let provider = terms.provider;
+        if provider == own_code {
+            if !signatures.iter().any(|s| s.signer == own_key) {
+                return Err(ImportError::NotSignedByThisNode {
+                    id,
+                    key: signing_key_text(&own_key),
+                });
+            }
+            if let Some(check) = self.registry.provider_check() {
+                check
+                    .check(terms)
+                    .map_err(|reason| ImportError::Unacceptable { id, reason })?;
+            }
+        } else {
+            let provider_signed = roster
+                .member(provider)
+                .is_some_and(|m| signatures.iter().any(|s| s.signer == m.signing_key));
+            if !provider_signed {
+                return Err(ImportError::NoProviderSignature {
+                    id,
+                    provider: roster.party(provider).to_string(),
+                });
+            }
+        }
+        if held.is_none()
+            && self.view.agreements_of(&fellowship, provider) >= MAX_AGREEMENTS_PER_PROVIDER
+        {
+            return Err(ImportError::TooManyAgreements {
                 id,
                 provider: roster.party(provider).to_string(),
+                fellowship,
             });
         }
         let merged = Agreement::from_document(SignedDocument {
             body: agreement.document().body.clone(),
             signatures,
         })?;
-        let mut batch = WriteBatch::default();
-        batch.put(id.as_bytes().to_vec(), merged.to_bytes());
-        self.store.write(Keyspace::Agreements, batch)?;
-        self.store.flush()?;
+        self.agreements.put(agreement_key(key), merged.to_bytes());
         tracing::info!(
             agreement = %id,
+            provider,
             fellowship = %merged.body().fellowship,
             signatures = merged.document().signatures.len(),
             "agreement accepted"
         );
-        view.insert_agreement(merged.clone());
-        drop(view);
-        self.changed();
+        self.view.insert_agreement(merged.clone());
+        self.changed = true;
         Ok((Imported::Changed, merged))
     }
 
-    /// The one authorisation check for peer requests, at the clock's "now".
-    pub fn authorize(&self, request: &AccessRequest) -> Result<Grant, Denial> {
-        authorize(&self.read(), request, self.now())
-    }
-
-    /// The fellowships in which the holder of `fingerprint` is a current
-    /// member, by this node's rosters.
-    pub fn fellowships_of(&self, fingerprint: &Fingerprint) -> BTreeSet<String> {
-        let now = self.now();
-        self.read()
-            .rosters()
-            .filter(|roster| {
-                roster
-                    .member_by_fingerprint(fingerprint)
-                    .is_some_and(|member| member.is_current(now))
-            })
-            .map(|roster| roster.fellowship().to_string())
-            .collect()
-    }
-
-    /// Current members of the fellowships this node is a current member
-    /// of, other than this node, one entry per endpoint.
-    pub fn partners(&self) -> Vec<Partner> {
-        let now = self.now();
-        let view = self.read();
-        let own = view.own_code();
-        let mut partners: BTreeMap<String, Partner> = BTreeMap::new();
-        for roster in view.rosters() {
-            if !roster.member(own).is_some_and(|m| m.is_current(now)) {
-                continue;
-            }
-            for member in roster.current_members(now).filter(|m| m.code != own) {
-                partners
-                    .entry(member.endpoint.clone())
-                    .or_insert_with(|| Partner {
-                        code: member.code,
-                        name: member.name.clone(),
-                        endpoint: member.endpoint.clone(),
-                        fellowships: BTreeSet::new(),
-                    })
-                    .fellowships
-                    .insert(roster.fellowship().to_string());
-            }
+    /// Writes and flushes what the session changed, then publishes the new
+    /// view. Nothing is visible to readers before it is durable.
+    fn commit(self) -> Result<(), StoreError> {
+        let store = &self.registry.store;
+        let quarantined = !self.quarantine.ops.is_empty();
+        if quarantined {
+            store.write(Keyspace::Quarantine, self.quarantine.clone())?;
         }
-        partners.into_values().collect()
-    }
-
-    /// What this node holds of `fellowships`, for a partner of those
-    /// fellowships to compare with (it learns nothing of the others).
-    pub fn summary(&self, fellowships: &BTreeSet<String>) -> pb::GovernanceSummary {
-        let view = self.read();
-        let mut rosters: Vec<pb::RosterHead> = view
-            .rosters()
-            .filter(|r| fellowships.contains(r.fellowship()))
-            .map(|r| pb::RosterHead {
-                fellowship: r.fellowship().to_string(),
-                serial: r.serial(),
-                digest: r.digest().to_string(),
-            })
-            .collect();
-        rosters.sort_by(|a, b| a.fellowship.cmp(&b.fellowship));
-        let mut agreements: Vec<pb::AgreementHead> = view
-            .agreements()
-            .filter(|a| fellowships.contains(&a.body().fellowship))
-            .map(|a| pb::AgreementHead {
-                id: a.id().to_string(),
-                digest: a.digest().to_string(),
-                signatures: u32::try_from(a.document().signatures.len()).unwrap_or(u32::MAX),
-                signers: a
-                    .document()
-                    .signatures
-                    .iter()
-                    .map(|s| signing_key_text(&s.signer))
-                    .collect(),
-            })
-            .collect();
-        agreements.sort_by(|a, b| a.id.cmp(&b.id));
-        pb::GovernanceSummary {
-            rosters,
-            agreements,
+        if !self.changed {
+            if quarantined {
+                store.flush()?;
+            }
+            return Ok(());
         }
-    }
-
-    /// The documents of `fellowships` that a holder of `theirs` lacks:
-    /// roster serials above theirs, and agreements they do not hold or hold
-    /// with fewer signatures.
-    pub fn offer_for(
-        &self,
-        theirs: &pb::GovernanceSummary,
-        fellowships: &BTreeSet<String>,
-    ) -> Result<Offer, StoreError> {
-        let view = self.read();
-        let mut offer = Offer::default();
-        let their_rosters: BTreeMap<&str, u64> = theirs
-            .rosters
-            .iter()
-            .map(|h| (h.fellowship.as_str(), h.serial))
-            .collect();
-        for roster in view.rosters() {
-            let fellowship = roster.fellowship();
-            // A partner follows a fellowship only from a trust anchor its
-            // operator pinned; documents of others would be refused.
-            let Some(&their_serial) = their_rosters.get(fellowship) else {
-                continue;
-            };
-            if their_serial == roster.serial() {
-                let theirs_digest = theirs
-                    .rosters
-                    .iter()
-                    .find(|h| h.fellowship == fellowship)
-                    .map(|h| h.digest.as_str());
-                if theirs_digest.is_some_and(|d| d != roster.digest().to_string()) {
-                    tracing::error!(
-                        fellowship,
-                        serial = their_serial,
-                        "a partner holds a different roster with the same serial: the \
-                         fellowship's roster has forked; ask the secretariat"
-                    );
+        store.write(Keyspace::Rosters, self.rosters)?;
+        store.write(Keyspace::Agreements, self.agreements)?;
+        store.flush()?;
+        // Settled quarantine entries leave memory with the new roster.
+        {
+            let mut held = self.registry.quarantine_lock();
+            for op in &self.quarantine.ops {
+                if let crate::store::WriteOp::Delete { key } = op {
+                    held.retain(|(f, serial), _| roster_key(f, *serial) != *key);
                 }
             }
-            if !fellowships.contains(fellowship) || their_serial >= roster.serial() {
-                continue;
-            }
-            let from = roster_key(fellowship, their_serial.saturating_add(1));
-            let to = roster_key(fellowship, roster.serial());
-            for entry in self.store.range(
-                Keyspace::Rosters,
-                (
-                    std::ops::Bound::Included(from),
-                    std::ops::Bound::Included(to),
-                ),
-            ) {
-                offer.rosters.push(entry?.1);
-            }
         }
-        let their_agreements: BTreeMap<&str, &pb::AgreementHead> = theirs
-            .agreements
-            .iter()
-            .map(|h| (h.id.as_str(), h))
-            .collect();
-        for agreement in view.agreements() {
-            let fellowship = agreement.body().fellowship.as_str();
-            if !fellowships.contains(fellowship) || !their_rosters.contains_key(fellowship) {
-                continue;
-            }
-            let id = agreement.id().to_string();
-            let send = match their_agreements.get(id.as_str()) {
-                None => true,
-                // Same terms: send if we hold a signature they lack.
-                Some(head) => {
-                    head.digest == agreement.digest().to_string()
-                        && agreement
-                            .document()
-                            .signatures
-                            .iter()
-                            .any(|s| !head.signers.contains(&signing_key_text(&s.signer)))
-                }
-            };
-            if send {
-                offer.agreements.push(agreement.to_bytes());
-            }
-        }
-        Ok(offer)
-    }
-
-    /// Imports documents a partner sent, of the fellowships it is a
-    /// current member of (`fellowships`); others are ignored. Each is judged
-    /// on its own; one that is refused is logged and does not stop the rest.
-    pub fn import_offer(
-        &self,
-        from: &str,
-        fellowships: &BTreeSet<String>,
-        rosters: &[Vec<u8>],
-        agreements: &[Vec<u8>],
-    ) -> usize {
-        let mut changed = 0;
-        let mut count = |outcome: Result<Imported, ImportError>, what: &str| match outcome {
-            Ok(Imported::Changed) => changed += 1,
-            Ok(Imported::Unchanged) => {}
-            Err(error) => tracing::warn!(partner = from, %error, "offered {what} refused"),
-        };
-        for bytes in rosters {
-            let outcome = match Roster::parse(bytes) {
-                Ok(roster) if !fellowships.contains(roster.fellowship()) => continue,
-                Ok(_) => self
-                    .import_roster(bytes, false)
-                    .map(|(imported, _)| imported),
-                Err(error) => Err(error.into()),
-            };
-            count(outcome, "roster");
-        }
-        for bytes in agreements {
-            let outcome = match Agreement::parse(bytes) {
-                Ok(agreement) if !fellowships.contains(&agreement.body().fellowship) => continue,
-                Ok(_) => self.import_agreement(bytes).map(|(imported, _)| imported),
-                Err(error) => Err(error.into()),
-            };
-            count(outcome, "agreement");
-        }
-        changed
-    }
-
-    /// Every roster and agreement with its status now, for people.
-    pub fn list(&self) -> (Vec<pb::RosterInfo>, Vec<pb::AgreementInfo>) {
-        let now = self.now();
-        let view = self.read();
-        let mut rosters: Vec<pb::RosterInfo> =
-            view.rosters().map(|r| roster_info(r, now)).collect();
-        rosters.sort_by(|a, b| a.fellowship.cmp(&b.fellowship));
-        let mut agreements: Vec<pb::AgreementInfo> = view
-            .agreements()
-            .map(|a| agreement_info(a, view.roster(&a.body().fellowship), now))
-            .collect();
-        agreements.sort_by(|a, b| a.id.cmp(&b.id));
-        (rosters, agreements)
-    }
-
-    /// The report of one roster, now.
-    pub fn roster_info(&self, roster: &Roster) -> pb::RosterInfo {
-        roster_info(roster, self.now())
-    }
-
-    /// The report of one agreement, now, against the roster this node holds.
-    pub fn agreement_info(&self, agreement: &Agreement) -> pb::AgreementInfo {
-        let view = self.read();
-        agreement_info(
-            agreement,
-            view.roster(&agreement.body().fellowship),
-            self.now(),
-        )
+        *self
+            .registry
+            .view
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(self.view);
+        self.registry
+            .changes
+            .send_modify(|generation| *generation += 1);
+        Ok(())
     }
 }
 
@@ -585,8 +955,15 @@ fn is_party_key(agreement: &Agreement, roster: &Roster, key: &VerifyingKey) -> b
         }
 }
 
+/// Whether `code` is a party to `agreement`: its provider, a named
+/// consumer, or any member when it is for all.
+pub fn is_party(agreement: &Agreement, code: u32) -> bool {
+    let terms = agreement.body();
+    terms.provider == code || terms.has_consumer(code)
+}
+
 fn date_text(date: Option<time::Date>) -> String {
-    date.map(|d| d.to_string()).unwrap_or_default()
+    date.map(super::body::ymd).unwrap_or_default()
 }
 
 fn instant_text(at: OffsetDateTime) -> String {
@@ -610,7 +987,7 @@ fn roster_info(roster: &Roster, now: OffsetDateTime) -> pb::RosterInfo {
                 endpoint: m.endpoint.clone(),
                 signing_key: signing_key_text(&m.signing_key),
                 tls_fingerprint: m.tls_fingerprint.to_string(),
-                joined: m.joined.to_string(),
+                joined: super::body::ymd(m.joined),
                 left: date_text(m.left),
                 current: m.is_current(now),
             })

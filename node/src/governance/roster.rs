@@ -31,6 +31,13 @@ use crate::identity::{Fingerprint, signing_key_text};
 /// The `kind` of a roster body.
 pub const ROSTER_KIND: &str = "samvirke-roster/v1";
 
+/// Largest roster file, in bytes: room for [`MAX_MEMBERS`] members with
+/// long names and endpoints, and nothing a member could use to stall
+/// synchronisation.
+pub const MAX_ROSTER_BYTES: usize = 512 * 1024;
+/// Most members one roster may list (current and former).
+pub const MAX_MEMBERS: usize = 1_000;
+
 /// Problems with a roster file, its contents, or its place in the chain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RosterError {
@@ -80,6 +87,43 @@ pub enum RosterError {
          sign it (samvirke roster sign) before importing it as the trust anchor"
     )]
     NotSignedBySecretariat { key: String },
+    #[error("the roster file is {size} bytes; at most {MAX_ROSTER_BYTES} are accepted")]
+    TooLarge { size: usize },
+}
+
+// ---- Staleness -------------------------------------------------------------
+
+/// What a node does with a roster past its `review_by` date (a node that
+/// missed newer serials, a revocation among them, must not go on trusting
+/// an old one for ever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StalePolicy {
+    /// Warn the operator, keep serving.
+    #[default]
+    Warn,
+    /// Warn, and refuse data calls under the fellowship's agreements.
+    Refuse,
+}
+
+impl StalePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StalePolicy::Warn => "warn",
+            StalePolicy::Refuse => "refuse",
+        }
+    }
+}
+
+impl FromStr for StalePolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "warn" => Ok(StalePolicy::Warn),
+            "refuse" => Ok(StalePolicy::Refuse),
+            _ => Err(format!("`{text}`: expected \"warn\" or \"refuse\"")),
+        }
+    }
 }
 
 // ---- Decision rule ---------------------------------------------------------
@@ -203,6 +247,10 @@ pub struct RosterBody {
     pub secretariat_key: VerifyingKey,
     pub rule: DecisionRule,
     pub issued: OffsetDateTime,
+    /// The secretariat promises a newer serial by this date; past it the
+    /// roster is stale (see [`StalePolicy`]).
+    pub review_by: Option<Date>,
+    pub on_stale: StalePolicy,
     pub members: Vec<Member>,
 }
 
@@ -224,6 +272,8 @@ impl RosterBody {
             secretariat_key,
             rule,
             issued,
+            review_by: None,
+            on_stale: StalePolicy::Warn,
             members,
         }
     }
@@ -267,6 +317,34 @@ impl RosterBody {
         if self.rule == DecisionRule::Quorum(0) {
             return Err(
                 FieldError::new("rule", "quorum:0 is not a quorum; use \"secretariat\"").into(),
+            );
+        }
+        if self.members.len() > MAX_MEMBERS {
+            return Err(FieldError::new(
+                "member",
+                format!(
+                    "lists {} members; at most {MAX_MEMBERS}",
+                    self.members.len()
+                ),
+            )
+            .into());
+        }
+        if let Some(review_by) = self.review_by
+            && review_by <= self.issued.date()
+        {
+            return Err(FieldError::new(
+                "review_by",
+                format!(
+                    "{} is not after the issue date {}",
+                    body::ymd(review_by),
+                    body::ymd(self.issued.date())
+                ),
+            )
+            .into());
+        }
+        if self.review_by.is_none() && self.on_stale != StalePolicy::Warn {
+            return Err(
+                FieldError::new("on_stale", "needs a review_by date to be stale after").into(),
             );
         }
         let mut codes = BTreeSet::new();
@@ -341,6 +419,10 @@ impl RosterBody {
         ));
         out.push_str(&format!("rule = \"{}\"\n", self.rule));
         out.push_str(&format!("issued = {issued}\n"));
+        if let Some(review_by) = self.review_by {
+            out.push_str(&format!("review_by = {}\n", body::ymd(review_by)));
+            out.push_str(&format!("on_stale = \"{}\"\n", self.on_stale.as_str()));
+        }
         for m in &self.members {
             out.push_str("\n[[member]]\n");
             out.push_str(&format!("code = {}\n", m.code));
@@ -416,6 +498,7 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
         .map(|rest| rest.split(['/', ':']).next().unwrap_or_default())
         .unwrap_or_default();
     if host.is_empty()
+        || endpoint.len() > body::MAX_SHORT_TEXT
         || endpoint
             .chars()
             .any(|c| c.is_whitespace() || c.is_control())
@@ -438,6 +521,8 @@ fn read_body(table: &Table) -> Result<RosterBody, FieldError> {
         "secretariat_key",
         "rule",
         "issued",
+        "review_by",
+        "on_stale",
         "member",
     ])?;
     let kind = top.string("kind")?;
@@ -467,6 +552,10 @@ fn read_body(table: &Table) -> Result<RosterBody, FieldError> {
         secretariat_key: top.parsed("secretariat_key", super::document::parse_key_strict)?,
         rule: top.parsed("rule", DecisionRule::from_str)?,
         issued: top.timestamp("issued")?,
+        review_by: top.opt_date("review_by")?,
+        on_stale: top
+            .opt_parsed("on_stale", StalePolicy::from_str)?
+            .unwrap_or_default(),
         members,
     })
 }
@@ -512,6 +601,9 @@ impl Roster {
     /// Parses a roster file (signed or draft) and validates its body.
     /// Signatures are checked by [`accept_first`] / [`accept_next`].
     pub fn parse(bytes: &[u8]) -> Result<Roster, RosterError> {
+        if bytes.len() > MAX_ROSTER_BYTES {
+            return Err(RosterError::TooLarge { size: bytes.len() });
+        }
         Roster::from_document(SignedDocument::parse(bytes)?)
     }
 
@@ -600,6 +692,21 @@ impl Roster {
         Ok(self.document.sign(DocumentType::Roster, key)?)
     }
 
+    /// Whether the roster is past its review date at `now`.
+    pub fn is_stale(&self, now: OffsetDateTime) -> bool {
+        self.body
+            .review_by
+            .is_some_and(|review_by| now >= body::start_of(review_by))
+    }
+
+    /// Whether a valid signature by `key` is on this roster.
+    pub fn signed_by(&self, key: &VerifyingKey) -> bool {
+        self.document
+            .check_signatures(DocumentType::Roster)
+            .iter()
+            .any(|check| check.valid && &check.signer == key)
+    }
+
     /// A draft of the next serial: same facts, serial + 1, `previous` set to
     /// this roster's digest, issued at `issued`. Change it, render, sign.
     pub fn next_draft(&self, issued: OffsetDateTime) -> RosterBody {
@@ -610,6 +717,158 @@ impl Roster {
             ..self.body.clone()
         }
     }
+}
+
+// ---- What changed between two serials --------------------------------------
+
+/// One difference between a roster and the next, as people read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RosterChange {
+    /// The fellowship's name, rule, secretariat key or review terms.
+    Fellowship {
+        field: &'static str,
+        before: String,
+        after: String,
+    },
+    Added(Member),
+    /// The member's entry is gone from the roster altogether.
+    Removed(Member),
+    /// One fact of a member's entry changed.
+    Member {
+        code: u32,
+        name: String,
+        field: &'static str,
+        before: String,
+        after: String,
+    },
+}
+
+impl RosterChange {
+    /// The member code the change is about, if any.
+    pub fn member_code(&self) -> Option<u32> {
+        match self {
+            RosterChange::Fellowship { .. } => None,
+            RosterChange::Added(m) | RosterChange::Removed(m) => Some(m.code),
+            RosterChange::Member { code, .. } => Some(*code),
+        }
+    }
+
+    /// Whether this change speaks for the member itself: its keys, its
+    /// certificate, its endpoint or its entry as a whole. Recording that a
+    /// member left (`left`) is the secretariat's to decide; everything else
+    /// about an existing member's entry needs that member's consent.
+    pub fn speaks_for_member(&self) -> bool {
+        match self {
+            RosterChange::Fellowship { .. } | RosterChange::Added(_) => false,
+            RosterChange::Removed(_) => true,
+            RosterChange::Member { field, .. } => *field != "left",
+        }
+    }
+}
+
+impl fmt::Display for RosterChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RosterChange::Fellowship {
+                field,
+                before,
+                after,
+            } => {
+                write!(f, "{field}: {before} -> {after}")
+            }
+            RosterChange::Added(m) => write!(
+                f,
+                "added member {} {} (joined {}, endpoint {}, key {}, tls {})",
+                m.name,
+                m.code,
+                body::ymd(m.joined),
+                m.endpoint,
+                signing_key_text(&m.signing_key),
+                m.tls_fingerprint
+            ),
+            RosterChange::Removed(m) => {
+                write!(
+                    f,
+                    "removed member {} {} from the roster entirely",
+                    m.name, m.code
+                )
+            }
+            RosterChange::Member {
+                code,
+                name,
+                field,
+                before,
+                after,
+            } => write!(f, "member {name} {code}: {field}: {before} -> {after}"),
+        }
+    }
+}
+
+/// Every difference between `before` and `after` (serial, previous and
+/// issue time aside), members in the order of `before`, then additions.
+pub fn diff(before: &RosterBody, after: &RosterBody) -> Vec<RosterChange> {
+    let mut changes = Vec::new();
+    let mut fellowship = |field: &'static str, a: String, b: String| {
+        if a != b {
+            changes.push(RosterChange::Fellowship {
+                field,
+                before: a,
+                after: b,
+            });
+        }
+    };
+    fellowship("name", before.name.clone(), after.name.clone());
+    fellowship("rule", before.rule.to_string(), after.rule.to_string());
+    fellowship(
+        "secretariat_key",
+        signing_key_text(&before.secretariat_key),
+        signing_key_text(&after.secretariat_key),
+    );
+    let date = |d: Option<Date>| d.map(body::ymd).unwrap_or_else(|| "none".to_string());
+    fellowship("review_by", date(before.review_by), date(after.review_by));
+    fellowship(
+        "on_stale",
+        before.on_stale.as_str().to_string(),
+        after.on_stale.as_str().to_string(),
+    );
+    for old in &before.members {
+        let Some(new) = after.member(old.code) else {
+            changes.push(RosterChange::Removed(old.clone()));
+            continue;
+        };
+        let mut field = |field: &'static str, a: String, b: String| {
+            if a != b {
+                changes.push(RosterChange::Member {
+                    code: old.code,
+                    name: old.name.clone(),
+                    field,
+                    before: a,
+                    after: b,
+                });
+            }
+        };
+        field("name", old.name.clone(), new.name.clone());
+        field("node_id", old.node_id.to_string(), new.node_id.to_string());
+        field("endpoint", old.endpoint.clone(), new.endpoint.clone());
+        field(
+            "signing_key",
+            signing_key_text(&old.signing_key),
+            signing_key_text(&new.signing_key),
+        );
+        field(
+            "tls_fingerprint",
+            old.tls_fingerprint.to_string(),
+            new.tls_fingerprint.to_string(),
+        );
+        field("joined", body::ymd(old.joined), body::ymd(new.joined));
+        field("left", date(old.left), date(new.left));
+    }
+    for new in &after.members {
+        if before.member(new.code).is_none() {
+            changes.push(RosterChange::Added(new.clone()));
+        }
+    }
+    changes
 }
 
 // ---- Acceptance --------------------------------------------------------------

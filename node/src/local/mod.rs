@@ -1,7 +1,8 @@
 //! The local API (`samvirke.v1.Local`): the service the municipality's own
 //! users and applications call, on its own listener, with bearer tokens.
 //! Each RPC states the role it needs at its first line, through
-//! [`auth::TokenRegistry::authorize`].
+//! [`LocalService::admit`], which also takes the call's place under the
+//! per-token limits.
 
 pub mod auth;
 pub mod data;
@@ -18,12 +19,14 @@ use tonic::{Request, Response, Status};
 
 use samvirke_proto::v1 as pb;
 
+use crate::answer::AnswerLimits;
 use crate::clock::SharedClock;
-use crate::governance::registry::{Imported, Registry};
+use crate::governance::registry::{Imported, Registry, RosterImport};
 use crate::identity::NodeIdentity;
 use crate::plane::DataPlane;
 use crate::store::Store;
-use auth::{Role, TokenRegistry};
+use crate::transport::limiter::{CallLimiter, CallPermit};
+use auth::{Principal, Role, TokenRegistry};
 
 /// The local service's state.
 #[derive(Debug)]
@@ -36,10 +39,13 @@ pub struct LocalService {
     clock: SharedClock,
     started_at: OffsetDateTime,
     listeners: Vec<ListenerInfo>,
+    calls: Arc<CallLimiter>,
+    answers: AnswerLimits,
 }
 
 impl LocalService {
     /// A local service reporting `listeners` as this node's bound sockets.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         identity: Arc<NodeIdentity>,
         tokens: Arc<TokenRegistry>,
@@ -48,6 +54,8 @@ impl LocalService {
         plane: Arc<DataPlane>,
         clock: SharedClock,
         listeners: Vec<ListenerInfo>,
+        calls: Arc<CallLimiter>,
+        answers: AnswerLimits,
     ) -> LocalService {
         let started_at = clock.now();
         LocalService {
@@ -59,7 +67,22 @@ impl LocalService {
             clock,
             started_at,
             listeners,
+            calls,
+            answers,
         }
+    }
+
+    /// Checks the caller's token holds `role` for `method`, and takes the
+    /// call's place under the per-token limits.
+    pub(crate) fn admit<T>(
+        &self,
+        request: &Request<T>,
+        role: Role,
+        method: &'static str,
+    ) -> Result<(Arc<Principal>, CallPermit), Status> {
+        let caller = self.tokens.authorize(request, role, method)?;
+        let permit = self.calls.admit(&format!("token {}", caller.name))?;
+        Ok((caller, permit))
     }
 }
 
@@ -69,9 +92,7 @@ impl Local for LocalService {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let caller = self
-            .tokens
-            .authorize(&request, Role::Read, "samvirke.v1.Local/Status")?;
+        let (caller, _permit) = self.admit(&request, Role::Read, "samvirke.v1.Local/Status")?;
         let uptime = (self.clock.now() - self.started_at).whole_seconds().max(0);
         Ok(Response::new(StatusResponse {
             node: Some(self.identity.to_proto()),
@@ -81,6 +102,7 @@ impl Local for LocalService {
             store_schema_version: self.store.schema_version(),
             caller_token_name: caller.name.clone(),
             caller_roles: caller.roles.iter().map(|r| r.to_string()).collect(),
+            alerts: self.registry.alerts(),
         }))
     }
 
@@ -88,25 +110,30 @@ impl Local for LocalService {
         &self,
         request: Request<ImportRosterRequest>,
     ) -> Result<Response<ImportRosterResponse>, Status> {
-        let caller =
-            self.tokens
-                .authorize(&request, Role::Admin, "samvirke.v1.Local/ImportRoster")?;
+        let (caller, _permit) =
+            self.admit(&request, Role::Admin, "samvirke.v1.Local/ImportRoster")?;
         let ask = request.into_inner();
         let document = ask
             .document
             .ok_or_else(|| Status::invalid_argument("document: missing"))?;
         let registry = Arc::clone(&self.registry);
-        let trust_anchor = ask.trust_anchor;
-        let (imported, roster) = tokio::task::spawn_blocking(move || {
-            registry.import_roster(&document.content, trust_anchor)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("governance task failed: {e}")))??;
+        let mode = RosterImport {
+            trust_anchor: ask.trust_anchor,
+            repin: ask.repin,
+            accept_own_entry_change: ask.accept_own_entry_change,
+        };
+        let (imported, roster) =
+            tokio::task::spawn_blocking(move || registry.import_roster(&document.content, mode))
+                .await
+                .map_err(|e| Status::internal(format!("governance task failed: {e}")))??;
         tracing::info!(
             token = %caller.name,
             fellowship = roster.fellowship(),
             serial = roster.serial(),
             changed = imported == Imported::Changed,
+            trust_anchor = mode.trust_anchor,
+            repin = mode.repin,
+            accept_own_entry_change = mode.accept_own_entry_change,
             "roster import by operator"
         );
         Ok(Response::new(ImportRosterResponse {
@@ -119,9 +146,8 @@ impl Local for LocalService {
         &self,
         request: Request<ImportAgreementRequest>,
     ) -> Result<Response<ImportAgreementResponse>, Status> {
-        let caller =
-            self.tokens
-                .authorize(&request, Role::Admin, "samvirke.v1.Local/ImportAgreement")?;
+        let (caller, _permit) =
+            self.admit(&request, Role::Admin, "samvirke.v1.Local/ImportAgreement")?;
         let document = request
             .into_inner()
             .document
@@ -147,12 +173,22 @@ impl Local for LocalService {
         &self,
         request: Request<ListGovernanceRequest>,
     ) -> Result<Response<ListGovernanceResponse>, Status> {
-        self.tokens
-            .authorize(&request, Role::Read, "samvirke.v1.Local/ListGovernance")?;
+        let _call = self.admit(&request, Role::Read, "samvirke.v1.Local/ListGovernance")?;
         let (rosters, agreements) = self.registry.list();
         Ok(Response::new(ListGovernanceResponse {
             rosters,
             agreements,
+            quarantined: self
+                .registry
+                .quarantined()
+                .into_iter()
+                .map(|q| pb::QuarantinedRoster {
+                    fellowship: q.fellowship,
+                    serial: q.serial,
+                    digest: q.digest.to_string(),
+                    changes: q.changes,
+                })
+                .collect(),
         }))
     }
 
@@ -184,7 +220,7 @@ impl Local for LocalService {
         self.ingest_readings_rpc(request).await
     }
 
-    type QueryReadingsStream = data::ChunkStream;
+    type QueryReadingsStream = crate::answer::AnswerStream;
 
     async fn query_readings(
         &self,

@@ -2,22 +2,33 @@
 //! may, under the agreement it names, perform the operation on the dataset
 //! (the same [`crate::governance::authorize`] every peer call uses), and
 //! then answers only what the agreement discloses ([`Disclosure`]).
+//!
+//! Authorisation comes before anything about the dataset is looked at, and
+//! a dataset this node does not publish is described to the check by its
+//! id alone, so the answer to a caller the agreement does not cover is the
+//! same whether the dataset exists or not.
+
+use std::sync::Arc;
 
 use samvirke_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{PeerService, caller_fingerprint};
+use super::PeerService;
+use crate::answer::{self, AnswerStream, blocking};
 use crate::data::catalog::{Dataset, DatasetKind};
 use crate::governance::{AccessRequest, Denial, Grant, Operation};
 use crate::identity::Fingerprint;
-use crate::local::data::{ChunkStream, blocking, stream_answer};
 use crate::plane::Disclosure;
 use crate::wire;
 
 fn agreement_id(text: &str) -> Result<Uuid, Status> {
-    Uuid::parse_str(text)
-        .map_err(|_| Status::invalid_argument(format!("agreement_id: `{text}` is not a UUID")))
+    Uuid::parse_str(text).map_err(|_| {
+        Status::invalid_argument(format!(
+            "agreement_id: `{}` is not a UUID",
+            crate::telemetry::untrusted(text)
+        ))
+    })
 }
 
 impl PeerService {
@@ -44,7 +55,8 @@ impl PeerService {
                     dataset: Some(self.plane.dataset_ref(id)),
                 })?;
                 Err(Status::not_found(format!(
-                    "dataset `{id}` is not published on this node"
+                    "dataset `{}` is not published on this node",
+                    crate::telemetry::untrusted(id)
                 )))
             }
         }
@@ -65,7 +77,7 @@ impl PeerService {
             operation,
             dataset: dataset.map(Dataset::as_ref),
         })?;
-        tracing::info!(
+        tracing::debug!(
             caller = grant.caller_code,
             agreement = %grant.agreement_id,
             operation = operation.as_str(),
@@ -79,15 +91,16 @@ impl PeerService {
         &self,
         request: Request<pb::PeerCatalogRequest>,
     ) -> Result<Response<pb::PeerCatalogResponse>, Status> {
-        let caller = caller_fingerprint(&request)?;
+        let (caller, _permit) = self.admit(&request)?;
         let agreement = agreement_id(&request.get_ref().agreement_id)?;
         let grant = self.grant(caller, agreement, Operation::Catalog, None)?;
         let datasets = blocking(&self.plane, |plane| plane.catalog().list()).await?;
+        let pseudonyms = self.plane.pseudonyms.clone();
         Ok(Response::new(pb::PeerCatalogResponse {
             datasets: datasets
                 .iter()
                 .filter(|d| grant.scope.covers(&d.as_ref()))
-                .map(|d| Disclosure::new(&grant, d).dataset(d))
+                .map(|d| Disclosure::new(&grant, d, pseudonyms.clone()).dataset(d))
                 .collect(),
         }))
     }
@@ -95,11 +108,11 @@ impl PeerService {
     pub(super) async fn query_readings_rpc(
         &self,
         request: Request<pb::PeerReadingQuery>,
-    ) -> Result<Response<ChunkStream>, Status> {
-        let caller = caller_fingerprint(&request)?;
+    ) -> Result<Response<AnswerStream>, Status> {
+        let (caller, permit) = self.admit(&request)?;
         let ask = request.into_inner();
         let agreement = agreement_id(&ask.agreement_id)?;
-        let mut question = wire::query_from_proto(ask.query.unwrap_or_default())
+        let question = wire::query_from_proto(ask.query.unwrap_or_default())
             .map_err(|e| Status::invalid_argument(format!("query.{e}")))?;
         let operation = if question.aggregate.is_some() {
             Operation::Aggregate
@@ -109,11 +122,11 @@ impl PeerService {
         let dataset = self
             .dataset(caller, agreement, operation, &question.query.dataset)
             .await?;
-        // An aggregate is allowed by an aggregate-only agreement and, with
-        // no suppression, by one that allows raw reads.
+        // An aggregate is allowed by an aggregate-only agreement and by one
+        // that allows raw reads.
         let grant = match question.aggregate {
             // A raw question under an aggregate-only agreement gets the
-            // advice to ask for aggregates (from check_question below).
+            // advice to ask for aggregates (from the disclosure below).
             None => match self.grant(caller, agreement, Operation::Read, Some(&dataset)) {
                 Err(denied @ Denial::OperationNotAllowed { .. }) => self
                     .grant(caller, agreement, Operation::Aggregate, Some(&dataset))
@@ -127,13 +140,21 @@ impl PeerService {
                 other => other?,
             },
         };
-        let disclosure = Disclosure::new(&grant, &dataset);
-        disclosure.check_question(&grant, &dataset, &mut question)?;
-        Ok(Response::new(stream_answer(
-            &self.plane,
-            question,
-            Some(disclosure),
-        )))
+        let mut disclosure = Disclosure::new(&grant, &dataset, self.plane.pseudonyms.clone());
+        let now = self.clock.now();
+        let (plan, disclosure) = {
+            let plane = Arc::clone(&self.plane);
+            tokio::task::spawn_blocking(move || {
+                disclosure
+                    .plan(&plane, &dataset, question, now)
+                    .map(|plan| (plan, disclosure))
+            })
+            .await
+            .map_err(|e| Status::internal(format!("planning task failed: {e}")))??
+        };
+        Ok(Response::new(
+            answer::readings(&self.plane, plan, Some(disclosure), self.answers, permit).await?,
+        ))
     }
 
     /// Authorises a records read of `dataset_id` of kind `kind`.
@@ -143,7 +164,7 @@ impl PeerService {
         agreement: &str,
         dataset_id: &str,
         kind: DatasetKind,
-    ) -> Result<(Grant, Disclosure), Status> {
+    ) -> Result<Disclosure, Status> {
         let agreement = agreement_id(agreement)?;
         if dataset_id.is_empty() {
             return Err(Status::invalid_argument(
@@ -160,18 +181,21 @@ impl PeerService {
                 dataset.kind
             )));
         }
-        let disclosure = Disclosure::new(&grant, &dataset);
-        Ok((grant, disclosure))
+        Ok(Disclosure::new(
+            &grant,
+            &dataset,
+            self.plane.pseudonyms.clone(),
+        ))
     }
 
     pub(super) async fn list_pilots_rpc(
         &self,
         request: Request<pb::PeerPilotQuery>,
     ) -> Result<Response<pb::ListPeerPilotsResponse>, Status> {
-        let caller = caller_fingerprint(&request)?;
+        let (caller, _permit) = self.admit(&request)?;
         let ask = request.into_inner();
         let filter = ask.filter.unwrap_or_default();
-        let (grant, disclosure) = self
+        let disclosure = self
             .records_grant(
                 caller,
                 &ask.agreement_id,
@@ -179,7 +203,7 @@ impl PeerService {
                 DatasetKind::Pilot,
             )
             .await?;
-        disclosure.check_pilot_filter(&grant, &filter)?;
+        disclosure.check_pilot_filter(&filter)?;
         let pilots = blocking(&self.plane, move |plane| plane.records.list_pilots(&filter)).await?;
         Ok(Response::new(pb::ListPeerPilotsResponse {
             pilots: pilots.into_iter().map(|p| disclosure.pilot(p)).collect(),
@@ -190,10 +214,10 @@ impl PeerService {
         &self,
         request: Request<pb::PeerProcurementQuery>,
     ) -> Result<Response<pb::ListPeerProcurementsResponse>, Status> {
-        let caller = caller_fingerprint(&request)?;
+        let (caller, _permit) = self.admit(&request)?;
         let ask = request.into_inner();
         let filter = ask.filter.unwrap_or_default();
-        let (grant, disclosure) = self
+        let disclosure = self
             .records_grant(
                 caller,
                 &ask.agreement_id,
@@ -201,7 +225,7 @@ impl PeerService {
                 DatasetKind::Procurement,
             )
             .await?;
-        disclosure.check_procurement_filter(&grant, &filter)?;
+        disclosure.check_procurement_filter(&filter)?;
         let procurements = blocking(&self.plane, move |plane| {
             plane.records.list_procurements(&filter)
         })

@@ -5,6 +5,8 @@
 //! chaining to a trust root before a handler runs; handlers identify the
 //! caller by the SHA-256 fingerprint of that certificate
 //! ([`caller_fingerprint`]), never by anything the caller says about itself.
+//! Every call first takes a place under the per-caller limits
+//! ([`CallLimiter`]), so one partner's calls cannot crowd out the others'.
 
 pub mod client;
 mod data;
@@ -21,11 +23,15 @@ use uuid::Uuid;
 
 use samvirke_proto::v1 as pb;
 
+use crate::answer::AnswerLimits;
 use crate::clock::SharedClock;
 use crate::governance::registry::{Registry, operation_from_proto, operation_to_proto};
 use crate::governance::{AccessRequest, sync};
 use crate::identity::{Fingerprint, NodeIdentity};
 use crate::plane::DataPlane;
+use crate::telemetry::untrusted;
+use crate::transport::ConnectionInfo;
+use crate::transport::limiter::{CallLimiter, CallPermit};
 use crate::wire::timestamp;
 
 /// Why a peer call was refused before any authorisation rule ran.
@@ -34,8 +40,8 @@ pub enum PeerAuthError {
     #[error("no TLS client certificate on this connection; the peer API needs mutual TLS")]
     NoClientCertificate,
     #[error(
-        "certificate {0} belongs to no current member of any fellowship this node follows; \
-         if it was renewed, the fellowship roster must be updated with the new fingerprint"
+        "the client certificate {0} is not that of a current member of any fellowship this \
+         node follows"
     )]
     NotAMember(Fingerprint),
 }
@@ -44,8 +50,9 @@ pub enum PeerAuthError {
 /// handshake.
 pub fn caller_fingerprint<T>(request: &Request<T>) -> Result<Fingerprint, PeerAuthError> {
     request
-        .peer_certs()
-        .and_then(|certs| certs.first().map(|leaf| Fingerprint::of_der(leaf)))
+        .extensions()
+        .get::<ConnectionInfo>()
+        .and_then(|info| info.client_certificate)
         .ok_or(PeerAuthError::NoClientCertificate)
 }
 
@@ -56,6 +63,8 @@ pub struct PeerService {
     registry: Arc<Registry>,
     plane: Arc<DataPlane>,
     clock: SharedClock,
+    calls: Arc<CallLimiter>,
+    answers: AnswerLimits,
 }
 
 impl PeerService {
@@ -65,13 +74,24 @@ impl PeerService {
         registry: Arc<Registry>,
         plane: Arc<DataPlane>,
         clock: SharedClock,
+        calls: Arc<CallLimiter>,
+        answers: AnswerLimits,
     ) -> PeerService {
         PeerService {
             identity,
             registry,
             plane,
             clock,
+            calls,
+            answers,
         }
+    }
+
+    /// The caller's certificate and its place under the call limits.
+    fn admit<T>(&self, request: &Request<T>) -> Result<(Fingerprint, CallPermit), Status> {
+        let caller = caller_fingerprint(request)?;
+        let permit = self.calls.admit(&caller.to_string())?;
+        Ok((caller, permit))
     }
 }
 
@@ -81,14 +101,26 @@ impl Peer for PeerService {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloResponse>, Status> {
-        let caller = caller_fingerprint(&request)?;
+        let (caller, _permit) = self.admit(&request)?;
+        // Only members learn who this node is; anyone else learns only that
+        // the TLS handshake worked and it is not a member.
+        let Some((code, _)) = self.registry.membership_of(&caller) else {
+            return Err(PeerAuthError::NotAMember(caller).into());
+        };
+        // What the caller says about itself is informative only, and never
+        // logged as it came (it could forge log lines).
         let claimed = request
             .get_ref()
             .caller
             .as_ref()
-            .map(|c| format!("{} ({})", c.municipality_name, c.municipality_code))
+            .map(|c| {
+                untrusted(&format!(
+                    "{} ({})",
+                    c.municipality_name, c.municipality_code
+                ))
+            })
             .unwrap_or_else(|| "unnamed".to_string());
-        tracing::info!(caller = %caller, claimed = %claimed, "peer hello");
+        tracing::debug!(caller = code, fingerprint = %caller, claimed = %claimed, "peer hello");
         Ok(Response::new(HelloResponse {
             node: Some(self.identity.to_proto()),
             server_time: Some(timestamp(self.clock.now())),
@@ -100,19 +132,17 @@ impl Peer for PeerService {
         &self,
         request: Request<SyncGovernanceRequest>,
     ) -> Result<Response<SyncGovernanceResponse>, Status> {
-        let caller = caller_fingerprint(&request)?;
-        let fellowships = self.registry.fellowships_of(&caller);
-        if fellowships.is_empty() {
+        let (caller, _permit) = self.admit(&request)?;
+        let Some((code, fellowships)) = self.registry.membership_of(&caller) else {
             return Err(PeerAuthError::NotAMember(caller).into());
-        }
+        };
         let registry = Arc::clone(&self.registry);
         let ask = request.into_inner();
         // Imports verify signatures and fsync: keep them off the async workers.
-        let answer = tokio::task::spawn_blocking(move || {
-            sync::answer(&registry, &caller.to_string(), &fellowships, ask)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("governance task failed: {e}")))??;
+        let answer =
+            tokio::task::spawn_blocking(move || sync::answer(&registry, code, &fellowships, ask))
+                .await
+                .map_err(|e| Status::internal(format!("governance task failed: {e}")))??;
         Ok(Response::new(answer))
     }
 
@@ -120,7 +150,7 @@ impl Peer for PeerService {
         &self,
         request: Request<CheckAccessRequest>,
     ) -> Result<Response<CheckAccessResponse>, Status> {
-        let caller = caller_fingerprint(&request)?;
+        let (caller, _permit) = self.admit(&request)?;
         let ask = request.into_inner();
         let plane = Arc::clone(&self.plane);
         let access = tokio::task::spawn_blocking(move || {
@@ -130,11 +160,11 @@ impl Peer for PeerService {
         .map_err(|e| Status::internal(format!("storage task failed: {e}")))??;
         let (access, ask) = access;
         let grant = self.registry.authorize(&access)?;
-        tracing::info!(
+        tracing::debug!(
             caller = grant.caller_code,
             agreement = %grant.agreement_id,
             operation = access.operation.as_str(),
-            dataset = %ask.dataset_id,
+            dataset = %untrusted(&ask.dataset_id),
             "access check allowed"
         );
         Ok(Response::new(CheckAccessResponse {
@@ -156,7 +186,7 @@ impl Peer for PeerService {
         self.catalog_rpc(request).await
     }
 
-    type QueryReadingsStream = crate::local::data::ChunkStream;
+    type QueryReadingsStream = crate::answer::AnswerStream;
 
     async fn query_readings(
         &self,

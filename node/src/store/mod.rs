@@ -67,9 +67,18 @@ pub enum Keyspace {
     /// -> the signed file, so a partner that is several serials behind can
     /// be sent the whole chain it needs.
     Rosters,
-    /// Data-sharing agreements: `uuid (16 bytes)` -> the signed file with
-    /// every valid signature collected so far.
+    /// Data-sharing agreements: `provider code (u32 BE) | uuid (16 bytes)`
+    /// -> the signed file with every valid signature collected so far.
+    /// (Stores written before agreements were keyed by provider hold
+    /// `uuid` keys; the registry re-keys them when it opens.)
     Agreements,
+    /// Rosters this node refused to apply because they change its own
+    /// entry without its signature: `fellowship \0 serial (u64 BE)` -> the
+    /// signed file, kept for the operator to inspect and resolve.
+    Quarantine,
+    /// Privacy budget spent under noisy agreements: `provider (u32 BE) |
+    /// agreement uuid | consumer (u32 BE)` -> epsilon spent (f64 BE bits).
+    Budgets,
     /// The dataset catalog: `d` + dataset id (UTF-8) -> the dataset as JSON
     /// with its internal number; `n` + number (u32 BE) -> dataset id; and
     /// `next` -> the next free number (u32 BE). See `data::catalog`.
@@ -94,10 +103,12 @@ pub enum Keyspace {
 impl Keyspace {
     /// The name the backend stores this keyspace under.
     /// Every keyspace, so a backend can open them all up front.
-    pub const ALL: [Keyspace; 7] = [
+    pub const ALL: [Keyspace; 9] = [
         Keyspace::Meta,
         Keyspace::Rosters,
         Keyspace::Agreements,
+        Keyspace::Quarantine,
+        Keyspace::Budgets,
         Keyspace::Datasets,
         Keyspace::Sensors,
         Keyspace::Readings,
@@ -109,6 +120,8 @@ impl Keyspace {
             Keyspace::Meta => "meta",
             Keyspace::Rosters => "rosters",
             Keyspace::Agreements => "agreements",
+            Keyspace::Quarantine => "quarantine",
+            Keyspace::Budgets => "budgets",
             Keyspace::Datasets => "datasets",
             Keyspace::Sensors => "sensors",
             Keyspace::Readings => "readings",
