@@ -224,7 +224,23 @@ pub fn stream<S: ChunkSource>(
             source = Some(back);
             let item = match chunk {
                 Ok(Some(chunk)) => Ok(chunk),
-                Ok(None) => return,
+                Ok(None) => {
+                    // Everything is produced; the answer (and the permit)
+                    // lasts until the caller has taken the last chunk,
+                    // within the same limits.
+                    let wait = limits
+                        .send_timeout
+                        .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                    if let Err(_elapsed) =
+                        tokio::time::timeout(wait, sender.reserve_many(CHUNKS_IN_FLIGHT)).await
+                    {
+                        cut(Status::deadline_exceeded(format!(
+                            "the answer was cut off: the caller took no data for {} s",
+                            limits.send_timeout.as_secs()
+                        )));
+                    }
+                    return;
+                }
                 Err(status) => Err(status),
             };
             let failed = item.is_err();

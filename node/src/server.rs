@@ -44,7 +44,7 @@ use crate::peer::client::PeerPool;
 use crate::plane::DataPlane;
 use crate::store::{SledStore, Store, StoreError};
 use crate::transport::limiter::CallLimiter;
-use crate::transport::{self, ActivityLayer, ListenerLimits, Security};
+use crate::transport::{self, ActivityLayer, CallTimeoutLayer, ListenerLimits, Security};
 
 /// Keep idle HTTP/2 connections to partners alive through firewalls and
 /// notice dead ones.
@@ -307,10 +307,14 @@ impl Node {
             listener_limits(&local_limits, self.config.local.handshake_timeout),
             stop.clone(),
         );
-        // No whole-call timeout here: an ingest stream may rightly last
-        // long; it has a per-batch timeout instead.
+        // Ingest streams are exempt from the call timeout: they may rightly
+        // last long, and have a per-batch timeout instead.
         let local_server = http2(&local_limits)
             .layer(ActivityLayer)
+            .layer(CallTimeoutLayer {
+                timeout: local_limits.call_timeout,
+                exempt: &["/samvirke.v1.Local/IngestReadings"],
+            })
             .add_service(health_service)
             .add_service(reflection(LOCAL_SERVICE_NAME)?)
             .add_service(LocalServer::new(local_service))

@@ -845,6 +845,8 @@ pub struct Answer {
     pub suppressed: u32,
     /// How many chunks came.
     pub chunks: usize,
+    /// The terms an aggregate-only answer states in its first chunk.
+    pub terms: Option<samvirke_proto::v1::AnswerTerms>,
 }
 
 /// Drains a `QueryReadings` answer: the call's status, or every chunk until
@@ -866,6 +868,10 @@ pub async fn collect_answer(
                 answer.suppressed, 0,
                 "only the last chunk may carry suppressed_buckets"
             );
+            if chunk.terms.is_some() {
+                assert_eq!(answer.chunks, 0, "only the first chunk carries the terms");
+                answer.terms = chunk.terms;
+            }
             answer.chunks += 1;
             answer.readings.extend(chunk.readings);
             answer.buckets.extend(chunk.buckets);

@@ -688,10 +688,10 @@ fn read_body(table: &Table) -> Result<AgreementBody, FieldError> {
         } else {
             None
         },
-        purpose: top.text("purpose")?,
+        purpose: top.long_text("purpose")?,
         legal_basis: LegalBasis {
             code: legal.text("code")?,
-            text: legal.text("text")?,
+            text: legal.long_text("text")?,
         },
         excluded_fields: top.string_array("excluded_fields")?,
         valid_from: top.timestamp("valid_from")?,
@@ -818,6 +818,8 @@ impl fmt::Display for AgreementStatus {
 pub struct Agreement {
     body: AgreementBody,
     document: SignedDocument,
+    /// The body's digest, computed once (the body never changes).
+    digest: DocumentDigest,
 }
 
 impl Agreement {
@@ -833,7 +835,12 @@ impl Agreement {
     /// Wraps an already-parsed document, validating its terms.
     pub fn from_document(document: SignedDocument) -> Result<Agreement, AgreementError> {
         let body = AgreementBody::parse(&document.body)?;
-        Ok(Agreement { body, document })
+        let digest = document.digest();
+        Ok(Agreement {
+            body,
+            document,
+            digest,
+        })
     }
 
     /// The validated terms.
@@ -856,7 +863,7 @@ impl Agreement {
 
     /// `sha256:` digest of the body (for audit entries and receipts).
     pub fn digest(&self) -> DocumentDigest {
-        self.document.digest()
+        self.digest
     }
 
     /// Appends a signature by `key` (see [`SignedDocument::sign`]).
@@ -898,7 +905,18 @@ impl Agreement {
 
     /// Where the agreement stands at `now`, judged against `roster`.
     pub fn status_at(&self, roster: &Roster, now: OffsetDateTime) -> AgreementStatus {
-        let status = self.signature_status(roster);
+        self.status_with(self.signature_status(roster), roster, now)
+    }
+
+    /// Where the agreement stands at `now`, given its signatures as judged
+    /// against `roster` (so a caller holding that judgement need not verify
+    /// every signature again).
+    pub fn status_with(
+        &self,
+        status: SignatureStatus,
+        roster: &Roster,
+        now: OffsetDateTime,
+    ) -> AgreementStatus {
         if !status.bad.is_empty() {
             AgreementStatus::Damaged { bad: status.bad }
         } else if !status.missing.is_empty() {

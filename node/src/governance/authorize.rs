@@ -31,6 +31,7 @@
 //! the caller is entitled to know.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
 use time::{Date, OffsetDateTime};
@@ -69,13 +70,14 @@ pub struct HeldAgreement {
 /// and the agreements it holds.
 ///
 /// Only put rosters here that passed [`super::accept_first`] or
-/// [`super::accept_next`].
+/// [`super::accept_next`]. Documents are shared (`Arc`), so a copy of the
+/// view (each import works on one) costs a pointer per document.
 #[derive(Debug, Clone)]
 pub struct GovernanceView {
     own_code: u32,
     own_key: VerifyingKey,
-    rosters: HashMap<String, Roster>,
-    agreements: HashMap<AgreementKey, HeldAgreement>,
+    rosters: HashMap<String, Arc<Roster>>,
+    agreements: HashMap<AgreementKey, Arc<HeldAgreement>>,
 }
 
 impl GovernanceView {
@@ -103,9 +105,9 @@ impl GovernanceView {
     /// Sets the accepted roster of its fellowship (re-judging the
     /// signatures of that fellowship's agreements), returning the one it
     /// replaces.
-    pub fn insert_roster(&mut self, roster: Roster) -> Option<Roster> {
+    pub fn insert_roster(&mut self, roster: Roster) -> Option<Arc<Roster>> {
         let fellowship = roster.fellowship().to_string();
-        let replaced = self.rosters.insert(fellowship.clone(), roster);
+        let replaced = self.rosters.insert(fellowship.clone(), Arc::new(roster));
         let keys: Vec<AgreementKey> = self
             .agreements
             .iter()
@@ -114,25 +116,18 @@ impl GovernanceView {
             .collect();
         for key in keys {
             if let Some(held) = self.agreements.remove(&key) {
-                let judged = self.judge(held.agreement);
-                self.agreements.insert(key, judged);
+                let judged = self.judge(held.agreement.clone());
+                self.agreements.insert(key, Arc::new(judged));
             }
         }
         replaced
     }
 
-    /// Removes a fellowship's roster (an operator re-pinning it).
-    pub fn remove_roster(&mut self, fellowship: &str) -> Option<Roster> {
-        self.rosters.remove(fellowship)
-    }
-
-    /// Adds or replaces an agreement, returning the one it replaces.
-    pub fn insert_agreement(&mut self, agreement: Agreement) -> Option<Agreement> {
+    /// Adds or replaces an agreement.
+    pub fn insert_agreement(&mut self, agreement: Agreement) {
         let key = key_of(&agreement);
         let held = self.judge(agreement);
-        self.agreements
-            .insert(key, held)
-            .map(|replaced| replaced.agreement)
+        self.agreements.insert(key, Arc::new(held));
     }
 
     /// Judges `agreement`'s signatures against its fellowship's roster.
@@ -172,12 +167,14 @@ impl GovernanceView {
 
     /// The accepted roster of fellowship `fellowship`.
     pub fn roster(&self, fellowship: &str) -> Option<&Roster> {
-        self.rosters.get(fellowship)
+        self.rosters.get(fellowship).map(|r| &**r)
     }
 
     /// The agreement `id` of `provider`, with its judged signatures.
     pub fn held(&self, provider: u32, id: Uuid) -> Option<&HeldAgreement> {
-        self.agreements.get(&AgreementKey { provider, id })
+        self.agreements
+            .get(&AgreementKey { provider, id })
+            .map(|h| &**h)
     }
 
     /// The agreement `id` of `provider`.
@@ -187,7 +184,7 @@ impl GovernanceView {
 
     /// All accepted rosters.
     pub fn rosters(&self) -> impl Iterator<Item = &Roster> {
-        self.rosters.values()
+        self.rosters.values().map(|r| &**r)
     }
 
     /// All held agreements.
@@ -197,7 +194,7 @@ impl GovernanceView {
 
     /// All held agreements with their judged signatures.
     pub fn held_agreements(&self) -> impl Iterator<Item = &HeldAgreement> {
-        self.agreements.values()
+        self.agreements.values().map(|h| &**h)
     }
 
     /// How many agreements `provider` has in `fellowship` here.
@@ -222,7 +219,7 @@ impl GovernanceView {
             roster
                 .member_by_fingerprint(fingerprint)
                 .filter(|member| member.is_current(now))
-                .map(|member| (roster, member))
+                .map(|member| (&**roster, member))
         })
     }
 }

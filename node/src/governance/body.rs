@@ -108,6 +108,14 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// A required single-line, non-empty prose text of at most
+    /// [`MAX_LONG_TEXT`] characters (a purpose, a legal basis).
+    pub(crate) fn long_text(&self, key: &str) -> Result<String, FieldError> {
+        let s = self.string(key)?;
+        check_text_within(&s, MAX_LONG_TEXT).map_err(|reason| self.error(key, reason))?;
+        Ok(s)
+    }
+
     /// A required string, converted by `parse` (whose error becomes the reason).
     pub(crate) fn parsed<T>(
         &self,

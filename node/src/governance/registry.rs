@@ -563,8 +563,15 @@ impl Registry {
             view.rosters().map(|r| roster_info(r, now)).collect();
         rosters.sort_by(|a, b| a.fellowship.cmp(&b.fellowship));
         let mut agreements: Vec<pb::AgreementInfo> = view
-            .agreements()
-            .map(|a| agreement_info(a, view.roster(&a.body().fellowship), now))
+            .held_agreements()
+            .map(|held| {
+                agreement_info(
+                    &held.agreement,
+                    Some(&held.signatures),
+                    view.roster(&held.agreement.body().fellowship),
+                    now,
+                )
+            })
             .collect();
         agreements.sort_by(|a, b| (a.provider, &a.id).cmp(&(b.provider, &b.id)));
         (rosters, agreements)
@@ -578,8 +585,12 @@ impl Registry {
     /// The report of one agreement, now, against the roster this node holds.
     pub fn agreement_info(&self, agreement: &Agreement) -> pb::AgreementInfo {
         let view = self.snapshot();
+        let held = view
+            .held(agreement.body().provider, agreement.id())
+            .filter(|held| held.agreement.digest() == agreement.digest());
         agreement_info(
             agreement,
+            held.map(|held| &held.signatures),
             view.roster(&agreement.body().fellowship),
             self.now(),
         )
@@ -1014,8 +1025,11 @@ pub fn operation_from_proto(value: i32) -> Option<Operation> {
     }
 }
 
+/// The report of one agreement; `judged` is its signature status as the
+/// view judged it (this node's own key included), if at hand.
 fn agreement_info(
     agreement: &Agreement,
+    judged: Option<&super::agreement::SignatureStatus>,
     roster: Option<&Roster>,
     now: OffsetDateTime,
 ) -> pb::AgreementInfo {
@@ -1026,8 +1040,10 @@ fn agreement_info(
     };
     let (status, detail, signed_by, missing) = match roster {
         Some(roster) => {
-            let signatures = agreement.signature_status(roster);
-            let status = agreement.status_at(roster, now);
+            let signatures = judged
+                .cloned()
+                .unwrap_or_else(|| agreement.signature_status(roster));
+            let status = agreement.status_with(signatures.clone(), roster, now);
             let short = match &status {
                 s if s.is_active() => "active",
                 super::agreement::AgreementStatus::NotYetValid { .. } => "not yet valid",

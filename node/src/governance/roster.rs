@@ -595,6 +595,8 @@ fn parse_fingerprint_strict(text: &str) -> Result<Fingerprint, String> {
 pub struct Roster {
     body: RosterBody,
     document: SignedDocument,
+    /// The body's digest, computed once (the body never changes).
+    digest: DocumentDigest,
 }
 
 impl Roster {
@@ -610,7 +612,12 @@ impl Roster {
     /// Wraps an already-parsed document, validating its body.
     pub fn from_document(document: SignedDocument) -> Result<Roster, RosterError> {
         let body = RosterBody::parse(&document.body)?;
-        Ok(Roster { body, document })
+        let digest = document.digest();
+        Ok(Roster {
+            body,
+            document,
+            digest,
+        })
     }
 
     /// The validated facts.
@@ -630,7 +637,7 @@ impl Roster {
 
     /// `sha256:` digest of the body: what the next serial names as `previous`.
     pub fn digest(&self) -> DocumentDigest {
-        self.document.digest()
+        self.digest
     }
 
     pub fn fellowship(&self) -> &str {

@@ -555,3 +555,67 @@ impl http_body::Body for GuardedBody {
         self.inner.size_hint()
     }
 }
+
+/// A tower layer that ends a call whose answer has not started within
+/// `timeout` with DEADLINE_EXCEEDED, except for the methods in `exempt`
+/// (client streams such as ingest, which rightly last long and have their
+/// own per-message timeout).
+#[derive(Debug, Clone, Copy)]
+pub struct CallTimeoutLayer {
+    pub timeout: Duration,
+    pub exempt: &'static [&'static str],
+}
+
+impl<S> tower::Layer<S> for CallTimeoutLayer {
+    type Service = CallTimeoutService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallTimeoutService {
+            inner,
+            timeout: self.timeout,
+            exempt: self.exempt,
+        }
+    }
+}
+
+/// The service [`CallTimeoutLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct CallTimeoutService<S> {
+    inner: S,
+    timeout: Duration,
+    exempt: &'static [&'static str],
+}
+
+impl<S, B> tower::Service<http::Request<B>> for CallTimeoutService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let exempt = self.exempt.contains(&request.uri().path());
+        let timeout = self.timeout;
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            if exempt {
+                return response.await;
+            }
+            match tokio::time::timeout(timeout, response).await {
+                Ok(response) => response,
+                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                    "the call took longer than {} s",
+                    timeout.as_secs()
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
