@@ -532,9 +532,28 @@ async fn push_sends_signed_files_to_a_node_which_refuses_a_damaged_copy() {
     assert!(message.contains("bad signature"), "{message}");
     assert!(greve.running.registry.list().0.is_empty(), "nothing held");
 
+    // Pinning asks first; without a terminal and without --yes it refuses.
+    let unasked = push(&roster, &["--trust-anchor"]).await;
+    assert!(!unasked.status.success());
+    assert!(
+        stderr(&unasked).contains("re-run with --yes"),
+        "{}",
+        stderr(&unasked)
+    );
+    assert!(greve.running.registry.list().0.is_empty(), "nothing pinned");
     let accepted = push(&roster, &["--trust-anchor", "--yes"]).await;
     assert!(accepted.status.success(), "{}", stderr(&accepted));
     let text = stdout(&accepted);
+    // What to compare out of band with the secretariat.
+    let pinned = samvirke_node::governance::Roster::parse(&original).expect("roster");
+    assert!(
+        text.contains(&format!("digest           {}", pinned.digest())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("secretariat key  {secretariat_key}")),
+        "{text}"
+    );
     assert!(
         text.contains("accepted: roster `digit` serial 1 (2 members)"),
         "{text}"
@@ -615,4 +634,139 @@ async fn push_sends_signed_files_to_a_node_which_refuses_a_damaged_copy() {
     );
 
     fed.shutdown().await.expect("shutdown");
+}
+
+#[test]
+fn signing_shows_what_is_signed_and_asks_first() {
+    let digit = digit();
+    let next = digit.path("serial-2.toml");
+    ok(&[
+        "roster",
+        "remove-member",
+        arg(&digit.roster),
+        "--code",
+        "316",
+        "--left",
+        "2025-01-01",
+        "--out",
+        arg(&next),
+    ]);
+    let before = std::fs::read(&next).expect("read draft");
+    // No terminal to ask and no --yes: nothing is signed, and the signer
+    // is told why, after seeing exactly what serial 2 changes.
+    let output = Command::new(env!("CARGO_BIN_EXE_samvirke"))
+        .args([
+            "roster",
+            "sign",
+            arg(&next),
+            "--key",
+            arg(&digit.secretariat),
+            "--previous",
+            arg(&digit.roster),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run samvirke");
+    assert!(!output.status.success());
+    let shown = stdout(&output);
+    assert!(shown.contains("changes against serial 1:"), "{shown}");
+    assert!(
+        shown.contains("member Holbaek Kommune 316: left: none -> 2025-01-01"),
+        "{shown}"
+    );
+    assert!(
+        stderr(&output).contains("re-run with --yes"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read(&next).expect("read"), before, "unchanged");
+
+    // A --previous that is not the roster this one follows is refused.
+    let unrelated = digit.path("unrelated.toml");
+    std::fs::copy(&next, &unrelated).expect("copy");
+    let refused = fails(&[
+        "roster",
+        "sign",
+        "--yes",
+        arg(&next),
+        "--key",
+        arg(&digit.secretariat),
+        "--previous",
+        arg(&unrelated),
+    ]);
+    assert!(
+        refused.contains("does not follow the given previous roster"),
+        "{refused}"
+    );
+
+    // With --yes it signs what it showed.
+    let text = ok(&[
+        "roster",
+        "sign",
+        "--yes",
+        arg(&next),
+        "--key",
+        arg(&digit.secretariat),
+        "--previous",
+        arg(&digit.roster),
+    ]);
+    assert!(text.contains("Signed"), "{text}");
+    assert_ne!(std::fs::read(&next).expect("read"), before);
+
+    // An agreement's terms are shown before it is signed, too.
+    let agreement = digit.path("agreement.toml");
+    ok(&[
+        "agreement",
+        "draft",
+        "--fellowship",
+        "digit",
+        "--provider",
+        "253",
+        "--consumer",
+        "316",
+        "--dataset",
+        "greve-luftkvalitet",
+        "--operation",
+        "aggregate",
+        "--min-group-size",
+        "5",
+        "--cell",
+        "1d",
+        "--purpose",
+        "Shared air quality monitoring",
+        "--legal-basis-code",
+        "GDPR art. 6(1)(e)",
+        "--legal-basis-text",
+        "Task carried out in the public interest",
+        "--valid-from",
+        "2025-01-01",
+        "--valid-until",
+        "2099-01-01",
+        "--out",
+        arg(&agreement),
+    ]);
+    let output = Command::new(env!("CARGO_BIN_EXE_samvirke"))
+        .args([
+            "agreement",
+            "sign",
+            arg(&agreement),
+            "--key",
+            arg(&digit.greve),
+            "--roster",
+            arg(&digit.roster),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run samvirke");
+    assert!(!output.status.success());
+    let shown = stdout(&output);
+    for part in [
+        "provider      Greve Kommune 253",
+        "consumers     Holbaek Kommune 316",
+        "min group     5",
+        "aggregates    from a fixed grid of 1d cells",
+        "valid         2025-01-01T00:00:00Z .. 2099-01-01T00:00:00Z",
+    ] {
+        assert!(shown.contains(part), "`{part}` in:\n{shown}");
+    }
 }

@@ -10,7 +10,8 @@
 //!   several connections, and the same from a local `read` token.
 //!
 //! Asserted: every half-open connection is closed by the node within the
-//! handshake timeout; idle connections are closed after the idle timeout;
+//! handshake timeout; idle connections (peer TLS, and plaintext HTTP/2 on
+//! the local listener) are closed after the idle timeout;
 //! calls beyond the caller's limit are refused at once with
 //! RESOURCE_EXHAUSTED; the other partner's queries are answered in full
 //! throughout; and the node's resident memory and thread count stay
@@ -565,6 +566,29 @@ async fn one_partner_cannot_freeze_the_node() {
         }
     }
     drop(held);
+
+    // An idle plaintext HTTP/2 connection on the local listener is closed
+    // after its idle timeout too.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut h2c = tokio::net::TcpStream::connect(local_addr)
+            .await
+            .expect("local tcp");
+        h2c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .expect("preface");
+        let mut buffer = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(6), async {
+            loop {
+                match h2c.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "an idle local connection was kept open");
+    }
 
     // A local read token with unread answers: the same limits.
     let mut dashboard = local(&local_endpoint).await;

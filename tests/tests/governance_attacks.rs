@@ -14,6 +14,7 @@
 //!   straight to its partners' sync endpoint. The roster serial that
 //!   removes it still reaches every node, and every node then refuses it.
 //! - An operator resolves a forked roster with an explicit re-pin.
+//! - A member cannot squat the id of another member's agreement.
 
 use samvirke_node::clock::SharedClock;
 use samvirke_node::devnet::DevNode;
@@ -432,5 +433,39 @@ async fn an_operator_resolves_a_forked_roster_by_re_pinning() {
         (held.rosters[0].serial, held.rosters[0].name.as_str()),
         (3, "DIGIT")
     );
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agreement_id_cannot_be_squatted_by_another_member() {
+    let (fx, _) = fellowship().await;
+    let genuine = genuine_agreement(&fx).await;
+    // Vejle drafts an agreement of its own under Aarhus's agreement id
+    // (ids are visible to every party) and imports it at both nodes
+    // first, hoping the genuine one is then refused as a conflict.
+    let mut terms = fx.terms(VEJLE, Consumers::Named(vec![AARHUS]));
+    terms.id = genuine.id();
+    terms.scope.datasets = vec!["vejle-anything".to_string()];
+    let squat = fx.agreement(&terms, &[VEJLE, AARHUS]);
+    for code in [VEJLE, AARHUS] {
+        fx.import_agreement(code, &squat.to_bytes())
+            .await
+            .expect("a provider may use any fresh id of its own");
+    }
+    // Both stand, each under its own provider; the genuine one is in force
+    // at Aarhus and reaches Vejle intact.
+    fx.check(VEJLE, AARHUS, &genuine, Operation::Read, DATASET)
+        .await
+        .expect("the genuine agreement still works");
+    eventually("Vejle holds both agreements of that id", || async {
+        let held = fx.list(VEJLE).await.agreements;
+        let providers: Vec<u32> = held
+            .iter()
+            .filter(|a| a.id == genuine.id().to_string())
+            .map(|a| a.provider)
+            .collect();
+        (providers.len() == 2).then_some(())
+    })
+    .await;
     fx.shutdown().await;
 }

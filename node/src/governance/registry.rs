@@ -1088,3 +1088,96 @@ fn agreement_info(
         missing_signatures: missing,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::governance::agreement::tests::greve_air_quality;
+    use crate::governance::document::tests::key;
+    use crate::governance::roster::DecisionRule;
+    use crate::governance::roster::tests::{NOW, digit_roster, member_seed};
+    use crate::store::SledStore;
+
+    const GREVE: u32 = 253;
+    const GULDBORGSUND: u32 = 376;
+    const VEJLE: u32 = 630;
+
+    /// The registry of the node of `own` with the DIGIT roster pinned.
+    fn registry(own: u32) -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let registry = Registry::open(
+            store,
+            own,
+            key(member_seed(own)).verifying_key(),
+            Arc::new(ManualClock::new(NOW)),
+        )
+        .expect("registry");
+        registry
+            .import_roster(
+                &digit_roster(DecisionRule::Secretariat).to_bytes(),
+                RosterImport {
+                    trust_anchor: true,
+                    ..RosterImport::default()
+                },
+            )
+            .expect("pin the roster");
+        (dir, registry)
+    }
+
+    /// A fresh agreement of Greve's for all members, signed by Greve.
+    fn offer_of_greve() -> Vec<u8> {
+        let mut terms = greve_air_quality();
+        terms.id = AgreementBody::new_id();
+        terms.consumers = Consumers::All;
+        terms.excluded_fields.clear();
+        let mut agreement = terms.to_draft().expect("draft");
+        agreement.sign(&key(member_seed(GREVE))).expect("sign");
+        agreement.to_bytes()
+    }
+
+    #[test]
+    fn one_provider_can_make_a_node_hold_only_so_many_agreements() {
+        let (_dir, registry) = registry(VEJLE);
+        let fellowships: BTreeSet<String> = ["digit".to_string()].into();
+        let flood: Vec<Vec<u8>> = (0..MAX_AGREEMENTS_PER_PROVIDER + 20)
+            .map(|_| offer_of_greve())
+            .collect();
+        let changed = registry
+            .import_offer(GREVE, &fellowships, &[], &flood)
+            .expect("import");
+        assert_eq!(changed, MAX_AGREEMENTS_PER_PROVIDER);
+        let err = registry
+            .import_agreement(&offer_of_greve())
+            .expect_err("over the cap");
+        assert!(
+            matches!(err, ImportError::TooManyAgreements { .. }),
+            "{err}"
+        );
+        assert_eq!(registry.list().1.len(), MAX_AGREEMENTS_PER_PROVIDER);
+    }
+
+    #[test]
+    fn partners_may_offer_only_agreements_this_node_is_a_party_to() {
+        let (_dir, registry) = registry(VEJLE);
+        // Greve and Guldborgsund only: Vejle is no party.
+        let mut terms = greve_air_quality();
+        terms.consumers = Consumers::Named(vec![GULDBORGSUND]);
+        terms.excluded_fields.clear();
+        let mut agreement = terms.to_draft().expect("draft");
+        for code in [GREVE, GULDBORGSUND] {
+            agreement.sign(&key(member_seed(code))).expect("sign");
+        }
+        let fellowships: BTreeSet<String> = ["digit".to_string()].into();
+        let changed = registry
+            .import_offer(GREVE, &fellowships, &[], &[agreement.to_bytes()])
+            .expect("import");
+        assert_eq!(changed, 0);
+        assert!(registry.list().1.is_empty());
+        // An operator may still import it here (to relay it to its parties).
+        registry
+            .import_agreement(&agreement.to_bytes())
+            .expect("operator import");
+    }
+}
