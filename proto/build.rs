@@ -23,6 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
+        // Ordered maps: a message encodes to the same bytes on every node,
+        // so digests of requests and answers (signed requests, receipts)
+        // can be recomputed by the other side.
+        .btree_map(".")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -9,7 +9,7 @@
 //! whole and durably before reading the next.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -162,7 +162,7 @@ impl Validator {
         sensor_id: &str,
         at: OffsetDateTime,
         location: Option<(f64, f64)>,
-        values: HashMap<String, f64>,
+        values: BTreeMap<String, f64>,
     ) -> Result<Reading, String> {
         check_sensor_id(sensor_id).map_err(|e| format!("sensor_id: {e}"))?;
         if at < EARLIEST {
@@ -433,7 +433,7 @@ impl<R: BufRead> CsvRows<R> {
             }
             (lat, lon) => Some((parse_number("lat", lat)?, parse_number("lon", lon)?)),
         };
-        let mut values = HashMap::with_capacity(self.columns.len());
+        let mut values = BTreeMap::new();
         for (i, name) in self.columns.iter().enumerate() {
             let text = cell(CSV_FIXED_COLUMNS.len() + i);
             if !text.is_empty() {
@@ -712,7 +712,7 @@ fn json_reading(value: &Value, validator: &Validator) -> Result<Reading, String>
     let Some(Value::Object(given)) = object.get("values") else {
         return Err("values: must be an object of measure name to number".to_string());
     };
-    let mut values = HashMap::with_capacity(given.len());
+    let mut values = BTreeMap::new();
     for (name, value) in given {
         match value {
             Value::Null => {}

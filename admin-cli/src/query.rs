@@ -546,7 +546,6 @@ mod tests {
     use super::*;
     use crate::ingest::{CsvRows, JsonRows, Validator};
     use samvirke_proto::v1::{Bucket, Location};
-    use std::collections::HashMap;
 
     #[test]
     fn boxes_and_circles_are_checked() {
@@ -623,7 +622,7 @@ mod tests {
             values: values
                 .iter()
                 .map(|(n, v)| (n.to_string(), *v))
-                .collect::<HashMap<_, _>>(),
+                .collect::<std::collections::BTreeMap<_, _>>(),
             location: location.then_some(Location {
                 lat: 56.153_412_345_678_9,
                 lon: -10.2,

@@ -71,9 +71,21 @@ where
         .map_err(Into::into)
 }
 
-/// Something that yields an answer one chunk at a time (`Ok(None)`: done).
+/// What a source yields next.
+#[derive(Debug)]
+pub enum Step {
+    /// A chunk for the caller.
+    Chunk(pb::ReadingChunk),
+    /// Nothing yet (the source read its share of rows and found nothing
+    /// to send); ask again.
+    Pending,
+    /// The answer is complete.
+    Done,
+}
+
+/// Something that yields an answer one chunk at a time.
 pub trait ChunkSource: Send + 'static {
-    fn next_chunk(&mut self) -> Result<Option<pb::ReadingChunk>, Status>;
+    fn next_chunk(&mut self) -> Result<Step, Status>;
 }
 
 /// Raw readings, shaped by a disclosure for peers.
@@ -84,12 +96,15 @@ pub struct ReadingSource {
 }
 
 impl ChunkSource for ReadingSource {
-    fn next_chunk(&mut self) -> Result<Option<pb::ReadingChunk>, Status> {
+    fn next_chunk(&mut self) -> Result<Step, Status> {
+        if self.readings.is_finished() {
+            return Ok(Step::Done);
+        }
         let readings = self.readings.next_chunk(CHUNK_READINGS)?;
         if readings.is_empty() {
-            return Ok(None);
+            return Ok(Step::Pending);
         }
-        Ok(Some(pb::ReadingChunk {
+        Ok(Step::Chunk(pb::ReadingChunk {
             readings: readings
                 .into_iter()
                 .map(|r| match &self.shape {
@@ -114,13 +129,16 @@ pub struct BucketSource {
 }
 
 impl ChunkSource for BucketSource {
-    fn next_chunk(&mut self) -> Result<Option<pb::ReadingChunk>, Status> {
-        let buckets = self.buckets.next_chunk(CHUNK_BUCKETS)?;
+    fn next_chunk(&mut self) -> Result<Step, Status> {
         let first = !self.started;
-        self.started = true;
-        if buckets.is_empty() && !first {
-            return Ok(None);
+        if self.buckets.is_finished() && !first {
+            return Ok(Step::Done);
         }
+        let buckets = self.buckets.next_chunk(CHUNK_BUCKETS)?;
+        if buckets.is_empty() && !first {
+            return Ok(Step::Pending);
+        }
+        self.started = true;
         let mut shaped = Vec::with_capacity(buckets.len());
         for bucket in buckets {
             let bucket = match &self.shape {
@@ -129,7 +147,7 @@ impl ChunkSource for BucketSource {
             };
             shaped.push(wire::bucket_to_proto(bucket));
         }
-        Ok(Some(pb::ReadingChunk {
+        Ok(Step::Chunk(pb::ReadingChunk {
             buckets: shaped,
             terms: if first { self.terms.take() } else { None },
             ..Default::default()
@@ -143,12 +161,23 @@ pub struct AnswerStream {
     shared: Arc<Mutex<Shared>>,
 }
 
-#[derive(Debug)]
 struct Shared {
     /// `None` once the answer was cut off (the chunks waiting are dropped).
     receiver: Option<mpsc::Receiver<Result<pb::ReadingChunk, Status>>>,
     /// Why it was cut off, told to the caller as the stream's last item.
     cut: Option<Status>,
+    /// The call's place under the limits: held by the answer as the caller
+    /// sees it, so it ends when the caller has taken (or dropped) the last
+    /// of it, never earlier.
+    permit: Option<Box<dyn Send>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("cut", &self.cut)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Stream for AnswerStream {
@@ -161,18 +190,23 @@ impl Stream for AnswerStream {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(status) = shared.cut.take() {
             shared.receiver = None;
+            shared.permit = None;
             return Poll::Ready(Some(Err(status)));
         }
-        match shared.receiver.as_mut() {
+        let polled = match shared.receiver.as_mut() {
             Some(receiver) => receiver.poll_recv(cx),
             None => Poll::Ready(None),
+        };
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            shared.permit = None;
         }
+        polled
     }
 }
 
 /// Streams what `source` yields to the caller, within `limits`. `permit`
-/// (a concurrency slot, or anything else to release at the end) is held
-/// until the answer is complete or cut off.
+/// (a concurrency slot) is held until the caller has taken the end of the
+/// answer or dropped it.
 pub fn stream<S: ChunkSource>(
     source: S,
     limits: AnswerLimits,
@@ -182,6 +216,7 @@ pub fn stream<S: ChunkSource>(
     let shared = Arc::new(Mutex::new(Shared {
         receiver: Some(receiver),
         cut: None,
+        permit: Some(Box::new(permit)),
     }));
     let cut = {
         let shared = Arc::clone(&shared);
@@ -195,7 +230,6 @@ pub fn stream<S: ChunkSource>(
         }
     };
     tokio::spawn(async move {
-        let _permit = permit;
         let deadline = tokio::time::Instant::now() + limits.answer_timeout;
         let mut source = Some(source);
         loop {
@@ -223,8 +257,15 @@ pub fn stream<S: ChunkSource>(
             };
             source = Some(back);
             let item = match chunk {
-                Ok(Some(chunk)) => Ok(chunk),
-                Ok(None) => {
+                Ok(Step::Chunk(chunk)) => Ok(chunk),
+                Ok(Step::Pending) => {
+                    // Nothing to send yet: stop if the caller went away.
+                    if sender.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Step::Done) => {
                     // Everything is produced; the answer (and the permit)
                     // lasts until the caller has taken the last chunk,
                     // within the same limits.

@@ -14,7 +14,11 @@
 //! - [`store`]: the storage trait and its sled implementation;
 //! - [`data`]: the dataset catalog and sensor readings (ingest, queries,
 //!   aggregation) over the store;
-//! - [`peer`]: the mutual-TLS peer service and the client for calling partners;
+//! - [`peer`]: the mutual-TLS peer service;
+//! - [`partners`]: calling partners: pooled channels pinned to the roster's
+//!   certificate fingerprints, signed requests;
+//! - [`proof`]: signed requests, replay protection and signed receipts;
+//! - [`audit`]: the hash-chained audit log, checkpoints, offline verification;
 //! - [`local`]: the bearer-token local service for the municipality's own users;
 //! - [`answer`]: streaming answers with bounded memory and send timeouts,
 //!   shared by both services;
@@ -31,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod answer;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod data;
@@ -40,9 +45,11 @@ pub mod fixtures;
 pub mod governance;
 pub mod identity;
 pub mod local;
+pub mod partners;
 pub mod peer;
 pub mod pki;
 pub mod plane;
+pub mod proof;
 pub mod provision;
 pub mod server;
 pub mod store;

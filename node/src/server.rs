@@ -39,8 +39,8 @@ use crate::governance::sync;
 use crate::identity::{IdentityError, NodeIdentity};
 use crate::local::LocalService;
 use crate::local::auth::TokenRegistry;
+use crate::partners::PartnerPool;
 use crate::peer::PeerService;
-use crate::peer::client::PeerPool;
 use crate::plane::DataPlane;
 use crate::store::{SledStore, Store, StoreError};
 use crate::transport::limiter::CallLimiter;
@@ -56,6 +56,8 @@ const MAX_PENDING_RESETS: usize = 20;
 /// Streams this node may reset for protocol errors before it closes the
 /// connection.
 const MAX_ERROR_RESETS: usize = 64;
+/// How long one anti-entropy page may take.
+const SYNC_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request header block, in bytes.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 
@@ -264,7 +266,11 @@ impl Node {
         );
         let anti_entropy = tokio::spawn(sync::run(
             Arc::clone(&self.registry),
-            PeerPool::new(self.identity.tls.clone()),
+            PartnerPool::new(
+                Arc::clone(&self.identity),
+                Arc::clone(&self.clock),
+                SYNC_CALL_TIMEOUT,
+            ),
             self.config.governance.sync_interval,
             stop.clone(),
         ));

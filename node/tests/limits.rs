@@ -542,8 +542,10 @@ async fn one_partner_cannot_freeze_the_node() {
         .await;
         assert!(closed.is_ok(), "an idle connection was kept open");
     }
-    // Unread answers are cut off after the send timeout (6 s), freeing the
-    // attacker's slots: it was refused, not blocked, and is served again.
+    // The attacker's slots are its until it gives up its unread answers
+    // (the node has cut them off after the send timeout, freeing what they
+    // held): then it was refused, not blocked, and is served again.
+    drop(held);
     let mut attacker_client = attack_clients.pop().expect("a client");
     let freed = Instant::now();
     loop {
@@ -565,7 +567,6 @@ async fn one_partner_cannot_freeze_the_node() {
             Err(status) => panic!("{status:?}"),
         }
     }
-    drop(held);
 
     // An idle plaintext HTTP/2 connection on the local listener is closed
     // after its idle timeout too.

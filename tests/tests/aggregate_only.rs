@@ -657,3 +657,127 @@ async fn noise_perturbs_personal_aggregates_and_spends_a_budget() {
     );
     world.fx.shutdown().await;
 }
+
+/// Per-sensor aggregates granted: a sensor that reported only once in an
+/// hour is withheld from the per-sensor answer, so the all-sensors bucket
+/// of that hour minus the per-sensor buckets would be its reading. Every
+/// all-sensors bucket released is therefore exactly the sum of released
+/// per-sensor buckets, and the hour with the thin sensor is withheld.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_sensors_minus_per_sensor_buckets_isolates_no_thin_sensor() {
+    let world = World::start().await;
+    let thin_hour = datetime!(2026-03-01 05:00 UTC);
+    let mut values = BTreeMap::new();
+    for measure in ["pm2_5", "pm10", "no2"] {
+        values.insert(measure.to_string(), 77.0);
+    }
+    let lone = Reading {
+        sensor_id: "air-lone".to_string(),
+        at: thin_hour + Duration::minutes(20),
+        values,
+        location: Some((56.15, 10.2)),
+    };
+    let mut admin = world.fx.admin(AARHUS).await;
+    ingest(&mut admin, ingest_batches(AIR, &[lone], 1))
+        .await
+        .expect("the lone reading");
+    let agreement = world.agreement(&[AIR], per_sensor_grid()).await;
+    let id = agreement.id().to_string();
+    let mut vejle = world.fx.peer(VEJLE, AARHUS).await;
+    let day = question(AIR, DATA_FROM, datetime!(2026-03-02 00:00 UTC));
+
+    let all = peer_query(
+        &mut vejle,
+        &id,
+        aggregated(day.clone(), "1h", pb::Grouping::AllSensors),
+    )
+    .await
+    .expect("all sensors");
+    let per_sensor = peer_query(
+        &mut vejle,
+        &id,
+        aggregated(day, "1h", pb::Grouping::PerSensor),
+    )
+    .await
+    .expect("per sensor");
+    let mut parts: BTreeMap<(OffsetDateTime, String), u64> = BTreeMap::new();
+    for b in &per_sensor.buckets {
+        *parts.entry((start_of(b), b.measure.clone())).or_default() += b.count;
+    }
+    assert!(all.buckets.len() > 60, "{}", all.buckets.len());
+    for b in &all.buckets {
+        assert_eq!(
+            Some(&b.count),
+            parts.get(&(start_of(b), b.measure.clone())),
+            "nothing hides behind the released parts: {b:?}"
+        );
+    }
+    assert!(
+        all.buckets.iter().all(|b| start_of(b) != thin_hour),
+        "the hour with a thin sensor is withheld over all sensors"
+    );
+    assert!(
+        all.buckets
+            .iter()
+            .any(|b| start_of(b) == thin_hour + Duration::HOUR)
+    );
+    world.fx.shutdown().await;
+}
+
+/// Two aggregate-only agreements on the same data with different grid
+/// cells (2 h and 3 h): their buckets overlap by single hours, so one
+/// answer minus the other would isolate the thin 03:00 hour of the bins
+/// that each cell alone hides. Both answers are held to the combined grid
+/// (1 h cells, the larger minimum group): no bucket holding the thin hour
+/// comes back from either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agreements_with_different_grids_cannot_be_subtracted() {
+    let world = World::start().await;
+    let grid = |hours: i64| AggregateTerms {
+        cell: Duration::hours(hours),
+        ..AggregateTerms::default()
+    };
+    let two = world.agreement(&[BINS], grid(2)).await;
+    let three = world.agreement(&[BINS], grid(3)).await;
+    let mut vejle = world.fx.peer(VEJLE, AARHUS).await;
+    let day = question(BINS, DATA_FROM, datetime!(2026-03-02 00:00 UTC));
+    let thin = datetime!(2026-03-01 03:00 UTC);
+    for (agreement, bucket, hours) in [(&two, "2h", 2), (&three, "3h", 3), (&two, "6h", 6)] {
+        let got = peer_query(
+            &mut vejle,
+            &agreement.id().to_string(),
+            aggregated(day.clone(), bucket, pb::Grouping::AllSensors),
+        )
+        .await
+        .unwrap_or_else(|s| panic!("{bucket}: {s:?}"));
+        let size = Duration::hours(hours);
+        assert!(
+            got.buckets
+                .iter()
+                .all(|b| !(start_of(b) <= thin && thin < start_of(b) + size)),
+            "{bucket}: a bucket holding the thin hour came back"
+        );
+        // The rest of the day does.
+        assert_eq!(
+            got.buckets.len(),
+            (24 / hours as usize - 1),
+            "{bucket}: {:?}",
+            got.buckets.iter().map(start_of).collect::<Vec<_>>()
+        );
+        assert!(got.buckets.iter().all(|b| b.count >= u64::from(MIN_GROUP)));
+    }
+    // The finer grid of one agreement is no way around the other's: a 1 h
+    // bucket is refused under both.
+    for agreement in [&two, &three] {
+        assert_denied(
+            peer_query(
+                &mut vejle,
+                &agreement.id().to_string(),
+                aggregated(day.clone(), "1h", pb::Grouping::AllSensors),
+            )
+            .await,
+            &["is not a whole multiple of the"],
+        );
+    }
+    world.fx.shutdown().await;
+}

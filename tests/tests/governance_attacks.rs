@@ -4,9 +4,13 @@
 //!
 //! - Whoever holds the secretariat key signs a roster serial that replaces
 //!   Aarhus's own signing key, and "signs as provider" with the new key:
-//!   Aarhus quarantines the roster (directly imported or arriving by
-//!   anti-entropy), alerts its operator, keeps its roster and keeps serving
-//!   its genuine agreements, and never accepts the forged consent.
+//!   every node quarantines the roster (it changes a member's entry without
+//!   that member's signature); Aarhus, offered it by a compromised partner,
+//!   alerts its operator, keeps its roster and keeps serving its genuine
+//!   agreements, and never accepts the forged consent.
+//! - The secretariat swaps Vejle's certificate fingerprint for one it
+//!   holds: quarantined at Aarhus, and the swapped-in certificate opens
+//!   nothing; signed by Vejle, the same change is applied.
 //! - The same rotation signed by Aarhus itself is applied; once Aarhus runs
 //!   with its new key, agreements it re-signs are in force again.
 //! - A member floods governance: hundreds of maximum-size agreements that
@@ -94,33 +98,53 @@ async fn a_secretariat_cannot_replace_a_members_key_or_speak_for_it() {
         }),
         &[&fx.secretariat],
     );
-    // Aarhus's operator is not fooled by a direct import either.
+    // Aarhus's operator is not fooled by a direct import.
     let refused = assert_status(
         fx.import_roster(AARHUS, &forged_roster.to_bytes(), false)
             .await,
         &[Code::FailedPrecondition],
         &[
             "quarantined",
-            "changes this node's own entry",
+            "changes a member's own entry",
             "signing_key",
-            "not signed with the key this node holds",
+            "without that member's signature",
+            "this node's entry needs the key this node holds",
         ],
     );
     assert!(refused.contains("keeps serial 1"), "{refused}");
-
-    // The attack as it happens: Vejle (not its own entry) accepts serial 2,
-    // and an agreement "signed as provider Aarhus" with the attacker's key,
-    // sharing Aarhus's data with Vejle; anti-entropy offers both to Aarhus.
-    fx.import_roster(VEJLE, &forged_roster.to_bytes(), false)
-        .await
-        .expect("Vejle follows the secretariat");
+    // Nor is any other member: Vejle cannot hold a roster that speaks for
+    // Aarhus without Aarhus's signature either.
+    assert_status(
+        fx.import_roster(VEJLE, &forged_roster.to_bytes(), false)
+            .await,
+        &[Code::FailedPrecondition],
+        &["quarantined", "member Aarhus Kommune 751", "keeps serial 1"],
+    );
+    // So an agreement "signed as provider Aarhus" with the attacker's key
+    // is refused at Vejle too: its roster still lists Aarhus's real key.
     let mut terms: AgreementBody = fx.terms(AARHUS, Consumers::Named(vec![VEJLE]));
     terms.scope.datasets = vec![DATASET.to_string()];
     terms.purpose = "Forged consent".to_string();
     let forged = fx.sign_agreement(&terms, &[&attacker, fx.key(VEJLE)]);
     fx.import_agreement(VEJLE, &forged.to_bytes())
         .await
-        .expect("Vejle accepts what its roster says Aarhus signed");
+        .expect_err("Vejle refuses consent Aarhus did not sign");
+
+    // The attack from a compromised member: Vejle's node pushes the forged
+    // roster and agreement straight at Aarhus's sync endpoint.
+    fx.peer(VEJLE, AARHUS)
+        .await
+        .sync_governance(pb::SyncGovernanceRequest {
+            rosters: vec![pb::SignedDocumentBytes {
+                content: forged_roster.to_bytes(),
+            }],
+            agreements: vec![pb::SignedDocumentBytes {
+                content: forged.to_bytes(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("the offer itself is answered");
 
     // Aarhus alerts its operator, keeps serial 1 and never holds the forgery.
     let alert = eventually("Aarhus raises a quarantine alert", || async {
@@ -157,6 +181,67 @@ async fn a_secretariat_cannot_replace_a_members_key_or_speak_for_it() {
     fx.check(VEJLE, AARHUS, &genuine, Operation::Read, DATASET)
         .await
         .expect("Aarhus's genuine agreement keeps working");
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secretariat_cannot_swap_a_members_certificate() {
+    let (fx, serial_1) = fellowship().await;
+    let genuine = genuine_agreement(&fx).await;
+    // A certificate from the federation CA for "Vejle", which the attacker
+    // holds (a CA operator, or whoever stole a renewal).
+    let swapped_in = fx.renewed_certificate(VEJLE);
+    let swap = |signers: &[&ed25519_dalek::SigningKey]| {
+        fx.sign_roster(
+            &fx.next_roster(&serial_1, |body| {
+                body.update_member(
+                    VEJLE,
+                    MemberUpdate {
+                        tls_fingerprint: Some(swapped_in.fingerprint),
+                        ..MemberUpdate::default()
+                    },
+                )
+                .expect("swap the fingerprint");
+            }),
+            signers,
+        )
+    };
+    let ask = pb::CheckAccessRequest {
+        agreement_id: genuine.id().to_string(),
+        operation: pb::Operation::Read as i32,
+        dataset_id: DATASET.to_string(),
+        claimed_member_code: VEJLE,
+    };
+
+    // Signed by the secretariat alone: quarantined at Aarhus.
+    assert_status(
+        fx.import_roster(AARHUS, &swap(&[&fx.secretariat]).to_bytes(), false)
+            .await,
+        &[Code::FailedPrecondition],
+        &["quarantined", "member Vejle Kommune 630", "tls_fingerprint"],
+    );
+    assert_denied(
+        fx.check_as(&swapped_in, AARHUS, ask.clone()).await,
+        &["is not that of a current member"],
+    );
+    fx.check(VEJLE, AARHUS, &genuine, Operation::Read, DATASET)
+        .await
+        .expect("Vejle's listed certificate keeps working");
+
+    // Signed by Vejle too (a real renewal): applied, and the renewed
+    // certificate is Vejle from now on.
+    fx.import_roster(
+        AARHUS,
+        &swap(&[&fx.secretariat, fx.key(VEJLE)]).to_bytes(),
+        false,
+    )
+    .await
+    .expect("a renewal Vejle signed");
+    let grant = fx
+        .check_as(&swapped_in, AARHUS, ask)
+        .await
+        .expect("the renewed certificate");
+    assert_eq!(grant.caller_member_code, VEJLE);
     fx.shutdown().await;
 }
 
@@ -289,14 +374,17 @@ async fn a_members_governance_flood_does_not_stop_its_own_removal() {
         })
         .collect();
     assert!(flood.iter().map(|d| d.content.len()).sum::<usize>() > 1 << 20);
-    fx.peer(VEJLE, AARHUS)
-        .await
-        .sync_governance(pb::SyncGovernanceRequest {
-            agreements: flood,
-            ..Default::default()
-        })
-        .await
-        .expect("Aarhus takes the valid flood");
+    // A node looks at most MAX_OFFERED documents per offer: two offers.
+    let mut to_aarhus = fx.peer(VEJLE, AARHUS).await;
+    for page in flood.chunks(samvirke_node::governance::registry::MAX_OFFERED) {
+        to_aarhus
+            .sync_governance(pb::SyncGovernanceRequest {
+                agreements: page.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("Aarhus takes the valid flood");
+    }
     // Part 2: documents far over the size limit, at both partners, as
     // close to the message limit as fits.
     let huge = {

@@ -8,8 +8,9 @@
 //!
 //! Covered:
 //! - `Peer/SyncGovernance` refused (PERMISSION_DENIED) to an outsider (a
-//!   node of the same CA outside the roster) and to a former member, with
-//!   nothing of what they offered imported;
+//!   node of the same CA outside the roster); a former member is only told
+//!   it left (never an agreement, never a later serial); nothing either
+//!   offered is imported;
 //! - a member offering, through `SyncGovernance`, a roster serial and an
 //!   agreement of a fellowship it is not in (but the server follows):
 //!   nothing imported;
@@ -178,7 +179,7 @@ fn with_last_signature_broken(file: &[u8]) -> Vec<u8> {
 // ---- 1. SyncGovernance is for members only ------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outsiders_and_former_members_cannot_sync_governance() {
+async fn outsiders_cannot_sync_governance_and_former_members_only_learn_they_left() {
     let (fx, serial_1) = digit_with_a_former_member_and_an_outsider().await;
     // What the callers offer is good: a serial 2 signed as quorum:1
     // demands, and an agreement Greve is a party to, fully signed.
@@ -193,26 +194,51 @@ async fn outsiders_and_former_members_cannot_sync_governance() {
     let page = || offer(vec![serial_2.to_bytes()], vec![agreement.to_bytes()]);
     let before = fx.list(GREVE).await;
 
-    for caller in [NAESTVED, ROSKILDE] {
-        let refusal = format!(
-            "the client certificate {} is not that of a current member",
-            fingerprint(&fx, caller)
-        );
-        let mut client = fx.peer(caller, GREVE).await;
-        assert_denied(client.sync_governance(page()).await, &[&refusal]);
-        // An empty page (asking what there is to learn) is refused as well.
-        assert_denied(
-            client
-                .sync_governance(pb::SyncGovernanceRequest::default())
-                .await,
-            &[&refusal],
-        );
-        assert_eq!(
-            fx.list(GREVE).await,
-            before,
-            "node {caller} made Greve import something"
-        );
-    }
+    // The outsider is refused outright.
+    let refusal = format!(
+        "the client certificate {} is not that of a current member",
+        fingerprint(&fx, NAESTVED)
+    );
+    let mut client = fx.peer(NAESTVED, GREVE).await;
+    assert_denied(client.sync_governance(page()).await, &[&refusal]);
+    // An empty page (asking what there is to learn) is refused as well.
+    assert_denied(
+        client
+            .sync_governance(pb::SyncGovernanceRequest::default())
+            .await,
+        &[&refusal],
+    );
+    assert_eq!(
+        fx.list(GREVE).await,
+        before,
+        "the outsider made Greve import"
+    );
+
+    // The former member is told it left (the serial it holds says so
+    // already: nothing to send), learns no agreement, and what it offers
+    // is not looked at.
+    let mut former = fx.peer(ROSKILDE, GREVE).await;
+    let mut with_heads = page();
+    with_heads.summary = Some(pb::GovernanceSummary {
+        rosters: vec![pb::RosterHead {
+            fellowship: "digit".to_string(),
+            serial: 1,
+            digest: serial_1.digest().to_string(),
+        }],
+        agreements: Vec::new(),
+    });
+    let answer = former
+        .sync_governance(with_heads.clone())
+        .await
+        .expect("a former member is answered")
+        .into_inner();
+    assert!(answer.rosters.is_empty() && answer.agreements.is_empty());
+    assert!(!answer.more);
+    assert_eq!(
+        fx.list(GREVE).await,
+        before,
+        "the former member made Greve import"
+    );
 
     // The same page from a current member is answered and imported: the
     // documents were good, only the callers were not entitled.
@@ -229,6 +255,15 @@ async fn outsiders_and_former_members_cannot_sync_governance() {
             .iter()
             .any(|a| a.id == agreement.id().to_string())
     );
+
+    // Serial 2 came later; the former member still learns nothing of it
+    // (it already holds the serial that says it left) nor of agreements.
+    let answer = former
+        .sync_governance(with_heads)
+        .await
+        .expect("answered")
+        .into_inner();
+    assert!(answer.rosters.is_empty() && answer.agreements.is_empty());
 
     // Roskilde was a member until the start of its leaving date.
     fx.set_now(datetime!(2024-12-31 23:59:59 UTC));

@@ -36,7 +36,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::catalog::show_time;
 use super::keys::{self, CodecError};
-use super::query::{QueryError, RawMerge, ReadingQuery};
+use super::query::{QueryError, RawMerge, ReadingQuery, SCAN_PER_CHUNK};
 use super::readings::{ReadingStore, from_ms};
 use crate::governance::body::{FieldError, parse_span};
 
@@ -86,6 +86,12 @@ pub struct Grid {
     /// Readings, and distinct sensors over all sensors, every cell with
     /// data needs for its bucket to be released.
     pub min_group: u32,
+    /// Also hold each sensor's part of a cell to the minimum (no sensor
+    /// with fewer readings than it) when buckets over all sensors are
+    /// asked: where per-sensor buckets of the same data can be had too, an
+    /// all-sensors bucket minus the per-sensor ones would otherwise give a
+    /// thin sensor's readings.
+    pub per_sensor_parts: bool,
 }
 
 /// What to aggregate: the bucket size, the grouping, the grid (if any),
@@ -147,6 +153,7 @@ pub struct BucketStream {
     cell_ms: i64,
     min_group: u64,
     per_sensor: bool,
+    per_sensor_parts: bool,
     clamp: Option<Vec<Option<(f64, f64)>>>,
     /// Buckets still allowed by the limit; `None` = no limit.
     remaining: Option<u64>,
@@ -165,6 +172,10 @@ pub struct BucketStream {
     /// Per (measure, sensor): the bucket and cell sequence last seen.
     bucket_stamp: Vec<u32>,
     cell_stamp: Vec<u32>,
+    /// Per (measure, sensor): readings in the current cell, when each
+    /// sensor's part is held to the minimum; and which are in use.
+    sensor_parts: Vec<u64>,
+    parts_touched: Vec<usize>,
     /// Present (measure position, value) pairs of one reading, reused.
     present: Vec<(usize, f64)>,
     finished: bool,
@@ -189,8 +200,8 @@ impl ReadingStore {
                     ),
                 )
             })?;
-        let (cell_ms, min_group) = match &spec.grid {
-            None => (bucket_ms, 0),
+        let (cell_ms, min_group, per_sensor_parts) = match &spec.grid {
+            None => (bucket_ms, 0, false),
             Some(grid) => {
                 let cell_ms = span_ms(grid.cell)
                     .filter(|cell| bucket_ms % cell == 0)
@@ -203,7 +214,11 @@ impl ReadingStore {
                             ),
                         )
                     })?;
-                (cell_ms, u64::from(grid.min_group))
+                (
+                    cell_ms,
+                    u64::from(grid.min_group),
+                    grid.per_sensor_parts && spec.group == Group::AllSensors,
+                )
             }
         };
         let plan = self.plan(query)?;
@@ -217,6 +232,7 @@ impl ReadingStore {
             cell_ms,
             min_group,
             per_sensor,
+            per_sensor_parts,
             clamp: spec.clamp.clone(),
             remaining: (query.limit > 0).then_some(query.limit),
             bucket: None,
@@ -229,6 +245,12 @@ impl ReadingStore {
             cells_touched: Vec::new(),
             bucket_stamp: vec![u32::MAX; measures * sensors],
             cell_stamp: vec![u32::MAX; measures * sensors],
+            sensor_parts: if per_sensor_parts {
+                vec![0; measures * sensors]
+            } else {
+                Vec::new()
+            },
+            parts_touched: Vec::new(),
             present: Vec::with_capacity(measures),
             finished: false,
         })
@@ -243,13 +265,10 @@ impl ReadingStore {
     ) -> Result<Vec<Bucket>, QueryError> {
         let mut stream = self.aggregate_stream(query, &AggregateSpec::plain(bucket, group))?;
         let mut out = Vec::new();
-        loop {
-            let chunk = stream.next_chunk(4096)?;
-            if chunk.is_empty() {
-                return Ok(out);
-            }
-            out.extend(chunk);
+        while !stream.is_finished() {
+            out.extend(stream.next_chunk(4096)?);
         }
+        Ok(out)
     }
 }
 
@@ -260,6 +279,11 @@ fn span_ms(span: Duration) -> Option<i64> {
 }
 
 impl BucketStream {
+    /// Whether every bucket of the answer has been returned.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
     fn corrupt(&self, source: CodecError) -> QueryError {
         QueryError::Corrupt {
             dataset: self.merge.plan.dataset.to_string(),
@@ -267,11 +291,13 @@ impl BucketStream {
         }
     }
 
-    /// Up to `max` further buckets (at least one unless the answer is
-    /// exhausted; empty means done).
+    /// Up to `max` further buckets, reading at most about
+    /// [`SCAN_PER_CHUNK`] stored readings; empty with
+    /// [`BucketStream::is_finished`] false means "nothing yet, ask again".
     pub fn next_chunk(&mut self, max: usize) -> Result<Vec<Bucket>, QueryError> {
         let mut out = Vec::new();
-        while out.len() < max.max(1) && !self.finished {
+        let stop_at = self.merge.scanned + SCAN_PER_CHUNK;
+        while out.len() < max.max(1) && !self.finished && self.merge.scanned < stop_at {
             if self.remaining == Some(0) {
                 self.finished = true;
                 break;
@@ -358,6 +384,12 @@ impl BucketStream {
                     self.cell_stamp[stamp] = self.cell_seq;
                     cell.distinct += 1;
                 }
+                if self.per_sensor_parts {
+                    if self.sensor_parts[stamp] == 0 {
+                        self.parts_touched.push(stamp);
+                    }
+                    self.sensor_parts[stamp] += 1;
+                }
             }
         }
         self.present = present;
@@ -374,6 +406,14 @@ impl BucketStream {
             let too_few = cell.count < min || (!self.per_sensor && u64::from(cell.distinct) < min);
             if too_few {
                 self.accs[index].tainted = true;
+            }
+        }
+        let sensors = self.merge.plan.sensors.len().max(1);
+        for stamp in self.parts_touched.drain(..) {
+            let part = std::mem::take(&mut self.sensor_parts[stamp]);
+            if part < min {
+                // Over all sensors the group is 0; the measure is stamp / sensors.
+                self.accs[stamp / sensors].tainted = true;
             }
         }
     }
@@ -600,6 +640,7 @@ mod tests {
 
     /// The buckets a grid releases, computed the obvious way: every cell
     /// with data of a released bucket meets the minimum.
+    #[allow(clippy::too_many_arguments)]
     fn naive_grid(
         data: &[Reading],
         measures: &[String],
@@ -608,11 +649,12 @@ mod tests {
         cell: Duration,
         group: Group,
         min: u32,
+        parts: bool,
     ) -> Vec<Bucket> {
         let cell_ms = cell.whole_milliseconds() as i64;
         let size_ms = size.whole_milliseconds() as i64;
-        // (bucket, sensor, measure) -> cell -> (count, sensors)
-        type Cells = BTreeMap<i64, (u64, BTreeSet<String>)>;
+        // (bucket, sensor, measure) -> cell -> (count, readings per sensor)
+        type Cells = BTreeMap<i64, (u64, BTreeMap<String, u64>)>;
         let mut cells: BTreeMap<(i64, Option<String>, String), Cells> = BTreeMap::new();
         for r in data.iter().filter(|r| r.at >= q.from && r.at < q.until) {
             let ms = to_ms(r.at);
@@ -624,7 +666,7 @@ mod tests {
                     .entry(ms.div_euclid(cell_ms) * cell_ms)
                     .or_default();
                 e.0 += 1;
-                e.1.insert(r.sensor_id.clone());
+                *e.1.entry(r.sensor_id.clone()).or_default() += 1;
             }
         }
         let bad: BTreeSet<(i64, Option<String>, String)> = cells
@@ -633,6 +675,9 @@ mod tests {
                 cells.values().any(|(count, sensors)| {
                     *count < u64::from(min)
                         || (key.1.is_none() && (sensors.len() as u64) < u64::from(min))
+                        || (key.1.is_none()
+                            && parts
+                            && sensors.values().any(|n| *n < u64::from(min)))
                 })
             })
             .map(|(key, _)| key)
@@ -662,25 +707,26 @@ mod tests {
                 [rng.below(3) as usize];
             let size = cell * [1, 2, 6][rng.below(3) as usize];
             let min = [2, 3, 5, 8][rng.below(4) as usize];
-            for group in [Group::AllSensors, Group::PerSensor] {
-                let expected = naive_grid(&fx.data, &measures, &q, size, cell, group, min);
+            for (group, parts) in [
+                (Group::AllSensors, false),
+                (Group::AllSensors, true),
+                (Group::PerSensor, false),
+            ] {
+                let expected = naive_grid(&fx.data, &measures, &q, size, cell, group, min, parts);
                 let spec = AggregateSpec {
                     bucket: size,
                     group,
                     grid: Some(Grid {
                         cell,
                         min_group: min,
+                        per_sensor_parts: parts,
                     }),
                     clamp: None,
                 };
                 let mut stream = fx.readings.aggregate_stream(&q, &spec).expect("stream");
                 let mut got = Vec::new();
-                loop {
-                    let chunk = stream.next_chunk(7).expect("chunk");
-                    if chunk.is_empty() {
-                        break;
-                    }
-                    got.extend(chunk);
+                while !stream.is_finished() {
+                    got.extend(stream.next_chunk(7).expect("chunk"));
                 }
                 let all = naive(&fx.data, &measures, &q, size, group).len();
                 released += got.len();
@@ -708,6 +754,7 @@ mod tests {
             grid: Some(Grid {
                 cell: Duration::HOUR,
                 min_group: 1,
+                per_sensor_parts: false,
             }),
             clamp: None,
         };

@@ -507,17 +507,19 @@ impl Catalog {
 /// Empty when the change widens nothing.
 pub fn widening_changes(old: &Dataset, new: &Dataset) -> Vec<String> {
     let mut changes = Vec::new();
-    for field in &old.schema {
-        if field.personal
-            && new
-                .schema
-                .iter()
-                .any(|f| f.name == field.name && !f.personal)
-        {
-            changes.push(format!(
+    for field in old.schema.iter().filter(|f| f.personal) {
+        match new.schema.iter().find(|f| f.name == field.name) {
+            Some(kept) if !kept.personal => changes.push(format!(
                 "field `{}` would no longer be personal",
                 field.name
-            ));
+            )),
+            Some(_) => {}
+            // A personal field dropped from the schema would no longer be
+            // withheld (a reading's `location`, a record field).
+            None => changes.push(format!(
+                "personal field `{}` would be removed from the schema",
+                field.name
+            )),
         }
     }
     if new.classification < old.classification {
@@ -544,6 +546,16 @@ fn check_compatible(old: &Dataset, new: &Dataset) -> Result<(), CatalogError> {
         field: field.to_string(),
         reason,
     };
+    if old.owner != new.owner {
+        return Err(incompatible(
+            "owner",
+            format!(
+                "cannot change from {} to {}; a dataset belongs to the municipality that \
+                 published it",
+                old.owner, new.owner
+            ),
+        ));
+    }
     if old.kind != new.kind {
         return Err(incompatible(
             "kind",
@@ -897,6 +909,60 @@ mod tests {
         rekind.kind = DatasetKind::Pilot;
         let err = catalog.update(rekind).expect_err("kind");
         assert!(err.to_string().contains("kind: cannot change"), "{err}");
+    }
+
+    #[test]
+    fn widening_names_every_way_a_change_shows_partners_more() {
+        let mut old = sample("aarhus-air-quality");
+        old.classification = Classification::Personal;
+        old.schema[2].personal = true;
+        assert!(widening_changes(&old, &old).is_empty());
+
+        let mut unmarked = old.clone();
+        unmarked.schema[2].personal = false;
+        let mut dropped = old.clone();
+        dropped.schema.retain(|f| f.name != "street");
+        let mut lowered = old.clone();
+        lowered.classification = Classification::Open;
+        let mut keyword = old.clone();
+        keyword.keywords.push("traffic".to_string());
+        let mut recased = old.clone();
+        recased.keywords[0] = "AIR-QUALITY".to_string();
+        for (changed, expected) in [
+            (unmarked, "field `street` would no longer be personal"),
+            (
+                dropped,
+                "personal field `street` would be removed from the schema",
+            ),
+            (lowered, "classification would go from"),
+            (keyword, "keyword `traffic` would be added"),
+        ] {
+            let changes = widening_changes(&old, &changed);
+            assert_eq!(changes.len(), 1, "{changes:?}");
+            assert!(changes[0].contains(expected), "{changes:?}");
+        }
+        assert!(widening_changes(&old, &recased).is_empty());
+    }
+
+    #[test]
+    fn a_dataset_cannot_change_owner() {
+        let (_dir, catalog) = open();
+        catalog.publish(sample("aarhus-air-quality")).expect("pub");
+        let mut moved = sample("aarhus-air-quality");
+        moved.owner = 630;
+        let err = catalog.update(moved).expect_err("owner");
+        assert!(
+            err.to_string()
+                .contains("owner: cannot change from 751 to 630"),
+            "{err}"
+        );
+        assert_eq!(
+            catalog
+                .get("aarhus-air-quality")
+                .expect("get")
+                .map(|d| d.owner),
+            Some(751)
+        );
     }
 
     #[test]

@@ -45,6 +45,10 @@ const MAX_CHUNK: usize = 512;
 const MERGE_BUFFER: usize = 64 * 1024;
 /// The fewest entries a cursor reads per store call, whatever the budget.
 const LEAST_CHUNK: usize = 4;
+/// Stored readings one `next_chunk` call reads at most, however few pass
+/// the filters: the caller gets control back (to stop a cancelled or
+/// overdue answer) after about this much work.
+pub const SCAN_PER_CHUNK: u64 = 200_000;
 
 /// Time order of results; readings at the same time come in sensor id
 /// order (ascending) either way.
@@ -178,16 +182,17 @@ impl ReadingStore {
     ) -> Result<u64, QueryError> {
         let mut iter = self.query_iter(query)?;
         let mut sent = 0;
-        loop {
+        while !iter.is_finished() {
             let chunk = iter.next_chunk(chunk_size)?;
             if chunk.is_empty() {
-                return Ok(sent);
+                continue;
             }
             sent += chunk.len() as u64;
             if !sink(chunk) {
                 return Ok(sent);
             }
         }
+        Ok(sent)
     }
 
     /// Validates `query` and works out which sensor ranges to scan.
@@ -523,6 +528,8 @@ pub(super) struct RawMerge {
     heap: BinaryHeap<Head>,
     descending: bool,
     started: bool,
+    /// Stored readings read so far.
+    pub scanned: u64,
 }
 
 impl RawMerge {
@@ -540,6 +547,7 @@ impl RawMerge {
             heap: BinaryHeap::new(),
             descending: order == Order::Descending,
             started: false,
+            scanned: 0,
         }
     }
 
@@ -584,6 +592,7 @@ impl RawMerge {
         };
         let value = self.pending[head.cursor].take().unwrap_or_default();
         self.advance(head.cursor)?;
+        self.scanned += 1;
         Ok(Some(RawReading {
             ms: head.ms,
             sensor: head.cursor,
@@ -635,17 +644,24 @@ impl ReadingIter {
         Ok(None)
     }
 
-    /// Up to `max` further readings (at least one unless the answer is
-    /// exhausted; empty means done).
+    /// Up to `max` further readings, reading at most about
+    /// [`SCAN_PER_CHUNK`] stored ones; empty with [`ReadingIter::is_finished`]
+    /// false means "nothing yet, ask again".
     pub fn next_chunk(&mut self, max: usize) -> Result<Vec<Reading>, QueryError> {
         let mut chunk = Vec::with_capacity(max.clamp(1, 4096));
-        while chunk.len() < max.max(1) {
+        let stop_at = self.merge.scanned + SCAN_PER_CHUNK;
+        while chunk.len() < max.max(1) && self.merge.scanned < stop_at {
             match self.next() {
                 Some(item) => chunk.push(item?),
                 None => break,
             }
         }
         Ok(chunk)
+    }
+
+    /// Whether every reading of the answer has been returned.
+    pub fn is_finished(&self) -> bool {
+        self.finished
     }
 }
 

@@ -224,6 +224,66 @@ impl GovernanceView {
     }
 }
 
+/// What every aggregate-only agreement this node provides says about one
+/// dataset, taken together: a consumer may hold several agreements on the
+/// same data (or consumers may pool their answers), so each answer is held
+/// to the finest grid, the largest minimum group and the per-sensor parts
+/// of all of them, or the difference between answers under two agreements
+/// would isolate what either alone withholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GridPolicy {
+    /// The greatest common divisor of the agreements' cells.
+    pub cell: time::Duration,
+    pub min_group: u32,
+    /// Some agreement grants per-sensor aggregates of the dataset.
+    pub per_sensor: bool,
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a.abs() } else { gcd(b, a % b) }
+}
+
+impl GovernanceView {
+    /// The combined grid of the aggregate-only agreements this node
+    /// provides that cover `dataset` and are signed and not expired at
+    /// `now` (see [`GridPolicy`]).
+    pub fn grid_policy(&self, dataset: &DatasetRef, now: OffsetDateTime) -> Option<GridPolicy> {
+        let mut policy: Option<GridPolicy> = None;
+        for held in self.held_agreements() {
+            let terms = held.agreement.body();
+            let aggregate_only =
+                terms.allows(Operation::Aggregate) && !terms.allows(Operation::Read);
+            if terms.provider != self.own_code
+                || !aggregate_only
+                || now >= terms.valid_until
+                || !held.signatures.bad.is_empty()
+                || !held.signatures.missing.is_empty()
+                || !terms.scope.covers(dataset)
+            {
+                continue;
+            }
+            let cell_ms = terms.aggregate.cell.whole_milliseconds() as i64;
+            let min_group = terms.min_group_size.unwrap_or(1);
+            policy = Some(match policy {
+                None => GridPolicy {
+                    cell: terms.aggregate.cell,
+                    min_group,
+                    per_sensor: terms.aggregate.per_sensor,
+                },
+                Some(p) => GridPolicy {
+                    cell: time::Duration::milliseconds(gcd(
+                        p.cell.whole_milliseconds() as i64,
+                        cell_ms,
+                    )),
+                    min_group: p.min_group.max(min_group),
+                    per_sensor: p.per_sensor || terms.aggregate.per_sensor,
+                },
+            });
+        }
+        policy
+    }
+}
+
 /// The key an agreement is held under.
 pub fn key_of(agreement: &Agreement) -> AgreementKey {
     AgreementKey {

@@ -35,7 +35,7 @@ pub use agreement::{
     Agreement, AgreementBody, AgreementError, AgreementStatus, Consumers, DatasetRef, LegalBasis,
     Operation, Scope, SignatureStatus,
 };
-pub use authorize::{AccessRequest, Denial, GovernanceView, Grant, authorize};
+pub use authorize::{AccessRequest, Denial, GovernanceView, Grant, GridPolicy, authorize};
 pub use document::{DocumentDigest, DocumentError, DocumentType, SignedDocument};
 pub use roster::{
     DecisionRule, Member, Party, Roster, RosterBody, RosterError, accept_first, accept_next,

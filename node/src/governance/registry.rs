@@ -11,11 +11,15 @@
 //! across I/O on the authorisation path.
 //!
 //! The import rules beyond signatures and chains:
-//! - a roster that changes this node's own entry (keys, certificate,
-//!   endpoint, or removes it) is applied only if the key this node holds
-//!   signed it too; otherwise it is quarantined, the operator is alerted
-//!   (ERROR log, `Status` alerts) and the node keeps its current roster.
-//!   An operator may accept such a roster explicitly (a lost key), logged;
+//! - a roster that changes a member's own entry (its signing key,
+//!   certificate, endpoint or node, or removes it) is applied only if that
+//!   member signed it too, with the key the current roster lists for it
+//!   (for this node's own entry: the key this node actually holds), so a
+//!   secretariat key can admit and remove members but never speak for
+//!   one, at any node. Otherwise the roster is quarantined, the operator
+//!   alerted (ERROR log once, `Status` alerts) and the node keeps its
+//!   current roster and keeps serving. An operator may accept such a
+//!   roster explicitly (a member's lost key), logged;
 //! - an agreement this node provides counts as signed by this node only
 //!   with the key it holds, and must pass the data plane's check
 //!   ([`ProviderCheck`]: excluded fields must name real fields);
@@ -23,7 +27,11 @@
 //!   another member's agreement uses; a provider may hold at most
 //!   [`MAX_AGREEMENTS_PER_PROVIDER`] agreements per fellowship here;
 //! - partners may offer only documents of fellowships they belong to, and
-//!   only agreements this node is a party to;
+//!   only agreements this node is a party to; one offer is looked at up to
+//!   [`MAX_OFFERED`] documents, an agreement with more signatures than its
+//!   parties could make is refused before any is checked, and an offer of
+//!   what is already held costs no signature check; refusals are logged as
+//!   one line per offer;
 //! - an operator may re-pin a fellowship's roster (a forked chain), logged.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,9 +44,11 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::agreement::{Agreement, AgreementBody, AgreementError, Consumers, Operation};
+use super::agreement::{
+    Agreement, AgreementBody, AgreementError, Consumers, DatasetRef, Operation,
+};
 use super::authorize::{
-    AccessRequest, AgreementKey, Denial, GovernanceView, Grant, authorize, key_of,
+    AccessRequest, AgreementKey, Denial, GovernanceView, Grant, GridPolicy, authorize, key_of,
 };
 use super::document::{DocumentDigest, DocumentType, Signature, SignedDocument};
 use super::roster::{Roster, RosterChange, RosterError, accept_first, accept_next, diff};
@@ -51,6 +61,8 @@ use crate::telemetry::untrusted;
 /// enough for any real municipality, and a bound on what one member can
 /// make every other member store and exchange.
 pub const MAX_AGREEMENTS_PER_PROVIDER: usize = 500;
+/// Documents one offer (a sync page) may bring; more are not looked at.
+pub const MAX_OFFERED: usize = 256;
 
 /// Why a roster or agreement was not imported.
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +77,13 @@ pub enum ImportError {
     )]
     NotAnchored(String),
     #[error(
-        "roster serial {serial} of `{fellowship}` quarantined: it changes this node's own entry \
-         ({changes}) but is not signed with the key this node holds. The node keeps serial \
-         {current}. If this node agreed to the change, sign the roster with its key \
-         (samvirke roster sign FILE --key keys/signing.pem) and push it; if its key was lost, \
-         accept it explicitly (samvirke push FILE --accept-own-entry-change)"
+        "roster serial {serial} of `{fellowship}` quarantined: it changes a member's own entry \
+         ({changes}) without that member's signature (this node's entry needs the key this node \
+         holds). The node keeps serial {current}. If the member agreed, it signs the roster \
+         with its current key (samvirke roster sign FILE --key keys/signing.pem) and it is \
+         pushed again; if the member's key was lost, an operator accepts it explicitly \
+         (samvirke push FILE --accept-own-entry-change); otherwise the secretariat issues a \
+         serial {serial} without the change"
     )]
     Quarantined {
         fellowship: String,
@@ -126,6 +140,11 @@ pub enum ImportError {
     NotAParty { id: Uuid },
     #[error("agreement {id} rejected: {reason}")]
     Unacceptable { id: Uuid, reason: String },
+    #[error(
+        "agreement {id} rejected: it carries {count} signatures, more than its parties and the \
+         secretariat can make"
+    )]
+    TooManySignatures { id: Uuid, count: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -185,6 +204,8 @@ pub struct Partner {
     pub code: u32,
     pub name: String,
     pub endpoint: String,
+    /// The fingerprint the partner's server certificate must have.
+    pub fingerprint: Fingerprint,
     /// The fellowships the partner is a current member of, with this node.
     pub fellowships: BTreeSet<String>,
 }
@@ -200,6 +221,9 @@ pub struct Registry {
     quarantine: Mutex<BTreeMap<(String, u64), QuarantinedRoster>>,
     provider_check: RwLock<Option<Arc<dyn ProviderCheck>>>,
     changes: watch::Sender<u64>,
+    /// Forks already reported (partner, fellowship, digest), so a fork is
+    /// logged once, not every round.
+    forks_reported: Mutex<BTreeSet<(String, String, String)>>,
 }
 
 pub(crate) fn roster_key(fellowship: &str, serial: u64) -> Vec<u8> {
@@ -264,7 +288,7 @@ impl Registry {
             let roster = Roster::parse(&bytes)?;
             let changes = view
                 .roster(roster.fellowship())
-                .map(|current| own_entry_changes(own_code, current, &roster))
+                .map(|current| unconsented_changes(own_code, &own_key, current, &roster))
                 .unwrap_or_default();
             quarantine.insert(
                 (roster.fellowship().to_string(), roster.serial()),
@@ -283,6 +307,7 @@ impl Registry {
             view: RwLock::new(Arc::new(view)),
             imports: Mutex::new(()),
             quarantine: Mutex::new(quarantine),
+            forks_reported: Mutex::new(BTreeSet::new()),
             provider_check: RwLock::new(None),
             changes,
         })
@@ -375,17 +400,25 @@ impl Registry {
     ) -> Result<usize, StoreError> {
         let mut session = self.session();
         let mut changed = 0;
+        // One line per offer, not per document: a partner could offer
+        // thousands of refusable documents in one page.
+        let mut refused = 0usize;
+        let mut first_refusal = None;
         let mut count = |outcome: Result<Imported, ImportError>, what: &str| match outcome {
             Ok(Imported::Changed) => changed += 1,
             Ok(Imported::Unchanged) => {}
             // Quarantine raised its own alert.
             Err(ImportError::Quarantined { .. }) => {}
-            Err(error) => tracing::warn!(
-                partner = from,
-                error = %untrusted(&error.to_string()),
-                "offered {what} refused"
-            ),
+            Err(error) => {
+                refused += 1;
+                if first_refusal.is_none() {
+                    first_refusal = Some(format!("{what}: {error}"));
+                }
+            }
         };
+        let skipped = (rosters.len() + agreements.len()).saturating_sub(MAX_OFFERED);
+        let rosters = &rosters[..rosters.len().min(MAX_OFFERED)];
+        let agreements = &agreements[..agreements.len().min(MAX_OFFERED - rosters.len())];
         for bytes in rosters {
             let outcome = match Roster::parse(bytes) {
                 Ok(roster) if !fellowships.contains(roster.fellowship()) => continue,
@@ -405,12 +438,30 @@ impl Registry {
             count(outcome, "agreement");
         }
         session.commit()?;
+        if (refused > 0 || skipped > 0)
+            && let Some(suppressed) = crate::telemetry::refusals().admit(&format!("partner {from}"))
+        {
+            tracing::warn!(
+                partner = from,
+                refused,
+                skipped_over_limit = skipped,
+                first = %untrusted(first_refusal.as_deref().unwrap_or("")),
+                suppressed_since_last = suppressed,
+                "a partner offered governance documents this node refused"
+            );
+        }
         Ok(changed)
     }
 
     /// The one authorisation check for peer requests, at the clock's "now".
     pub fn authorize(&self, request: &AccessRequest) -> Result<Grant, Denial> {
         authorize(&self.snapshot(), request, self.now())
+    }
+
+    /// The combined grid of this node's aggregate-only agreements on
+    /// `dataset` (see [`GridPolicy`]).
+    pub fn grid_policy(&self, dataset: &DatasetRef) -> Option<GridPolicy> {
+        self.snapshot().grid_policy(dataset, self.now())
     }
 
     /// The fellowships in which the holder of `fingerprint` is a current
@@ -432,6 +483,76 @@ impl Registry {
         code.map(|code| (code, fellowships))
     }
 
+    /// The municipality code of a former member holding `fingerprint` and
+    /// the fellowships whose roster here lists it as no longer current.
+    /// Such a node is told of its departure and nothing else.
+    pub fn former_membership_of(
+        &self,
+        fingerprint: &Fingerprint,
+    ) -> Option<(u32, BTreeSet<String>)> {
+        let now = self.now();
+        let view = self.snapshot();
+        let mut code = None;
+        let fellowships: BTreeSet<String> = view
+            .rosters()
+            .filter_map(|roster| {
+                let member = roster
+                    .member_by_fingerprint(fingerprint)
+                    .filter(|member| !member.is_current(now))?;
+                code = Some(member.code);
+                Some(roster.fellowship().to_string())
+            })
+            .collect();
+        code.map(|code| (code, fellowships))
+    }
+
+    /// The stored serials of `fellowship` from `from` up to and including
+    /// the first that lists `code` as not current (or not at all): what a
+    /// former member needs to learn it left, and none of the serials after.
+    pub fn departure_chain(
+        &self,
+        fellowship: &str,
+        code: u32,
+        from: u64,
+        budget: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let now = self.now();
+        let departed_in = |bytes: &[u8]| {
+            Roster::parse(bytes)
+                .map(|roster| !roster.member(code).is_some_and(|m| m.is_current(now)))
+                .unwrap_or(true)
+        };
+        // A serial it holds already tells it: nothing to add.
+        if let Some(held) = self.store.get(
+            Keyspace::Rosters,
+            &roster_key(fellowship, from.saturating_sub(1)),
+        )? && departed_in(&held)
+        {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut taken = 0;
+        for entry in self.store.range(
+            Keyspace::Rosters,
+            (
+                Bound::Included(roster_key(fellowship, from)),
+                Bound::Included(roster_key(fellowship, u64::MAX)),
+            ),
+        ) {
+            let (_, bytes) = entry?;
+            if !out.is_empty() && taken + bytes.len() > budget {
+                break;
+            }
+            let departed = departed_in(&bytes);
+            taken += bytes.len();
+            out.push(bytes);
+            if departed {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Current members of the fellowships this node is a current member
     /// of, other than this node, one entry per endpoint.
     pub fn partners(&self) -> Vec<Partner> {
@@ -450,6 +571,7 @@ impl Registry {
                         code: member.code,
                         name: member.name.clone(),
                         endpoint: member.endpoint.clone(),
+                        fingerprint: member.tls_fingerprint,
                         fellowships: BTreeSet::new(),
                     })
                     .fellowships
@@ -493,6 +615,24 @@ impl Registry {
         self.quarantine_lock().values().cloned().collect()
     }
 
+    /// Whether this is the first time `partner` was seen holding the
+    /// forked serial with `digest` of `fellowship`.
+    pub fn first_report_of_fork(&self, partner: &str, fellowship: &str, digest: &str) -> bool {
+        let mut reported = self
+            .forks_reported
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A partner can make up digests: keep the memory bounded.
+        if reported.len() >= 1_024 {
+            reported.clear();
+        }
+        reported.insert((
+            partner.to_string(),
+            fellowship.to_string(),
+            crate::telemetry::untrusted(digest),
+        ))
+    }
+
     fn quarantine_lock(&self) -> MutexGuard<'_, BTreeMap<(String, u64), QuarantinedRoster>> {
         self.quarantine
             .lock()
@@ -508,8 +648,8 @@ impl Registry {
         let mut alerts = Vec::new();
         for q in self.quarantined() {
             alerts.push(format!(
-                "roster serial {} of `{}` ({}) is quarantined: it changes this node's own entry \
-                 ({}) without this node's signature",
+                "roster serial {} of `{}` ({}) is quarantined: it changes a member's entry ({}) \
+                 without that member's signature; the node keeps its current roster",
                 q.serial, q.fellowship, q.digest, q.changes
             ));
         }
@@ -597,12 +737,30 @@ impl Registry {
     }
 }
 
-/// The changes `candidate` makes to the entry of `own_code` in `current`
-/// that only that member may consent to.
-fn own_entry_changes(own_code: u32, current: &Roster, candidate: &Roster) -> Vec<RosterChange> {
+/// The changes `candidate` makes to members' entries in `current` that
+/// only those members may consent to, and that the member did not sign:
+/// its signature must be by the key `current` lists for it (this node's
+/// own entry: by the key this node holds, `own_key`).
+fn unconsented_changes(
+    own_code: u32,
+    own_key: &VerifyingKey,
+    current: &Roster,
+    candidate: &Roster,
+) -> Vec<RosterChange> {
     diff(current.body(), candidate.body())
         .into_iter()
-        .filter(|change| change.member_code() == Some(own_code) && change.speaks_for_member())
+        .filter(|change| change.speaks_for_member())
+        .filter(|change| {
+            let Some(code) = change.member_code() else {
+                return false;
+            };
+            let consenting_key = if code == own_code {
+                Some(*own_key)
+            } else {
+                current.member(code).map(|m| m.signing_key)
+            };
+            !consenting_key.is_some_and(|key| candidate.signed_by(&key))
+        })
         .collect()
 }
 
@@ -652,9 +810,9 @@ impl Import<'_> {
             Some(_) if mode.repin => accept_first(&roster, now)?,
             Some(current) => accept_next(current, &roster, now)?,
         }
-        if let Some(current) = &current {
-            let changes = own_entry_changes(own_code, current, &roster);
-            if !changes.is_empty() && !roster.signed_by(&own_key) {
+        if let Some(current) = current.as_ref().filter(|_| !mode.repin) {
+            let changes = unconsented_changes(own_code, &own_key, current, &roster);
+            if !changes.is_empty() {
                 if !mode.accept_own_entry_change {
                     return Err(self.quarantine(current, &roster, &changes));
                 }
@@ -662,8 +820,8 @@ impl Import<'_> {
                     fellowship = %fellowship,
                     serial = roster.serial(),
                     changes = %describe(&changes),
-                    "operator accepted a roster that changes this node's own entry without its \
-                     signature"
+                    "operator accepted a roster that changes a member's entry without that \
+                     member's signature"
                 );
             }
         }
@@ -737,7 +895,7 @@ impl Import<'_> {
                 serial = candidate.serial(),
                 digest = %candidate.digest(),
                 changes = %described,
-                "roster QUARANTINED: it changes this node's own entry without this node's \
+                "roster QUARANTINED: it changes a member's entry without that member's \
                  signature; the node keeps its current roster. Check with the secretariat"
             );
             held.insert(
@@ -771,6 +929,27 @@ impl Import<'_> {
         let own_code = self.view.own_code();
         let own_key = *self.view.own_key();
         let terms = agreement.body();
+        // Cheap refusals before any signature is checked: more signatures
+        // than there are parties (and the secretariat) to make, and an
+        // offer of what is already held.
+        let signatures = &agreement.document().signatures;
+        if signatures.len() > terms.required_signers().len() + 1 {
+            return Err(ImportError::TooManySignatures {
+                id,
+                count: signatures.len(),
+            });
+        }
+        if let Some(held) = self.view.agreement(terms.provider, id)
+            && held.digest() == agreement.digest()
+            && signatures.iter().all(|offered| {
+                held.document()
+                    .signatures
+                    .iter()
+                    .any(|kept| kept.signer == offered.signer)
+            })
+        {
+            return Ok((Imported::Unchanged, held.clone()));
+        }
         let fellowship = terms.fellowship.clone();
         let roster = self
             .view
@@ -809,7 +988,7 @@ impl Import<'_> {
                 // another key for it: kept, and reported below.
                 offered.push(signature.clone());
             } else {
-                tracing::info!(agreement = %id, %signer, "dropping a signature by a key the roster no longer lists");
+                tracing::debug!(agreement = %id, %signer, "dropping a signature by a key the roster no longer lists");
             }
         }
         if offered.is_empty() && !agreement.document().signatures.is_empty() {
@@ -1096,7 +1275,7 @@ mod tests {
     use crate::governance::agreement::tests::greve_air_quality;
     use crate::governance::document::tests::key;
     use crate::governance::roster::DecisionRule;
-    use crate::governance::roster::tests::{NOW, digit_roster, member_seed};
+    use crate::governance::roster::tests::{NOW, SECRETARIAT_SEED, digit_roster, member_seed};
     use crate::store::SledStore;
 
     const GREVE: u32 = 253;
@@ -1144,10 +1323,22 @@ mod tests {
         let flood: Vec<Vec<u8>> = (0..MAX_AGREEMENTS_PER_PROVIDER + 20)
             .map(|_| offer_of_greve())
             .collect();
-        let changed = registry
-            .import_offer(GREVE, &fellowships, &[], &flood)
-            .expect("import");
+        // One offer is looked at up to MAX_OFFERED documents.
+        let mut changed = 0;
+        for page in flood.chunks(MAX_OFFERED) {
+            changed += registry
+                .import_offer(GREVE, &fellowships, &[], page)
+                .expect("import");
+        }
         assert_eq!(changed, MAX_AGREEMENTS_PER_PROVIDER);
+        let oversized: Vec<Vec<u8>> = (0..MAX_OFFERED + 5).map(|_| offer_of_greve()).collect();
+        let (_dir2, fresh) = self::registry(VEJLE);
+        assert_eq!(
+            fresh
+                .import_offer(GREVE, &fellowships, &[], &oversized)
+                .expect("import"),
+            MAX_OFFERED
+        );
         let err = registry
             .import_agreement(&offer_of_greve())
             .expect_err("over the cap");
@@ -1179,5 +1370,45 @@ mod tests {
         registry
             .import_agreement(&agreement.to_bytes())
             .expect("operator import");
+    }
+
+    #[test]
+    fn a_former_member_is_served_the_serials_up_to_its_departure_only() {
+        let (_dir, registry) = registry(GREVE);
+        let serial_1 = digit_roster(DecisionRule::Secretariat);
+        let sign = |body: &crate::governance::roster::RosterBody| {
+            let mut roster = body.to_draft().expect("draft");
+            roster.sign(&key(SECRETARIAT_SEED)).expect("sign");
+            roster
+        };
+        let mut body = serial_1.next_draft(NOW);
+        body.mark_left(VEJLE, NOW.date()).expect("left");
+        let serial_2 = sign(&body);
+        let mut body = serial_2.next_draft(NOW);
+        body.name = "DIGIT, after Vejle".to_string();
+        let serial_3 = sign(&body);
+        for roster in [&serial_2, &serial_3] {
+            registry
+                .import_roster(&roster.to_bytes(), RosterImport::default())
+                .expect("import");
+        }
+        let vejle = crate::governance::roster::tests::fingerprint(VEJLE);
+        assert!(registry.membership_of(&vejle).is_none());
+        let (code, fellowships) = registry.former_membership_of(&vejle).expect("former");
+        assert_eq!((code, fellowships.len()), (VEJLE, 1));
+        let chain = registry
+            .departure_chain("digit", VEJLE, 2, usize::MAX)
+            .expect("chain");
+        assert_eq!(chain, vec![serial_2.to_bytes()]);
+        // Holding serial 2 already, it is sent nothing more.
+        assert!(
+            registry
+                .departure_chain("digit", VEJLE, 3, usize::MAX)
+                .expect("chain")
+                .is_empty()
+        );
+        // A current member is no former member.
+        let greve = crate::governance::roster::tests::fingerprint(GREVE);
+        assert!(registry.former_membership_of(&greve).is_none());
     }
 }

@@ -760,15 +760,20 @@ impl RosterChange {
         }
     }
 
-    /// Whether this change speaks for the member itself: its keys, its
-    /// certificate, its endpoint or its entry as a whole. Recording that a
-    /// member left (`left`) is the secretariat's to decide; everything else
-    /// about an existing member's entry needs that member's consent.
+    /// Whether this change speaks for the member itself: its signing key,
+    /// its certificate, its endpoint, its node, or its entry as a whole.
+    /// Recording that a member joined or left, or its name, is the
+    /// secretariat's to decide; these need the member's own consent.
     pub fn speaks_for_member(&self) -> bool {
         match self {
             RosterChange::Fellowship { .. } | RosterChange::Added(_) => false,
             RosterChange::Removed(_) => true,
-            RosterChange::Member { field, .. } => *field != "left",
+            RosterChange::Member { field, .. } => {
+                matches!(
+                    *field,
+                    "signing_key" | "tls_fingerprint" | "endpoint" | "node_id"
+                )
+            }
         }
     }
 }

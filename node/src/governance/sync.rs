@@ -38,7 +38,7 @@ use super::agreement::Agreement;
 use super::authorize::{AgreementKey, GovernanceView, key_of};
 use super::registry::{Partner, Registry, is_party};
 use crate::identity::signing_key_text;
-use crate::peer::client::PeerPool;
+use crate::partners::PartnerPool as PeerPool;
 use crate::store::StoreError;
 
 /// Documents per message, in bytes (the transport refuses 4 MiB).
@@ -246,14 +246,20 @@ fn rosters_lacking(
 ) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut out = Vec::new();
     let mut taken = 0;
+    // One head per shared fellowship is all a summary can mean; the rest
+    // of a padded summary is ignored.
+    let mut seen = BTreeSet::new();
     for head in theirs {
-        if !fellowships.contains(&head.fellowship) {
+        if !fellowships.contains(&head.fellowship) || !seen.insert(head.fellowship.as_str()) {
             continue;
         }
         let Some(ours) = view.roster(&head.fellowship) else {
             continue;
         };
-        if head.serial == ours.serial() && head.digest != ours.digest().to_string() {
+        if head.serial == ours.serial()
+            && head.digest != ours.digest().to_string()
+            && registry.first_report_of_fork(partner, &head.fellowship, &head.digest)
+        {
             tracing::error!(
                 fellowship = %head.fellowship,
                 serial = head.serial,
@@ -315,7 +321,9 @@ async fn sync_with(
     pool: &PeerPool,
     partner: &Partner,
 ) -> Result<usize, String> {
-    let mut client = pool.client(&partner.endpoint).map_err(|e| e.to_string())?;
+    let mut client = pool
+        .client(&partner.endpoint, partner.fingerprint)
+        .map_err(|e| e.to_string())?;
     let mut after = String::new();
     let mut pulled_all = false;
     // Documents the partner lacks, found from its answers, sent in order.
@@ -424,6 +432,45 @@ async fn sync_with(
         }
     }
     Ok(learnt)
+}
+
+/// The server side of one page for a former member (municipality
+/// `caller`, listed as gone in `fellowships`): the roster serials that tell
+/// it it left, and nothing else. What it offers is not looked at, and it
+/// learns no agreement and no serial after its departure.
+pub fn answer_former_member(
+    registry: &Registry,
+    caller: u32,
+    fellowships: &BTreeSet<String>,
+    request: &SyncGovernanceRequest,
+) -> Result<SyncGovernanceResponse, StoreError> {
+    let theirs = request.summary.clone().unwrap_or_default();
+    let mut rosters = Vec::new();
+    let mut budget = PAGE_BYTES;
+    let mut seen = BTreeSet::new();
+    for head in &theirs.rosters {
+        if !fellowships.contains(&head.fellowship) || !seen.insert(head.fellowship.as_str()) {
+            continue;
+        }
+        let chain = registry.departure_chain(
+            &head.fellowship,
+            caller,
+            head.serial.saturating_add(1),
+            budget.max(1),
+        )?;
+        budget = budget.saturating_sub(chain.iter().map(Vec::len).sum());
+        rosters.extend(chain);
+        if budget == 0 {
+            break;
+        }
+    }
+    Ok(SyncGovernanceResponse {
+        rosters: documents(rosters),
+        agreements: Vec::new(),
+        summary: Some(pb::GovernanceSummary::default()),
+        next: String::new(),
+        more: false,
+    })
 }
 
 /// The server side of one page: import what the caller (municipality

@@ -100,7 +100,7 @@ impl PeerService {
             datasets: datasets
                 .iter()
                 .filter(|d| grant.scope.covers(&d.as_ref()))
-                .map(|d| Disclosure::new(&grant, d, pseudonyms.clone()).dataset(d))
+                .map(|d| Disclosure::new(&grant, d, pseudonyms.clone(), None).dataset(d))
                 .collect(),
         }))
     }
@@ -140,7 +140,9 @@ impl PeerService {
                 other => other?,
             },
         };
-        let mut disclosure = Disclosure::new(&grant, &dataset, self.plane.pseudonyms.clone());
+        let policy = self.registry.grid_policy(&dataset.as_ref());
+        let mut disclosure =
+            Disclosure::new(&grant, &dataset, self.plane.pseudonyms.clone(), policy);
         let now = self.clock.now();
         let (plan, disclosure) = {
             let plane = Arc::clone(&self.plane);
@@ -185,6 +187,7 @@ impl PeerService {
             &grant,
             &dataset,
             self.plane.pseudonyms.clone(),
+            None,
         ))
     }
 

@@ -133,10 +133,21 @@ impl Peer for PeerService {
         request: Request<SyncGovernanceRequest>,
     ) -> Result<Response<SyncGovernanceResponse>, Status> {
         let (caller, _permit) = self.admit(&request)?;
-        let Some((code, fellowships)) = self.registry.membership_of(&caller) else {
-            return Err(PeerAuthError::NotAMember(caller).into());
-        };
         let registry = Arc::clone(&self.registry);
+        let Some((code, fellowships)) = self.registry.membership_of(&caller) else {
+            // A former member is told it left (so its operator sees it),
+            // nothing more.
+            let Some((code, fellowships)) = self.registry.former_membership_of(&caller) else {
+                return Err(PeerAuthError::NotAMember(caller).into());
+            };
+            let ask = request.into_inner();
+            let answer = tokio::task::spawn_blocking(move || {
+                sync::answer_former_member(&registry, code, &fellowships, &ask)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("governance task failed: {e}")))??;
+            return Ok(Response::new(answer));
+        };
         let ask = request.into_inner();
         // Imports verify signatures and fsync: keep them off the async workers.
         let answer =

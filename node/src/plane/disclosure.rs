@@ -63,7 +63,7 @@ use crate::data::readings::Reading;
 use crate::data::records::{strip_pilot_fields, strip_procurement_fields};
 use crate::governance::agreement::{AggregateTerms, LOCATION_FIELD, SENSOR_ID_FIELD, field_root};
 use crate::governance::body::show_span;
-use crate::governance::{Grant, Operation};
+use crate::governance::{Grant, GridPolicy, Operation};
 use crate::store::StoreError;
 use crate::wire::{self, ReadingQuestion};
 
@@ -82,6 +82,9 @@ pub struct Disclosure {
     pub aggregate_only: Option<(u32, AggregateTerms)>,
     /// The dataset is classified personal.
     pub personal: bool,
+    /// The combined grid of every aggregate-only agreement on the dataset,
+    /// which each answer is held to as well (see [`GridPolicy`]).
+    pub policy: Option<GridPolicy>,
     pseudonyms: PseudonymKey,
     /// Noise per measure, set by [`Disclosure::plan`] when the answer is noisy.
     noise: BTreeMap<String, MeasureNoise>,
@@ -195,15 +198,26 @@ fn floor_to(at: OffsetDateTime, step: Duration) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(ns - ns.rem_euclid(step_ns)).unwrap_or(at)
 }
 
-/// `at` rounded up to a multiple of `step`.
+/// `at` rounded up to a multiple of `step` (or `at` itself at the end of
+/// time).
 fn ceil_to(at: OffsetDateTime, step: Duration) -> OffsetDateTime {
     let floor = floor_to(at, step);
-    if floor == at { at } else { floor + step }
+    if floor == at {
+        at
+    } else {
+        floor.checked_add(step).unwrap_or(floor)
+    }
 }
 
 impl Disclosure {
-    /// The disclosure `grant` allows for `dataset`.
-    pub fn new(grant: &Grant, dataset: &Dataset, pseudonyms: PseudonymKey) -> Disclosure {
+    /// The disclosure `grant` allows for `dataset`, held also to `policy`
+    /// (the combined grid of all aggregate-only agreements on it).
+    pub fn new(
+        grant: &Grant,
+        dataset: &Dataset,
+        pseudonyms: PseudonymKey,
+        policy: Option<GridPolicy>,
+    ) -> Disclosure {
         let mut withheld: Vec<String> = Vec::new();
         for field in dataset
             .personal_fields()
@@ -228,6 +242,7 @@ impl Disclosure {
                 )
             }),
             personal: dataset.classification == Classification::Personal,
+            policy,
             pseudonyms,
             noise: BTreeMap::new(),
         }
@@ -387,6 +402,19 @@ impl Disclosure {
         query.from = floor_to(query.from, bucket);
         let settled = floor_to(now - terms.settle, bucket);
         query.until = ceil_to(query.until, bucket).min(settled).max(query.from);
+        // Checked at the finest cell and the largest minimum of every
+        // aggregate-only agreement on this dataset, so answers under two
+        // agreements cannot be subtracted to isolate a thin cell; and with
+        // per-sensor buckets available, no sensor's part of a cell may be
+        // thin either.
+        let (grid_cell, grid_min, per_sensor_parts) = match self.policy {
+            Some(policy) => (
+                gcd_span(terms.cell, policy.cell),
+                min_group.max(policy.min_group),
+                !self.personal && (policy.per_sensor || terms.per_sensor),
+            ),
+            None => (terms.cell, min_group, !self.personal && terms.per_sensor),
+        };
 
         let mut clamp = None;
         let mut epsilon_spent = 0.0;
@@ -410,13 +438,12 @@ impl Disclosure {
                     .insert(measure.clone(), MeasureNoise::new(noise.epsilon, *bounds));
             }
             let asked = noise.epsilon * query.measures.len() as f64;
-            match plane.budgets.charge(
-                dataset.owner,
-                agreement,
-                self.consumer,
-                asked,
-                noise.budget,
-            )? {
+            // The budget is the consumer's, per dataset: a second agreement
+            // on the same data is not a fresh budget.
+            match plane
+                .budgets
+                .charge(&dataset.id, self.consumer, asked, noise.budget)?
+            {
                 Ok(left) => {
                     epsilon_spent = asked;
                     budget_left = left;
@@ -438,10 +465,10 @@ impl Disclosure {
             from = %crate::governance::body::show_instant(query.from),
             until = %crate::governance::body::show_instant(query.until),
             bucket = %show_span(bucket),
-            cell = %show_span(terms.cell),
+            cell = %show_span(grid_cell),
             grouping = ?group,
             measures = %query.measures.join(","),
-            min_group,
+            min_group = grid_min,
             epsilon = epsilon_spent,
             "aggregate-only answer"
         );
@@ -450,7 +477,7 @@ impl Disclosure {
                 cell: show_span(terms.cell),
                 from: Some(wire::timestamp(query.from)),
                 until: Some(wire::timestamp(query.until)),
-                min_group_size: min_group,
+                min_group_size: grid_min,
                 epsilon_spent,
                 budget_left,
             }),
@@ -458,8 +485,9 @@ impl Disclosure {
                 bucket,
                 group,
                 grid: Some(Grid {
-                    cell: terms.cell,
-                    min_group,
+                    cell: grid_cell,
+                    min_group: grid_min,
+                    per_sensor_parts,
                 }),
                 clamp,
             }),
@@ -479,6 +507,7 @@ impl Disclosure {
             crate::data::IngestError::Store(e) => DisclosureError::Store(e),
             other => DisclosureError::Store(StoreError::Backend(other.to_string())),
         })?;
+        let asked: std::collections::HashSet<&String> = asked.iter().collect();
         let mut real = Vec::new();
         for sensor in sensors {
             if asked.contains(&self.pseudonyms.of(self.agreement, &sensor.sensor_id)) {
@@ -542,6 +571,16 @@ impl Disclosure {
     }
 }
 
+/// The greatest common divisor of two spans, to the millisecond.
+fn gcd_span(a: Duration, b: Duration) -> Duration {
+    fn gcd(a: i128, b: i128) -> i128 {
+        if b == 0 { a.abs() } else { gcd(b, a % b) }
+    }
+    Duration::milliseconds(
+        i64::try_from(gcd(a.whole_milliseconds(), b.whole_milliseconds())).unwrap_or(1),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,5 +597,15 @@ mod tests {
         let whole = datetime!(2026-03-01 10:00 UTC);
         assert_eq!(ceil_to(whole, Duration::HOUR), whole);
         assert_eq!(floor_to(at, Duration::DAY), datetime!(2026-03-01 00:00 UTC));
+        // The end of time does not overflow.
+        let last = datetime!(9999-12-31 23:59:59 UTC);
+        assert_eq!(
+            ceil_to(last, Duration::DAY),
+            datetime!(9999-12-31 00:00 UTC)
+        );
+        assert_eq!(
+            gcd_span(Duration::HOUR, Duration::minutes(90)),
+            Duration::minutes(30)
+        );
     }
 }

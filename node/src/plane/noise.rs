@@ -19,9 +19,10 @@
 //!   sampling, immune to the floating-point attacks on naive Laplace
 //!   samplers), with OpenSSL's random generator.
 //! - Every answer is charged before it is computed, against a budget per
-//!   (agreement, consumer) kept in the store: asking the same thing again
-//!   and averaging costs budget too, and when it is spent the consumer is
-//!   refused (RESOURCE_EXHAUSTED) until a new agreement is signed.
+//!   (dataset, consumer) kept in the store: asking the same thing again
+//!   and averaging costs budget too, a second agreement on the same data
+//!   is not a fresh budget, and when it is spent the consumer is refused
+//!   (RESOURCE_EXHAUSTED).
 //!
 //! What it does not protect: a household that contributes many readings
 //! to one bucket is protected per reading, not as a whole (a user-level
@@ -35,7 +36,6 @@ use opendp::domains::AtomDomain;
 use opendp::measurements::make_laplace;
 use opendp::measures::MaxDivergence;
 use opendp::metrics::AbsoluteDistance;
-use uuid::Uuid;
 
 use crate::data::aggregate::Bucket;
 use crate::store::{Keyspace, Store, StoreError, WriteBatch};
@@ -107,7 +107,8 @@ impl MeasureNoise {
     }
 }
 
-/// Privacy budget spent per (provider, agreement, consumer), in the store.
+/// Privacy budget spent per (dataset, consumer), in the store: a consumer
+/// holding several agreements on one dataset spends from one budget.
 #[derive(Debug)]
 pub struct Budgets {
     store: Arc<dyn Store>,
@@ -122,11 +123,11 @@ pub struct Overdrawn {
     pub asked: f64,
 }
 
-fn budget_key(provider: u32, agreement: Uuid, consumer: u32) -> Vec<u8> {
-    let mut key = Vec::with_capacity(24);
-    key.extend_from_slice(&provider.to_be_bytes());
-    key.extend_from_slice(agreement.as_bytes());
+fn budget_key(dataset: &str, consumer: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(dataset.len() + 5);
     key.extend_from_slice(&consumer.to_be_bytes());
+    key.push(0);
+    key.extend_from_slice(dataset.as_bytes());
     key
 }
 
@@ -138,25 +139,21 @@ impl Budgets {
         }
     }
 
-    /// What `consumer` has spent under `agreement` of `provider`.
-    pub fn spent(&self, provider: u32, agreement: Uuid, consumer: u32) -> Result<f64, StoreError> {
+    /// What `consumer` has spent on `dataset`.
+    pub fn spent(&self, dataset: &str, consumer: u32) -> Result<f64, StoreError> {
         Ok(self
             .store
-            .get(
-                Keyspace::Budgets,
-                &budget_key(provider, agreement, consumer),
-            )?
+            .get(Keyspace::Budgets, &budget_key(dataset, consumer))?
             .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
             .map(|bytes| f64::from_bits(u64::from_be_bytes(bytes)))
             .unwrap_or(0.0))
     }
 
-    /// Charges `epsilon` to `consumer` under `agreement`, durably, if the
+    /// Charges `epsilon` to `consumer` on `dataset`, durably, if the
     /// `budget` allows; returns what is left after the charge.
     pub fn charge(
         &self,
-        provider: u32,
-        agreement: Uuid,
+        dataset: &str,
         consumer: u32,
         epsilon: f64,
         budget: f64,
@@ -165,7 +162,7 @@ impl Budgets {
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let spent = self.spent(provider, agreement, consumer)?;
+        let spent = self.spent(dataset, consumer)?;
         let left = budget - spent;
         // A little slack for the sums of floating-point charges.
         if epsilon > left + 1e-9 {
@@ -176,7 +173,7 @@ impl Budgets {
         }
         let mut batch = WriteBatch::default();
         batch.put(
-            budget_key(provider, agreement, consumer),
+            budget_key(dataset, consumer),
             (spent + epsilon).to_bits().to_be_bytes().to_vec(),
         );
         self.store.write(Keyspace::Budgets, batch)?;
@@ -230,20 +227,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
         let budgets = Budgets::new(Arc::clone(&store));
-        let id = Uuid::from_u128(9);
-        assert_eq!(budgets.charge(751, id, 630, 1.0, 2.5).expect("io"), Ok(1.5));
-        assert_eq!(budgets.charge(751, id, 630, 1.0, 2.5).expect("io"), Ok(0.5));
+        let id = "aarhus-household-power";
+        assert_eq!(budgets.charge(id, 630, 1.0, 2.5).expect("io"), Ok(1.5));
+        assert_eq!(budgets.charge(id, 630, 1.0, 2.5).expect("io"), Ok(0.5));
         assert_eq!(
-            budgets.charge(751, id, 630, 1.0, 2.5).expect("io"),
+            budgets.charge(id, 630, 1.0, 2.5).expect("io"),
             Err(Overdrawn {
                 left: 0.5,
                 asked: 1.0
             })
         );
         // Another consumer has its own budget.
-        assert_eq!(budgets.charge(751, id, 165, 1.0, 2.5).expect("io"), Ok(1.5));
+        assert_eq!(budgets.charge(id, 165, 1.0, 2.5).expect("io"), Ok(1.5));
         drop(budgets);
         let again = Budgets::new(store);
-        assert_eq!(again.spent(751, id, 630).expect("io"), 2.0);
+        assert_eq!(again.spent(id, 630).expect("io"), 2.0);
     }
 }

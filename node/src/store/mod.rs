@@ -76,9 +76,19 @@ pub enum Keyspace {
     /// entry without its signature: `fellowship \0 serial (u64 BE)` -> the
     /// signed file, kept for the operator to inspect and resolve.
     Quarantine,
-    /// Privacy budget spent under noisy agreements: `provider (u32 BE) |
-    /// agreement uuid | consumer (u32 BE)` -> epsilon spent (f64 BE bits).
+    /// Privacy budget spent under noisy agreements: `consumer (u32 BE) \0
+    /// dataset id` -> epsilon spent (f64 BE bits).
     Budgets,
+    /// The audit chain: `seq (u64 BE)` -> entry line (JSON). See `audit`.
+    Audit,
+    /// Signed audit checkpoints: `seq (u64 BE)` -> checkpoint line.
+    Checkpoints,
+    /// Receipts partners signed for this node's questions: `receipt id
+    /// (uuid)` -> the receipt (protobuf). See `federate`.
+    Receipts,
+    /// Signed-request nonces seen: `nonce (16 bytes)` -> expiry (unix ms,
+    /// i64 BE). See `peer::signed`.
+    Nonces,
     /// The dataset catalog: `d` + dataset id (UTF-8) -> the dataset as JSON
     /// with its internal number; `n` + number (u32 BE) -> dataset id; and
     /// `next` -> the next free number (u32 BE). See `data::catalog`.
@@ -103,12 +113,16 @@ pub enum Keyspace {
 impl Keyspace {
     /// The name the backend stores this keyspace under.
     /// Every keyspace, so a backend can open them all up front.
-    pub const ALL: [Keyspace; 9] = [
+    pub const ALL: [Keyspace; 13] = [
         Keyspace::Meta,
         Keyspace::Rosters,
         Keyspace::Agreements,
         Keyspace::Quarantine,
         Keyspace::Budgets,
+        Keyspace::Audit,
+        Keyspace::Checkpoints,
+        Keyspace::Receipts,
+        Keyspace::Nonces,
         Keyspace::Datasets,
         Keyspace::Sensors,
         Keyspace::Readings,
@@ -122,6 +136,10 @@ impl Keyspace {
             Keyspace::Agreements => "agreements",
             Keyspace::Quarantine => "quarantine",
             Keyspace::Budgets => "budgets",
+            Keyspace::Audit => "audit",
+            Keyspace::Checkpoints => "checkpoints",
+            Keyspace::Receipts => "receipts",
+            Keyspace::Nonces => "nonces",
             Keyspace::Datasets => "datasets",
             Keyspace::Sensors => "sensors",
             Keyspace::Readings => "readings",

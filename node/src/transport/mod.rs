@@ -4,12 +4,15 @@
 //! tonic serves HTTP/2 on connections this module hands it
 //! ([`serve_incoming`]). Before that:
 //!
-//! - at most `max_connections` connections are open per listener; a
-//!   connection over the limit is closed at once;
+//! - at most `max_connections` established connections are open per
+//!   listener, and a quarter as many (at least 16) in the handshake,
+//!   counted apart so slow handshakes cannot take established partners'
+//!   slots; a connection over a limit is closed at once;
 //! - a handshake (TLS on the peer listener) must finish within
 //!   `handshake_timeout`, and one address may have at most
 //!   `max_handshakes_per_address` in progress, so half-open or slow
 //!   clients cannot hold slots for long or crowd others out;
+//! - a connection that makes no call within 10 s of opening is closed;
 //! - after the handshake, one caller (a client certificate on the peer
 //!   listener, an address on the local one) may hold at most
 //!   `max_connections_per_caller` connections;
@@ -129,10 +132,15 @@ fn finish(
     Ok(Security::Tls(TlsAcceptor::from(Arc::new(config))))
 }
 
+/// How long a new connection may go without making a call: a connection
+/// that only holds a slot is closed well before the idle timeout.
+const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Calls in progress on one connection, and since when there were none.
 #[derive(Debug)]
 pub struct Activity {
     in_flight: AtomicUsize,
+    called: std::sync::atomic::AtomicBool,
     idle_since: Mutex<Instant>,
 }
 
@@ -140,6 +148,7 @@ impl Activity {
     fn new() -> Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
+            called: std::sync::atomic::AtomicBool::new(false),
             idle_since: Mutex::new(Instant::now()),
         }
     }
@@ -147,7 +156,13 @@ impl Activity {
     /// A call starts; it ends when the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> CallGuard {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.called.store(true, Ordering::SeqCst);
         CallGuard(Arc::clone(self))
+    }
+
+    /// Whether a call was ever made on the connection.
+    fn ever_called(&self) -> bool {
+        self.called.load(Ordering::SeqCst)
     }
 
     /// How long the connection has been without a call, if it is.
@@ -226,10 +241,15 @@ impl Connection {
     /// look again otherwise.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
+            let timeout = if self.info.activity.ever_called() {
+                self.idle_timeout
+            } else {
+                self.idle_timeout.min(FIRST_CALL_TIMEOUT)
+            };
             let wait = match self.info.activity.idle_for() {
-                Some(idle) if idle >= self.idle_timeout => return true,
-                Some(idle) => self.idle_timeout - idle,
-                None => self.idle_timeout,
+                Some(idle) if idle >= timeout => return true,
+                Some(idle) => timeout - idle,
+                None => timeout,
             };
             let deadline = tokio::time::Instant::now() + wait;
             self.idle_check.as_mut().reset(deadline);
@@ -377,6 +397,10 @@ pub fn serve_incoming(
     stop: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Connection>> {
     let (ready, incoming) = mpsc::channel(64);
+    // Connections in the handshake and established ones are counted apart,
+    // so slow handshakes from many addresses cannot take the slots of
+    // established partners.
+    let handshaking = Arc::new(Semaphore::new((limits.max_connections / 4).max(16)));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Arc::new(KeyedCounts::default());
     let callers = Arc::new(KeyedCounts::default());
@@ -396,8 +420,12 @@ pub fn serve_incoming(
                     continue;
                 }
             };
-            let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
-                refused(name, remote.ip(), "too many connections on this listener");
+            let Ok(handshake_permit) = Arc::clone(&handshaking).try_acquire_owned() else {
+                refused(
+                    name,
+                    remote.ip(),
+                    "too many handshakes in progress on this listener",
+                );
                 continue;
             };
             let Some(handshake_slot) =
@@ -413,6 +441,7 @@ pub fn serve_incoming(
             let _ = tcp.set_nodelay(true);
             let security = security.clone();
             let callers = Arc::clone(&callers);
+            let connections = Arc::clone(&connections);
             let ready = ready.clone();
             tokio::spawn(async move {
                 let handshake = async {
@@ -443,6 +472,11 @@ pub fn serve_incoming(
                         }
                     };
                 drop(handshake_slot);
+                drop(handshake_permit);
+                let Ok(slot) = connections.try_acquire_owned() else {
+                    refused(name, remote.ip(), "too many connections on this listener");
+                    return;
+                };
                 let caller = match &fingerprint {
                     Some(fingerprint) => fingerprint.to_string(),
                     None => remote.ip().to_string(),
