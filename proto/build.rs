@@ -10,6 +10,8 @@ const PROTOS: &[&str] = &[
     "samvirke/v1/common.proto",
     "samvirke/v1/governance.proto",
     "samvirke/v1/data.proto",
+    "samvirke/v1/federate.proto",
+    "samvirke/v1/audit.proto",
     "samvirke/v1/peer.proto",
     "samvirke/v1/local.proto",
 ];

@@ -6,8 +6,11 @@
 
 mod agreement;
 mod api;
+mod ask;
+mod audit;
 mod dataset;
 mod demo;
+mod fellowship;
 mod files;
 mod gen_readings;
 mod identity;
@@ -19,6 +22,7 @@ mod output;
 mod pki;
 mod push;
 mod query;
+mod receipts;
 mod records;
 mod roster;
 mod token;
@@ -76,6 +80,21 @@ enum Command {
     Records(records::RecordsCommand),
     /// Write deterministic synthetic readings as CSV (offline).
     GenReadings(gen_readings::GenArgs),
+    /// Ask the fellowship one question through your own node: readings,
+    /// aggregates, catalog, pilots or procurements of every partner whose
+    /// agreement covers it.
+    #[command(subcommand)]
+    Ask(ask::AskCommand),
+    /// The partners this node can ask, and the agreements each way.
+    Partners(fellowship::PartnersArgs),
+    /// What the agreements in force let this node see of its partners.
+    Catalog(fellowship::CatalogArgs),
+    /// Receipts partners signed for this node's answers; verify them offline.
+    #[command(subcommand)]
+    Receipts(receipts::ReceiptsCommand),
+    /// The node's tamper-evident audit log: tail, export, verify offline.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +114,11 @@ fn main() -> ExitCode {
         Command::Query(command) => query::run(command),
         Command::Records(command) => records::run(command),
         Command::GenReadings(args) => gen_readings::run(args),
+        Command::Ask(command) => ask::run(command),
+        Command::Partners(args) => fellowship::partners(args),
+        Command::Catalog(args) => fellowship::catalog(args),
+        Command::Receipts(command) => receipts::run(command),
+        Command::Audit(command) => audit::run(command),
     };
     match result {
         Ok(code) => code,

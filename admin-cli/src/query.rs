@@ -101,7 +101,7 @@ pub fn run(command: QueryCommand) -> anyhow::Result<ExitCode> {
 
 // ---- Argument parsing ---------------------------------------------------------------
 
-fn parse_instant(text: &str) -> Result<OffsetDateTime, String> {
+pub fn parse_instant(text: &str) -> Result<OffsetDateTime, String> {
     files::instant(text).map_err(|e| format!("{e:#}"))
 }
 
@@ -181,7 +181,7 @@ pub fn parse_near(text: &str) -> Result<Radius, String> {
     })
 }
 
-fn parse_bucket(text: &str) -> Result<String, String> {
+pub fn parse_bucket(text: &str) -> Result<String, String> {
     samvirke_node::data::parse_bucket(text)
         .map(|_| text.to_string())
         .map_err(|e| e.reason)

@@ -82,11 +82,12 @@ impl From<ProcedureArg> for Procedure {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct PilotListArgs {
+/// Filters of pilot results (shared with `ask pilots`).
+#[derive(Debug, Clone, Args)]
+pub struct PilotFilterArgs {
     /// Only records of this pilot dataset.
     #[arg(long)]
-    dataset: Option<String>,
+    pub dataset: Option<String>,
     /// Only pilots in this phase.
     #[arg(long, value_enum)]
     phase: Option<PhaseArg>,
@@ -99,17 +100,24 @@ pub struct PilotListArgs {
     /// Only pilots started in this year.
     #[arg(long)]
     year: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct PilotListArgs {
+    #[command(flatten)]
+    filter: PilotFilterArgs,
     #[arg(long, value_enum, default_value_t = ListFormat::Table)]
     format: ListFormat,
     #[command(flatten)]
     node: NodeArgs,
 }
 
-#[derive(Debug, Args)]
-pub struct ProcurementListArgs {
+/// Filters of procurement outcomes (shared with `ask procurements`).
+#[derive(Debug, Clone, Args)]
+pub struct ProcurementFilterArgs {
     /// Only records of this procurement dataset.
     #[arg(long)]
-    dataset: Option<String>,
+    pub dataset: Option<String>,
     /// Only procurements with a supplier containing this text (any case).
     #[arg(long)]
     supplier: Option<String>,
@@ -117,8 +125,8 @@ pub struct ProcurementListArgs {
     #[arg(long, value_name = "CODE")]
     buyer: Option<u32>,
     /// Only procurements run by this fellowship (e.g. digit).
-    #[arg(long)]
-    fellowship: Option<String>,
+    #[arg(long = "buyer-fellowship", value_name = "FELLOWSHIP")]
+    buyer_fellowship: Option<String>,
     /// Only this procedure.
     #[arg(long, value_enum)]
     procedure: Option<ProcedureArg>,
@@ -138,6 +146,12 @@ pub struct ProcurementListArgs {
     #[arg(long, value_name = "true|false", action = ArgAction::Set,
           value_parser = clap::value_parser!(bool))]
     has_complaint: Option<bool>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProcurementListArgs {
+    #[command(flatten)]
+    filter: ProcurementFilterArgs,
     #[arg(long, value_enum, default_value_t = ListFormat::Table)]
     format: ListFormat,
     #[command(flatten)]
@@ -166,7 +180,8 @@ pub fn run(command: RecordsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn pilot_filter(args: &PilotListArgs) -> PilotFilter {
+/// The pilot filter the arguments describe.
+pub fn pilot_filter(args: &PilotFilterArgs) -> PilotFilter {
     PilotFilter {
         dataset_id: args.dataset.clone().unwrap_or_default(),
         phase: args.phase.map_or(PilotPhase::Unspecified, PilotPhase::from) as i32,
@@ -176,12 +191,13 @@ fn pilot_filter(args: &PilotListArgs) -> PilotFilter {
     }
 }
 
-fn procurement_filter(args: &ProcurementListArgs) -> ProcurementFilter {
+/// The procurement filter the arguments describe.
+pub fn procurement_filter(args: &ProcurementFilterArgs) -> ProcurementFilter {
     ProcurementFilter {
         dataset_id: args.dataset.clone().unwrap_or_default(),
         supplier: args.supplier.clone().unwrap_or_default(),
         buyer_municipality: args.buyer.unwrap_or(0),
-        buyer_fellowship: args.fellowship.clone().unwrap_or_default(),
+        buyer_fellowship: args.buyer_fellowship.clone().unwrap_or_default(),
         procedure: args
             .procedure
             .map_or(Procedure::Unspecified, Procedure::from) as i32,
@@ -196,7 +212,7 @@ fn procurement_filter(args: &ProcurementListArgs) -> ProcurementFilter {
 async fn list_pilots(args: PilotListArgs) -> anyhow::Result<ExitCode> {
     let mut client = args.node.connect().await?;
     let pilots = client
-        .list_pilots(pilot_filter(&args))
+        .list_pilots(pilot_filter(&args.filter))
         .await
         .map_err(|status| args.node.refused("list pilots", &status))?
         .into_inner()
@@ -209,7 +225,7 @@ async fn list_pilots(args: PilotListArgs) -> anyhow::Result<ExitCode> {
 async fn list_procurements(args: ProcurementListArgs) -> anyhow::Result<ExitCode> {
     let mut client = args.node.connect().await?;
     let procurements = client
-        .list_procurements(procurement_filter(&args))
+        .list_procurements(procurement_filter(&args.filter))
         .await
         .map_err(|status| args.node.refused("list procurements", &status))?
         .into_inner()
@@ -455,7 +471,7 @@ mod tests {
             "acme",
             "--buyer",
             "751",
-            "--fellowship",
+            "--buyer-fellowship",
             "digit",
             "--procedure",
             "framework-mini-tender",
@@ -476,7 +492,7 @@ mod tests {
         let RecordsCommand::Procurements(ProcurementsCommand::List(args)) = cli.command else {
             panic!("procurements list");
         };
-        let filter = procurement_filter(&args);
+        let filter = procurement_filter(&args.filter);
         assert_eq!(filter.procedure, Procedure::FrameworkMiniTender as i32);
         assert_eq!(filter.has_complaint, Some(false));
         assert_eq!((filter.min_value_dkk, filter.max_value_dkk), (1000, 2000));
@@ -489,7 +505,7 @@ mod tests {
         let RecordsCommand::Pilots(PilotsCommand::List(args)) = cli.command else {
             panic!("pilots list");
         };
-        let filter = pilot_filter(&args);
+        let filter = pilot_filter(&args.filter);
         assert_eq!(filter.phase, PilotPhase::Scaling as i32);
         assert_eq!(filter.year, 0);
         assert!(

@@ -61,7 +61,32 @@ struct RawConfig {
     #[serde(default)]
     governance: RawGovernance,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "default_checkpoint_interval_secs")]
+    checkpoint_interval_secs: u64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            checkpoint_interval_secs: default_checkpoint_interval_secs(),
+        }
+    }
+}
+
+fn default_checkpoint_interval_secs() -> u64 {
+    300
+}
+
+fn default_request_skew_secs() -> u64 {
+    300
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +129,8 @@ struct RawPeer {
     trust_roots: PathBuf,
     #[serde(default = "default_handshake_timeout_secs")]
     handshake_timeout_secs: u64,
+    #[serde(default = "default_request_skew_secs")]
+    request_skew_secs: u64,
     #[serde(default)]
     limits: RawLimits,
 }
@@ -172,7 +199,16 @@ pub struct Config {
     pub peer: PeerConfig,
     pub local: LocalConfig,
     pub governance: GovernanceConfig,
+    pub audit: AuditConfig,
     pub log: LogConfig,
+}
+
+/// `[audit]`: the audit log.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// How often the node signs a checkpoint of its audit chain (when it
+    /// grew); it also signs one when it stops.
+    pub checkpoint_interval: Duration,
 }
 
 /// `[governance]`: how rosters and agreements spread between nodes.
@@ -202,6 +238,8 @@ pub struct PeerConfig {
     pub tls_key: PathBuf,
     pub trust_roots: PathBuf,
     pub handshake_timeout: Duration,
+    /// How far a signed request's time may be from this node's clock.
+    pub request_skew: Duration,
     pub limits: Limits,
 }
 
@@ -352,6 +390,13 @@ impl Checker<'_> {
             peer: self.peer(raw.peer)?,
             local: self.local(raw.local)?,
             governance: self.governance(raw.governance)?,
+            audit: AuditConfig {
+                checkpoint_interval: self.seconds(
+                    "audit.checkpoint_interval_secs",
+                    raw.audit.checkpoint_interval_secs,
+                    1..=86_400,
+                )?,
+            },
             log: LogConfig {
                 format: raw.log.format,
                 level: raw.log.level.unwrap_or_else(|| "info".to_string()),
@@ -405,6 +450,11 @@ impl Checker<'_> {
                 "peer.handshake_timeout_secs",
                 raw.handshake_timeout_secs,
                 1..=300,
+            )?,
+            request_skew: self.seconds(
+                "peer.request_skew_secs",
+                raw.request_skew_secs,
+                5..=3_600,
             )?,
             limits: self.limits("peer.limits", raw.limits, Limits::peer_defaults())?,
         })

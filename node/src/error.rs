@@ -14,6 +14,9 @@
 //! | unknown dataset | `NOT_FOUND` |
 //! | dataset id already published | `ALREADY_EXISTS` |
 //! | answer an agreement does not disclose | `PERMISSION_DENIED` |
+//! | unsigned, stale or replayed peer request | `UNAUTHENTICATED` |
+//! | audit log cannot record | `UNAVAILABLE` (nothing answered) |
+//! | bad question to the fellowship | `INVALID_ARGUMENT`, naming the field |
 //! | storage failure | `INTERNAL` (details logged, not sent) |
 
 use tonic::Status;
@@ -63,13 +66,11 @@ impl From<AuthError> for Status {
     }
 }
 
+// Peer refusals (these three) are logged and audited, with the call's
+// caller, agreement, operation and dataset, by `peer::call::Accounts`.
+
 impl From<PeerAuthError> for Status {
     fn from(error: PeerAuthError) -> Status {
-        let caller = match &error {
-            PeerAuthError::NoClientCertificate => "no certificate".to_string(),
-            PeerAuthError::NotAMember(fingerprint) => fingerprint.to_string(),
-        };
-        log_refusal(&caller, "peer call refused", &error.to_string());
         match error {
             PeerAuthError::NoClientCertificate => Status::unauthenticated(error.to_string()),
             PeerAuthError::NotAMember(_) => Status::permission_denied(error.to_string()),
@@ -79,13 +80,8 @@ impl From<PeerAuthError> for Status {
 
 impl From<Denial> for Status {
     fn from(denial: Denial) -> Status {
-        // The operator's log has the whole reason; the caller gets only
-        // what it is entitled to know.
-        log_refusal(
-            &denial.caller_key(),
-            "peer request denied",
-            &denial.to_string(),
-        );
+        // The operator's log and audit have the whole reason; the caller
+        // gets only what it is entitled to know.
         Status::permission_denied(denial.public())
     }
 }
@@ -183,14 +179,45 @@ impl From<PlacementError> for Status {
 
 impl From<DisclosureError> for Status {
     fn from(error: DisclosureError) -> Status {
-        log_refusal(
-            &error.caller_key(),
-            "peer request denied",
-            &error.to_string(),
-        );
         match error {
             DisclosureError::BudgetSpent { .. } => Status::resource_exhausted(error.to_string()),
             _ => Status::permission_denied(error.to_string()),
+        }
+    }
+}
+
+impl From<crate::audit::AuditError> for Status {
+    fn from(error: crate::audit::AuditError) -> Status {
+        match &error {
+            crate::audit::AuditError::Range(_) => Status::invalid_argument(error.to_string()),
+            crate::audit::AuditError::Stopped => Status::unavailable(error.to_string()),
+            _ => internal(&error),
+        }
+    }
+}
+
+impl From<crate::federate::ReceiptStoreError> for Status {
+    fn from(error: crate::federate::ReceiptStoreError) -> Status {
+        match &error {
+            crate::federate::ReceiptStoreError::BadId(_) => {
+                Status::invalid_argument(format!("id: {error}"))
+            }
+            _ => internal(&error),
+        }
+    }
+}
+
+impl From<crate::federate::FederateError> for Status {
+    fn from(error: crate::federate::FederateError) -> Status {
+        use crate::federate::FederateError;
+        match error {
+            FederateError::Invalid { .. } => Status::invalid_argument(error.to_string()),
+            FederateError::AgreementNotUsable(_) => Status::failed_precondition(error.to_string()),
+            FederateError::Audit(_) => {
+                tracing::error!(%error, "a federated question could not be recorded");
+                Status::unavailable(error.to_string())
+            }
+            FederateError::Receipts(inner) => inner.into(),
         }
     }
 }

@@ -20,13 +20,15 @@
 //! - [`proof`]: signed requests, replay protection and signed receipts;
 //! - [`audit`]: the hash-chained audit log, checkpoints, offline verification;
 //! - [`local`]: the bearer-token local service for the municipality's own users;
-//! - [`answer`]: streaming answers with bounded memory and send timeouts,
-//!   shared by both services;
 //! - [`transport`]: accepting connections within limits, TLS handshakes,
 //!   idle timeouts, and concurrent calls per caller;
 //! - [`server`]: wiring both listeners, health, reflection and shutdown;
 //! - [`devnet`]: several nodes on loopback with fresh dev PKI (demo, tests);
-//! - [`plane`]: the data services' shared state, and what an agreement discloses;
+//! - [`plane`]: the data services' shared state, what an agreement
+//!   discloses, and streaming answers with bounded memory and send
+//!   timeouts (shared by both services);
+//! - [`federate`]: asking partners one question: routing by agreements,
+//!   fan-out with deadlines, combined aggregates, receipts kept;
 //! - [`wire`]: protobuf <-> domain conversions for the data plane;
 //! - [`telemetry`]: logging setup;
 //! - [`clock`]: the injected source of "now";
@@ -34,13 +36,13 @@
 //! - [`error`]: the one mapping from module errors to gRPC statuses.
 #![forbid(unsafe_code)]
 
-pub mod answer;
 pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod data;
 pub mod devnet;
 pub mod error;
+pub mod federate;
 pub mod fixtures;
 pub mod governance;
 pub mod identity;

@@ -24,7 +24,9 @@ use uuid::Uuid;
 
 use crate::clock::SharedClock;
 use crate::identity::{Fingerprint, NodeIdentity};
-use crate::proof::{message_digest, request};
+use crate::proof::batch::BatchSigner;
+use crate::proof::message_digest;
+use crate::proof::request::{self, RequestFacts, SignError};
 
 /// How long to wait for a partner's TCP connect and TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -207,6 +209,16 @@ pub struct PartnerPool {
     clock: SharedClock,
     channels: Arc<Mutex<HashMap<(String, Fingerprint), Pooled>>>,
     call_timeout: Duration,
+    signer: BatchSigner,
+}
+
+/// A request signed by this node, and what the provider's receipt must
+/// then say about it.
+#[derive(Debug)]
+pub struct SignedRequest<T> {
+    pub request: tonic::Request<T>,
+    pub digest: [u8; 32],
+    pub nonce: [u8; 16],
 }
 
 #[derive(Clone)]
@@ -222,13 +234,20 @@ impl std::fmt::Debug for Pooled {
 }
 
 impl PartnerPool {
-    /// A pool calling as `identity`, each call bounded by `call_timeout`.
+    /// A pool calling as `identity`, each call bounded by `call_timeout`
+    /// (until the partner starts answering; callers bound streams
+    /// themselves). Starts the request signer: call within a runtime.
     pub fn new(identity: Arc<NodeIdentity>, clock: SharedClock, call_timeout: Duration) -> Self {
+        let signer = BatchSigner::start(
+            Arc::new(identity.signing_key().clone()),
+            request::BATCH_DOMAIN,
+        );
         PartnerPool {
             identity,
             clock,
             channels: Arc::default(),
             call_timeout,
+            signer,
         }
     }
 
@@ -301,24 +320,32 @@ impl PartnerPool {
     }
 
     /// `message` as a request to `method` under `agreement`, signed by this
-    /// node (see [`crate::proof::request`]).
-    pub fn signed<T: Message>(
+    /// node (see [`crate::proof::request`]), in a batch with the requests
+    /// signed at the same moment.
+    pub async fn signed<T: Message>(
         &self,
         method: &str,
         agreement: Uuid,
         message: T,
-    ) -> Result<tonic::Request<T>, getrandom::Error> {
+    ) -> Result<SignedRequest<T>, SignError> {
         let digest = message_digest(&message);
         let mut request = tonic::Request::new(message);
-        request::sign(
+        let nonce = request::sign(
             request.metadata_mut(),
-            self.identity.signing_key(),
-            self.identity.municipality_code,
-            method,
-            &digest,
-            agreement,
-            self.clock.now(),
-        )?;
-        Ok(request)
+            &self.signer,
+            RequestFacts {
+                caller: self.identity.municipality_code,
+                method,
+                digest: &digest,
+                agreement,
+                at: self.clock.now(),
+            },
+        )
+        .await?;
+        Ok(SignedRequest {
+            request,
+            digest,
+            nonce,
+        })
     }
 }

@@ -31,9 +31,10 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::answer::AnswerLimits;
+use crate::audit::{AuditError, AuditLog};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, Limits};
+use crate::federate::{Federation, ReceiptStore};
 use crate::governance::registry::{ImportError, Registry};
 use crate::governance::sync;
 use crate::identity::{IdentityError, NodeIdentity};
@@ -41,7 +42,12 @@ use crate::local::LocalService;
 use crate::local::auth::TokenRegistry;
 use crate::partners::PartnerPool;
 use crate::peer::PeerService;
+use crate::peer::call::Accounts;
 use crate::plane::DataPlane;
+use crate::plane::answer::AnswerLimits;
+use crate::proof::batch::BatchSigner;
+use crate::proof::receipt;
+use crate::proof::request::Replays;
 use crate::store::{SledStore, Store, StoreError};
 use crate::transport::limiter::CallLimiter;
 use crate::transport::{self, ActivityLayer, CallTimeoutLayer, ListenerLimits, Security};
@@ -56,8 +62,9 @@ const MAX_PENDING_RESETS: usize = 20;
 /// Streams this node may reset for protocol errors before it closes the
 /// connection.
 const MAX_ERROR_RESETS: usize = 64;
-/// How long one anti-entropy page may take.
-const SYNC_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a partner may take to start answering any call (federated
+/// questions and sync bound their own calls more tightly).
+const PARTNER_CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest request header block, in bytes.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 
@@ -73,6 +80,8 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error("stored governance documents could not be loaded: {0}")]
     Governance(#[from] ImportError),
+    #[error("the audit log could not be opened: {0}")]
+    Audit(#[from] AuditError),
     #[error("cannot listen on {address} ({listener} listener): {source}")]
     Bind {
         listener: &'static str,
@@ -139,6 +148,7 @@ pub struct Node {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     plane: Arc<DataPlane>,
+    audit: Arc<AuditLog>,
     clock: SharedClock,
 }
 
@@ -164,12 +174,19 @@ impl Node {
         )?);
         let plane = Arc::new(DataPlane::new(Arc::clone(&store), Arc::clone(&clock))?);
         registry.set_provider_check(plane.clone());
+        let audit = Arc::new(AuditLog::open(
+            Arc::clone(&store),
+            Arc::clone(&identity),
+            Arc::clone(&clock),
+        )?);
+        registry.set_audit(Arc::clone(&audit));
         Ok(Node {
             config,
             identity,
             store,
             registry,
             plane,
+            audit,
             clock,
         })
     }
@@ -239,6 +256,38 @@ impl Node {
 
         let peer_limits = self.config.peer.limits;
         let local_limits = self.config.local.limits;
+        // The audit writer outlives the listeners: calls still draining at
+        // shutdown record their entries before it stops.
+        let audit_stop = CancellationToken::new();
+        let audit_writer = tokio::spawn(
+            Arc::clone(&self.audit).run(self.config.audit.checkpoint_interval, audit_stop.clone()),
+        );
+        let skew = time::Duration::try_from(self.config.peer.request_skew)
+            .unwrap_or(time::Duration::minutes(5));
+        let accounts = Arc::new(Accounts::new(
+            Arc::clone(&self.audit),
+            Replays::open(Arc::clone(&self.store), skew)?,
+            BatchSigner::start(
+                Arc::new(self.identity.signing_key().clone()),
+                receipt::BATCH_DOMAIN,
+            ),
+            self.identity.municipality_code,
+            Arc::clone(&self.clock),
+        ));
+        let partners = PartnerPool::new(
+            Arc::clone(&self.identity),
+            Arc::clone(&self.clock),
+            PARTNER_CALL_TIMEOUT,
+        );
+        let federation = Arc::new(Federation::new(
+            Arc::clone(&self.identity),
+            Arc::clone(&self.registry),
+            Arc::clone(&self.plane),
+            partners.clone(),
+            ReceiptStore::new(Arc::clone(&self.store)),
+            Arc::clone(&self.audit),
+            answer_limits(&local_limits),
+        ));
         let peer_service = PeerService::new(
             Arc::clone(&self.identity),
             Arc::clone(&self.registry),
@@ -249,6 +298,7 @@ impl Node {
                 peer_limits.max_calls,
             )),
             answer_limits(&peer_limits),
+            accounts,
         );
         let local_service = LocalService::new(
             Arc::clone(&self.identity),
@@ -263,14 +313,12 @@ impl Node {
                 local_limits.max_calls,
             )),
             answer_limits(&local_limits),
+            federation,
+            Arc::clone(&self.audit),
         );
         let anti_entropy = tokio::spawn(sync::run(
             Arc::clone(&self.registry),
-            PartnerPool::new(
-                Arc::clone(&self.identity),
-                Arc::clone(&self.clock),
-                SYNC_CALL_TIMEOUT,
-            ),
+            partners,
             self.config.governance.sync_interval,
             stop.clone(),
         ));
@@ -365,6 +413,11 @@ impl Node {
         if let Err(error) = anti_entropy.await {
             tracing::error!(%error, "anti-entropy task failed");
         }
+        // Last entries, then the closing checkpoint.
+        audit_stop.cancel();
+        if let Err(error) = audit_writer.await {
+            tracing::error!(%error, "audit writer failed");
+        }
         // Whatever was acknowledged is already durable; this catches the rest.
         store.flush()?;
         tracing::info!("samvirke node stopped");
@@ -377,6 +430,7 @@ impl Node {
         let local_addr = listeners.local.local_addr().ok();
         let identity = Arc::clone(&self.identity);
         let registry = Arc::clone(&self.registry);
+        let audit = Arc::clone(&self.audit);
         let local_tls = self.config.local.tls;
         let stop = CancellationToken::new();
         let task = tokio::spawn(self.run(listeners, stop.clone().cancelled_owned()));
@@ -385,6 +439,7 @@ impl Node {
             local_addr: local_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             identity,
             registry,
+            audit,
             local_tls,
             stop,
             task,
@@ -453,6 +508,7 @@ pub struct RunningNode {
     pub local_addr: SocketAddr,
     pub identity: Arc<NodeIdentity>,
     pub registry: Arc<Registry>,
+    pub audit: Arc<AuditLog>,
     local_tls: bool,
     stop: CancellationToken,
     task: JoinHandle<Result<(), NodeError>>,

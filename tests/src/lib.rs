@@ -847,6 +847,8 @@ pub struct Answer {
     pub chunks: usize,
     /// The terms an aggregate-only answer states in its first chunk.
     pub terms: Option<samvirke_proto::v1::AnswerTerms>,
+    /// The provider's receipt (peer answers: the last chunk, not counted).
+    pub receipt: Option<samvirke_proto::v1::Receipt>,
 }
 
 /// Drains a `QueryReadings` answer: the call's status, or every chunk until
@@ -864,6 +866,11 @@ pub async fn collect_answer(
         let mut stream = call.await?.into_inner();
         let mut answer = Answer::default();
         while let Some(chunk) = stream.message().await? {
+            assert!(answer.receipt.is_none(), "nothing follows the receipt");
+            if chunk.receipt.is_some() {
+                answer.receipt = chunk.receipt;
+                continue;
+            }
             assert_eq!(
                 answer.suppressed, 0,
                 "only the last chunk may carry suppressed_buckets"
@@ -892,9 +899,10 @@ pub async fn local_query(
     collect_answer(client.query_readings(query)).await
 }
 
-/// `Peer/QueryReadings` of `query` under `agreement_id`, drained.
+/// `Peer/QueryReadings` of `query` under `agreement_id`, signed and
+/// drained.
 pub async fn peer_query(
-    client: &mut PeerClient<Channel>,
+    client: &mut SignedPeer,
     agreement_id: &str,
     query: samvirke_proto::v1::ReadingQuery,
 ) -> Result<Answer, Status> {
@@ -903,6 +911,100 @@ pub async fn peer_query(
         query: Some(query),
     }))
     .await
+}
+
+/// A partner's peer client that signs its data requests the way a node
+/// does (`samvirke_node::proof::request`), with the node's key, code and
+/// clock. Unsigned calls (Hello, SyncGovernance, CheckAccess) go through
+/// [`SignedPeer::client`] or `Deref`.
+#[derive(Debug, Clone)]
+pub struct SignedPeer {
+    pub client: PeerClient<Channel>,
+    pub key: SigningKey,
+    pub code: u32,
+    pub clock: SharedClock,
+}
+
+impl std::ops::Deref for SignedPeer {
+    type Target = PeerClient<Channel>;
+    fn deref(&self) -> &PeerClient<Channel> {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for SignedPeer {
+    fn deref_mut(&mut self) -> &mut PeerClient<Channel> {
+        &mut self.client
+    }
+}
+
+impl SignedPeer {
+    /// `message` to `method` under `agreement`, signed now.
+    pub fn sign<T: prost::Message>(&self, method: &str, agreement: &str, message: T) -> Request<T> {
+        let digest = samvirke_node::proof::message_digest(&message);
+        let mut request = Request::new(message);
+        samvirke_node::proof::request::sign_now(
+            request.metadata_mut(),
+            &self.key,
+            samvirke_node::proof::request::RequestFacts {
+                caller: self.code,
+                method,
+                digest: &digest,
+                agreement: uuid::Uuid::parse_str(agreement).unwrap_or_default(),
+                at: self.clock.now(),
+            },
+        )
+        .expect("sign the request");
+        request
+    }
+
+    pub async fn catalog(
+        &mut self,
+        message: samvirke_proto::v1::PeerCatalogRequest,
+    ) -> Result<tonic::Response<samvirke_proto::v1::PeerCatalogResponse>, Status> {
+        let request = self.sign(
+            samvirke_node::peer::CATALOG,
+            &message.agreement_id.clone(),
+            message,
+        );
+        self.client.catalog(request).await
+    }
+
+    pub async fn query_readings(
+        &mut self,
+        message: samvirke_proto::v1::PeerReadingQuery,
+    ) -> Result<tonic::Response<tonic::Streaming<samvirke_proto::v1::ReadingChunk>>, Status> {
+        let request = self.sign(
+            samvirke_node::peer::QUERY_READINGS,
+            &message.agreement_id.clone(),
+            message,
+        );
+        self.client.query_readings(request).await
+    }
+
+    pub async fn list_pilots(
+        &mut self,
+        message: samvirke_proto::v1::PeerPilotQuery,
+    ) -> Result<tonic::Response<samvirke_proto::v1::ListPeerPilotsResponse>, Status> {
+        let request = self.sign(
+            samvirke_node::peer::LIST_PILOTS,
+            &message.agreement_id.clone(),
+            message,
+        );
+        self.client.list_pilots(request).await
+    }
+
+    pub async fn list_procurements(
+        &mut self,
+        message: samvirke_proto::v1::PeerProcurementQuery,
+    ) -> Result<tonic::Response<samvirke_proto::v1::ListPeerProcurementsResponse>, Status> {
+        let request = self.sign(
+            samvirke_node::peer::LIST_PROCUREMENTS,
+            &message.agreement_id.clone(),
+            message,
+        );
+        self.client.list_procurements(request).await
+    }
 }
 
 /// `readings` of `dataset_id` as ingest batches of at most `size` readings.
@@ -952,12 +1054,18 @@ impl GovernanceFixture {
     /// A peer API client from the node of `caller` (presenting its own
     /// certificate, as `samvirke_node::peer::client::connect` does) to the
     /// node of `provider`.
-    pub async fn peer(&self, caller: u32, provider: u32) -> PeerClient<Channel> {
+    pub async fn peer(&self, caller: u32, provider: u32) -> SignedPeer {
         let tls = self.node(caller).running.identity.tls.clone();
         let endpoint = self.node(provider).running.peer_endpoint();
-        tokio::time::timeout(IO_TIMEOUT, connect(&endpoint, &tls))
+        let client = tokio::time::timeout(IO_TIMEOUT, connect(&endpoint, &tls))
             .await
             .expect("mutual TLS connects promptly")
-            .unwrap_or_else(|e| panic!("mutual TLS from {caller} to {endpoint}: {e}"))
+            .unwrap_or_else(|e| panic!("mutual TLS from {caller} to {endpoint}: {e}"));
+        SignedPeer {
+            client,
+            key: self.key(caller).clone(),
+            code: caller,
+            clock: self.clock.clone(),
+        }
     }
 }

@@ -1,11 +1,20 @@
-//! The governance part of the demo: a signed roster and agreement, spread
-//! by anti-entropy, and peer calls allowed or denied by them.
+//! Chapter 2 of the demo: the GovTech Midtjylland secretariat signs a
+//! roster of Aarhus, Vejle and Silkeborg, which each member's operator pins
+//! (`samvirke push ROSTER --trust-anchor` does the same); members sign
+//! three data-sharing agreements, each imported at one node and carried to
+//! the others by anti-entropy; then every node says hello to every other,
+//! and only members learn who answered.
+//!
+//! The documents are built with the library code the `samvirke roster` and
+//! `samvirke agreement` commands use, and reach the nodes only through
+//! their local API.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use samvirke_node::devnet::{DevFederation, DevNode};
+use samvirke_node::governance::agreement::{AggregateTerms, Agreement};
 use samvirke_node::governance::files::IdentityCard;
 use samvirke_node::governance::{
     AgreementBody, Consumers, DecisionRule, LegalBasis, Operation, RosterBody, Scope,
@@ -13,97 +22,117 @@ use samvirke_node::governance::{
 use samvirke_node::identity::{generate_signing_key, write_signing_key};
 use samvirke_node::peer::client;
 use samvirke_proto::v1::{
-    CheckAccessRequest, ImportAgreementRequest, ImportRosterRequest, ListGovernanceRequest,
-    Operation as WireOperation, SignedDocumentBytes,
+    HelloRequest, ImportAgreementRequest, ImportRosterRequest, ListGovernanceRequest,
+    SignedDocumentBytes,
 };
 use time::OffsetDateTime;
 
+use super::Story;
+use super::data::{PILOTS, PROCUREMENTS, midnight_before};
 use crate::local;
 
-/// The dataset Aarhus shares in the demo.
-pub const DATASET: &str = "aarhus-air-quality";
+pub const FELLOWSHIP: &str = "govtech-midtjylland";
+/// The members of the demo roster: Aarhus, Vejle, Silkeborg.
+pub const MEMBERS: [u32; 3] = [751, 630, 740];
+/// How long the demo waits for anti-entropy to carry the agreements.
+const SPREAD_DEADLINE: Duration = Duration::from_secs(15);
 
-/// The members of the demo roster: Aarhus and Vejle (Albertslund is in
-/// another fellowship, whose roster these nodes do not hold).
-pub const MEMBERS: [u32; 2] = [751, 630];
-/// How long the demo waits for anti-entropy to carry the agreement.
-const SPREAD_DEADLINE: Duration = Duration::from_secs(10);
-
-/// What the governance story leaves for the data story.
+/// What the governance chapter leaves for the others.
 #[derive(Debug)]
-pub struct Outcome {
-    /// Steps that went otherwise than expected.
-    pub failures: usize,
-    /// The air-quality agreement (Aarhus to Vejle, aggregates only).
-    pub agreement: String,
+pub struct Governed {
+    /// The roster file, as an auditor would be given it.
+    pub roster_file: PathBuf,
+    /// Aarhus to Vejle: air quality, aggregates only.
+    pub aarhus_air: String,
+    /// Silkeborg to every member: air quality, readings without location.
+    pub silkeborg_air: String,
+    /// Aarhus to Vejle: pilots and procurements, without pilot budgets.
+    pub aarhus_records: String,
+    /// Two whole days the analyst asks about.
+    pub period: (OffsetDateTime, OffsetDateTime),
 }
 
-/// Runs the governance story.
-pub async fn show(federation: &DevFederation, dir: &Path) -> anyhow::Result<Outcome> {
-    let [aarhus, vejle, albertslund] = &federation.nodes[..] else {
-        bail!("the demo needs exactly three nodes");
-    };
+fn node(federation: &DevFederation, code: u32) -> anyhow::Result<&DevNode> {
+    federation
+        .nodes
+        .iter()
+        .find(|n| n.running.identity.municipality_code == code)
+        .with_context(|| format!("the demo has no node {code}"))
+}
+
+fn legal_basis() -> LegalBasis {
+    LegalBasis {
+        code: "GDPR art. 6(1)(e)".to_string(),
+        text: "Task in the public interest: municipal environmental monitoring and joint \
+               procurement"
+            .to_string(),
+    }
+}
+
+/// An agreement of `provider`, signed by every party in `signers`.
+fn agreement(body: AgreementBody, signers: &[&DevNode]) -> anyhow::Result<Agreement> {
+    let mut agreement = body.to_draft()?;
+    for signer in signers {
+        agreement.sign(signer.running.identity.signing_key())?;
+    }
+    Ok(agreement)
+}
+
+async fn import(node: &DevNode, agreement: &Agreement) -> anyhow::Result<()> {
+    let mut api = local::connect(&node.running.local_endpoint(), &node.admin_token).await?;
+    api.import_agreement(ImportAgreementRequest {
+        document: Some(SignedDocumentBytes {
+            content: agreement.to_bytes(),
+        }),
+    })
+    .await
+    .with_context(|| format!("importing agreement {}", agreement.id()))?;
+    Ok(())
+}
+
+/// Runs the governance chapter.
+pub async fn show(
+    federation: &DevFederation,
+    dir: &Path,
+    story: &mut Story,
+) -> anyhow::Result<Governed> {
+    let (aarhus, vejle, silkeborg) = (
+        node(federation, 751)?,
+        node(federation, 630)?,
+        node(federation, 740)?,
+    );
     let now = OffsetDateTime::now_utc();
-    println!("Governance: GovTech Midtjylland (Aarhus, Vejle); Albertslund is not a member.");
 
     // The secretariat's key lives with the secretariat, not on any node.
     let secretariat = generate_signing_key()?;
     write_signing_key(&dir.join("govtech-secretariat.pem"), &secretariat)?;
-
     let member = |node: &DevNode| {
         IdentityCard::of_node(&node.running.identity, &node.running.peer_endpoint())
             .to_member(time::macros::date!(2020 - 01 - 01))
     };
     let mut roster = RosterBody::first(
-        "govtech-midtjylland",
+        FELLOWSHIP,
         "GovTech Midtjylland",
         secretariat.verifying_key(),
         DecisionRule::Quorum(1),
         now,
-        vec![member(aarhus)?, member(vejle)?],
+        vec![member(aarhus)?, member(vejle)?, member(silkeborg)?],
     )
     .to_draft()?;
     roster.sign(&secretariat)?;
+    let roster_file = dir.join("govtech-midtjylland-roster.toml");
+    std::fs::write(&roster_file, roster.to_bytes()).context("writing the roster file")?;
     println!(
-        "  roster serial {} signed by the secretariat (rule quorum:1), digest {}",
-        roster.serial(),
-        roster.digest()
+        "  The secretariat signs roster serial {} of GovTech Midtjylland: Aarhus, Vejle and \
+         Silkeborg, each with its node's signing key and certificate fingerprint.",
+        roster.serial()
     );
-
-    let mut agreement = AgreementBody {
-        id: AgreementBody::new_id(),
-        fellowship: "govtech-midtjylland".to_string(),
-        provider: aarhus.running.identity.municipality_code,
-        consumers: Consumers::Named(vec![vejle.running.identity.municipality_code]),
-        scope: Scope {
-            datasets: vec![DATASET.to_string()],
-            kinds: Vec::new(),
-            keywords: Vec::new(),
-        },
-        operations: vec![Operation::Catalog, Operation::Aggregate],
-        min_group_size: Some(5),
-        purpose: "Compare air quality in Aarhus and Vejle for the joint clean-air pilot"
-            .to_string(),
-        legal_basis: LegalBasis {
-            code: "GDPR art. 6(1)(e)".to_string(),
-            text: "Task in the public interest: municipal environmental monitoring".to_string(),
-        },
-        excluded_fields: Vec::new(),
-        valid_from: now - time::Duration::days(1),
-        valid_until: now + time::Duration::days(365),
-        aggregate: Default::default(),
-    }
-    .to_draft()?;
-    agreement.sign(aarhus.running.identity.signing_key())?;
-    agreement.sign(vejle.running.identity.signing_key())?;
     println!(
-        "  agreement {} (Aarhus shares `{DATASET}` with Vejle: catalog and aggregates of 5 or more) \
-         signed by Aarhus and Vejle",
-        agreement.id()
+        "  Each member's operator compares its digest {} with the secretariat and pins it \
+         (samvirke push ROSTER --trust-anchor). Albertslund is not a member.",
+        super::abbreviate(&roster.digest().to_string())
     );
-
-    // Each member's operator pins the roster; only Aarhus imports the agreement.
-    for node in [aarhus, vejle] {
+    for node in [aarhus, vejle, silkeborg] {
         let mut api = local::connect(&node.running.local_endpoint(), &node.admin_token).await?;
         api.import_roster(ImportRosterRequest {
             document: Some(SignedDocumentBytes {
@@ -113,98 +142,215 @@ pub async fn show(federation: &DevFederation, dir: &Path) -> anyhow::Result<Outc
             ..Default::default()
         })
         .await
-        .context("importing the roster")?;
+        .context("pinning the roster")?;
     }
-    let mut aarhus_api =
-        local::connect(&aarhus.running.local_endpoint(), &aarhus.admin_token).await?;
-    let imported = aarhus_api
-        .import_agreement(ImportAgreementRequest {
-            document: Some(SignedDocumentBytes {
-                content: agreement.to_bytes(),
-            }),
-        })
-        .await
-        .context("importing the agreement")?
-        .into_inner();
-    let status = imported
-        .agreement
-        .map(|a| a.status_detail)
-        .unwrap_or_default();
-    println!("  imported at Aarhus: {status}");
 
-    let mut failures = 0;
+    let valid_from = now - time::Duration::days(1);
+    let valid_until = now + time::Duration::days(365);
+    let aarhus_air = agreement(
+        AgreementBody {
+            id: AgreementBody::new_id(),
+            fellowship: FELLOWSHIP.to_string(),
+            provider: 751,
+            consumers: Consumers::Named(vec![630]),
+            scope: Scope {
+                datasets: vec!["aarhus-air-quality".to_string()],
+                ..Scope::default()
+            },
+            operations: vec![Operation::Catalog, Operation::Aggregate],
+            min_group_size: Some(5),
+            purpose: "Compare air quality for the joint clean-air pilot".to_string(),
+            legal_basis: legal_basis(),
+            excluded_fields: Vec::new(),
+            valid_from,
+            valid_until,
+            aggregate: AggregateTerms::default(),
+        },
+        &[aarhus, vejle],
+    )?;
+    let silkeborg_air = agreement(
+        AgreementBody {
+            id: AgreementBody::new_id(),
+            fellowship: FELLOWSHIP.to_string(),
+            provider: 740,
+            consumers: Consumers::All,
+            scope: Scope {
+                datasets: vec!["silkeborg-air-quality".to_string()],
+                ..Scope::default()
+            },
+            operations: vec![Operation::Catalog, Operation::Read],
+            min_group_size: None,
+            purpose: "Open air-quality data for the fellowship's members".to_string(),
+            legal_basis: legal_basis(),
+            excluded_fields: vec!["location".to_string()],
+            valid_from,
+            valid_until,
+            aggregate: AggregateTerms::default(),
+        },
+        &[silkeborg],
+    )?;
+    let aarhus_records = agreement(
+        AgreementBody {
+            id: AgreementBody::new_id(),
+            fellowship: FELLOWSHIP.to_string(),
+            provider: 751,
+            consumers: Consumers::Named(vec![630]),
+            scope: Scope {
+                datasets: vec![PILOTS.to_string(), PROCUREMENTS.to_string()],
+                ..Scope::default()
+            },
+            operations: vec![Operation::Catalog, Operation::Read],
+            min_group_size: None,
+            purpose: "Learn from each other's pilots and joint tenders".to_string(),
+            legal_basis: LegalBasis {
+                code: "Offentlighedsloven".to_string(),
+                text: "Records of public procurement and projects; no personal data".to_string(),
+            },
+            excluded_fields: vec!["budget_dkk".to_string()],
+            valid_from,
+            valid_until,
+            aggregate: AggregateTerms::default(),
+        },
+        &[aarhus, vejle],
+    )?;
+    println!("  Three agreements, each signed by the provider (and a named consumer):");
+    println!(
+        "    A  Aarhus -> Vejle: `aarhus-air-quality`, aggregates only: buckets on a fixed 1 h \
+         grid, released only where every hour holds 5 or more readings and sensors; no raw \
+         readings, no per-sensor series (signed by Aarhus and Vejle)"
+    );
+    println!(
+        "    B  Silkeborg -> every member: `silkeborg-air-quality`, raw readings, but the \
+         sensors' `location` never leaves Silkeborg (signed by Silkeborg)"
+    );
+    println!(
+        "    C  Aarhus -> Vejle: pilot results and procurement outcomes, but the pilots' \
+         `budget_dkk` never leaves Aarhus (signed by Aarhus and Vejle)"
+    );
+    // Each is imported at one node only; anti-entropy does the rest.
+    import(aarhus, &aarhus_air).await?;
+    import(silkeborg, &silkeborg_air).await?;
+    import(vejle, &aarhus_records).await?;
+    println!(
+        "  A is imported at Aarhus, B at Silkeborg, C at Vejle; nodes pass documents on to the \
+         other parties themselves (anti-entropy), with no central server."
+    );
+    let wanted = [
+        aarhus_air.id().to_string(),
+        silkeborg_air.id().to_string(),
+        aarhus_records.id().to_string(),
+    ];
     let started = Instant::now();
     let mut vejle_api = local::connect(&vejle.running.local_endpoint(), &vejle.admin_token).await?;
-    let id = agreement.id().to_string();
     loop {
         let held = vejle_api
-            .list_governance(ListGovernanceRequest {})
+            .list_governance(ListGovernanceRequest::default())
             .await?
             .into_inner()
-            .agreements
-            .into_iter()
-            .any(|a| a.id == id && a.status == "active");
-        if held {
-            println!(
-                "  anti-entropy: the agreement is active at Vejle after {} ms, with no central server",
+            .agreements;
+        let active = wanted
+            .iter()
+            .filter(|id| held.iter().any(|a| &a.id == *id && a.status == "active"))
+            .count();
+        if active == wanted.len() {
+            story.expected(format!(
+                "all three agreements are in force at Vejle after {} ms",
                 started.elapsed().as_millis()
-            );
+            ));
             break;
         }
         if started.elapsed() > SPREAD_DEADLINE {
-            failures += 1;
-            println!("  FAIL  the agreement did not reach Vejle within {SPREAD_DEADLINE:?}");
+            story.unexpected(format!(
+                "only {active} of 3 agreements reached Vejle within {} s",
+                SPREAD_DEADLINE.as_secs()
+            ));
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    println!();
-    println!("Peer calls to Aarhus under agreement {id}:");
-    let calls = [
-        (vejle, WireOperation::Aggregate, true),
-        (vejle, WireOperation::Read, false),
-        (albertslund, WireOperation::Aggregate, false),
-    ];
-    for (caller, operation, expect_allowed) in calls {
-        let mut peer = client::connect(
-            &aarhus.running.peer_endpoint(),
-            &caller.running.identity.tls,
-        )
-        .await?;
-        let answer = peer
-            .check_access(CheckAccessRequest {
-                agreement_id: id.clone(),
-                operation: operation as i32,
-                dataset_id: DATASET.to_string(),
-                claimed_member_code: caller.running.identity.municipality_code,
-            })
-            .await;
-        let who = &caller.running.identity.municipality_name;
-        let what = operation
-            .as_str_name()
-            .trim_start_matches("OPERATION_")
-            .to_lowercase();
-        let line = match &answer {
-            Ok(grant) => format!(
-                "{who} asks to {what} `{DATASET}`: ALLOWED (aggregates of groups of {} or more)",
-                grant.get_ref().min_group_size
-            ),
-            Err(status) => format!(
-                "{who} asks to {what} `{DATASET}`: DENIED ({:?}): {}",
-                status.code(),
-                status.message()
-            ),
-        };
-        if answer.is_ok() == expect_allowed {
-            println!("  ok    {line}");
-        } else {
-            failures += 1;
-            println!("  FAIL  {line}");
+    hellos(federation, story).await;
+    Ok(Governed {
+        roster_file,
+        aarhus_air: aarhus_air.id().to_string(),
+        silkeborg_air: silkeborg_air.id().to_string(),
+        aarhus_records: aarhus_records.id().to_string(),
+        period: (midnight_before(2), midnight_before(0)),
+    })
+}
+
+/// Every node says hello to every other over mutual TLS. All certificates
+/// come from one CA, so every handshake works; the roster decides who
+/// learns anything.
+async fn hellos(federation: &DevFederation, story: &mut Story) {
+    println!("  Hello over mutual TLS, every node to every other:");
+    let mut members_greeted = 0;
+    let mut outsider_refused = 0;
+    let mut refused_outsider = 0;
+    let mut odd = Vec::new();
+    for caller in &federation.nodes {
+        for target in &federation.nodes {
+            if std::ptr::eq(caller, target) {
+                continue;
+            }
+            let code = |n: &DevNode| n.running.identity.municipality_code;
+            let (from_member, to_member) = (
+                MEMBERS.contains(&code(caller)),
+                MEMBERS.contains(&code(target)),
+            );
+            let answer = hello(caller, target).await;
+            match (answer, from_member, to_member) {
+                (Ok(()), true, true) => members_greeted += 1,
+                (Err(why), false, true) if why.contains("PermissionDenied") => {
+                    outsider_refused += 1
+                }
+                (Err(why), true, false) if why.contains("PermissionDenied") => {
+                    refused_outsider += 1
+                }
+                (outcome, _, _) => odd.push(format!(
+                    "{} -> {}: {outcome:?}",
+                    caller.running.identity.municipality_name,
+                    target.running.identity.municipality_name
+                )),
+            }
         }
     }
-    Ok(Outcome {
-        failures,
-        agreement: id,
-    })
+    story.check(
+        members_greeted == 6,
+        format!(
+            "members greet each other: {members_greeted} of 6 hellos answered with the node's \
+             identity"
+        ),
+    );
+    story.check(
+        outsider_refused == 3 && refused_outsider == 3,
+        format!(
+            "Albertslund is refused by all three members ({outsider_refused} of 3), and refuses \
+             them ({refused_outsider} of 3): the TLS handshake works (same CA) but a node \
+             answers only members of a fellowship it follows, saying nothing more"
+        ),
+    );
+    for line in odd {
+        story.unexpected(line);
+    }
+}
+
+async fn hello(caller: &DevNode, target: &DevNode) -> Result<(), String> {
+    let mut peer = client::connect(
+        &target.running.peer_endpoint(),
+        &caller.running.identity.tls,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let answer = peer
+        .hello(HelloRequest {
+            caller: Some(caller.running.identity.to_proto()),
+        })
+        .await
+        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?
+        .into_inner();
+    if answer.node != Some(target.running.identity.to_proto()) {
+        return Err("answered as another node".to_string());
+    }
+    Ok(())
 }

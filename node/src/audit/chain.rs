@@ -69,6 +69,9 @@ pub struct Entry {
     pub request: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub response: String,
+    /// The id of the receipt given (provider) or kept (consumer).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub receipt: String,
 }
 
 impl Default for Entry {
@@ -90,6 +93,7 @@ impl Default for Entry {
             bytes: None,
             request: String::new(),
             response: String::new(),
+            receipt: String::new(),
         }
     }
 }

@@ -263,6 +263,27 @@ impl AuditLog {
             .map_err(|reason| AuditError::Store(StoreError::Backend(reason)))
     }
 
+    /// Records every entry of `entries` in one group commit, from blocking
+    /// code; returns the last sequence number.
+    pub fn append_all_blocking(&self, entries: Vec<Entry>) -> Result<u64, AuditError> {
+        let mut waiting = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (done, durable) = oneshot::channel();
+            self.queue
+                .blocking_send(Pending { entry, done })
+                .map_err(|_| AuditError::Stopped)?;
+            waiting.push(durable);
+        }
+        let mut last = 0;
+        for durable in waiting {
+            last = durable
+                .blocking_recv()
+                .map_err(|_| AuditError::Stopped)?
+                .map_err(|reason| AuditError::Store(StoreError::Backend(reason)))?;
+        }
+        Ok(last)
+    }
+
     /// Signs and stores a checkpoint of the chain as it stands.
     pub fn checkpoint(&self) -> Result<Checkpoint, AuditError> {
         let head = self.head();
@@ -303,6 +324,16 @@ impl AuditLog {
             out.push(item?.1);
         }
         Ok(out)
+    }
+
+    /// The last `count` entry lines, oldest first.
+    pub fn tail_lines(&self, count: u64) -> Result<Vec<Vec<u8>>, AuditError> {
+        let last = self.head().seq;
+        if last == 0 || count == 0 {
+            return Ok(Vec::new());
+        }
+        let from = last.saturating_sub(count.min(MAX_RANGE) - 1).max(1);
+        self.lines(from, last)
     }
 
     /// The last `count` entries, oldest first.

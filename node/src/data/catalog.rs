@@ -395,10 +395,33 @@ pub enum CatalogError {
 }
 
 /// The node's dataset catalog over a [`Store`].
+///
+/// Every peer call looks datasets up; decoding them from the store each
+/// time would cost more than the call itself. So the catalog keeps a
+/// decoded snapshot ([`Catalog::snapshot`]), built on first use and
+/// dropped whenever a dataset is published or updated (writes are rare).
 #[derive(Debug)]
 pub struct Catalog {
     store: Arc<dyn Store>,
     write_lock: Mutex<()>,
+    snapshot: std::sync::RwLock<Option<Arc<CatalogSnapshot>>>,
+    /// Counts writes, so a snapshot read before a write is never kept
+    /// after it.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// Every dataset, decoded, sorted by id.
+#[derive(Debug, Default)]
+pub struct CatalogSnapshot {
+    pub datasets: Vec<Dataset>,
+    by_id: std::collections::HashMap<String, usize>,
+}
+
+impl CatalogSnapshot {
+    /// The dataset `id`, if published.
+    pub fn get(&self, id: &str) -> Option<&Dataset> {
+        self.by_id.get(id).map(|&i| &self.datasets[i])
+    }
 }
 
 impl Catalog {
@@ -406,7 +429,53 @@ impl Catalog {
         Catalog {
             store,
             write_lock: Mutex::new(()),
+            snapshot: std::sync::RwLock::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The decoded catalog as it stands, if already built (no store I/O).
+    pub fn cached(&self) -> Option<Arc<CatalogSnapshot>> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The decoded catalog, building it from the store if needed.
+    pub fn snapshot(&self) -> Result<Arc<CatalogSnapshot>, CatalogError> {
+        if let Some(snapshot) = self.cached() {
+            return Ok(snapshot);
+        }
+        use std::sync::atomic::Ordering;
+        let generation = self.generation.load(Ordering::Acquire);
+        let datasets = self.list()?;
+        let by_id = datasets
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.clone(), i))
+            .collect();
+        let snapshot = Arc::new(CatalogSnapshot { datasets, by_id });
+        let mut kept = self
+            .snapshot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A write since the read above makes this snapshot old: use it for
+        // this call, keep it for none.
+        if self.generation.load(Ordering::Acquire) == generation {
+            *kept = Some(Arc::clone(&snapshot));
+        }
+        Ok(snapshot)
+    }
+
+    fn forget_snapshot(&self) {
+        let mut kept = self
+            .snapshot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        *kept = None;
     }
 
     /// Adds a new dataset, assigning its internal number; durable on `Ok`.
@@ -433,6 +502,7 @@ impl Catalog {
             encode_entry(&CatalogEntry { number, dataset })?,
         );
         self.store.write(Keyspace::Datasets, batch)?;
+        self.forget_snapshot();
         self.store.flush()?;
         Ok(())
     }
@@ -456,6 +526,7 @@ impl Catalog {
             })?,
         );
         self.store.write(Keyspace::Datasets, batch)?;
+        self.forget_snapshot();
         self.store.flush()?;
         Ok(())
     }

@@ -313,6 +313,9 @@ pub struct Grant {
     pub fellowship: String,
     /// The caller's municipality code, from the roster.
     pub caller_code: u32,
+    /// The key the roster lists for the caller: its signed requests must
+    /// verify with it.
+    pub caller_key: VerifyingKey,
     pub operations: Vec<Operation>,
     /// Smallest group an aggregate may describe (when aggregate is allowed).
     pub min_group_size: Option<u32>,
@@ -706,6 +709,7 @@ pub fn authorize(
         agreement_id: id,
         fellowship,
         caller_code: caller.code,
+        caller_key: caller.signing_key,
         operations: terms.operations.clone(),
         min_group_size: terms.min_group_size,
         aggregate: terms.aggregate.clone(),

@@ -63,6 +63,9 @@ use crate::telemetry::untrusted;
 pub const MAX_AGREEMENTS_PER_PROVIDER: usize = 500;
 /// Documents one offer (a sync page) may bring; more are not looked at.
 pub const MAX_OFFERED: usize = 256;
+/// Audit entries one offer may cause for refused documents (the rest are
+/// counted in the WARN line).
+pub const MAX_REFUSALS_RECORDED: usize = 16;
 
 /// Why a roster or agreement was not imported.
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +213,32 @@ pub struct Partner {
     pub fellowships: BTreeSet<String>,
 }
 
+/// An agreement in force under which this node, as a consumer, may ask
+/// its provider: what a federated question is routed by.
+#[derive(Debug, Clone)]
+pub struct UsableAgreement {
+    pub id: Uuid,
+    pub fellowship: String,
+    pub provider: u32,
+    pub provider_name: String,
+    pub provider_endpoint: String,
+    /// The fingerprint the provider's server certificate must have.
+    pub provider_fingerprint: Fingerprint,
+    /// The key the provider signs receipts with.
+    pub provider_key: VerifyingKey,
+    pub operations: Vec<Operation>,
+    pub scope: super::agreement::Scope,
+    pub aggregate: super::agreement::AggregateTerms,
+    pub min_group_size: Option<u32>,
+    pub valid_until: OffsetDateTime,
+}
+
+impl UsableAgreement {
+    pub fn allows(&self, operation: Operation) -> bool {
+        self.operations.contains(&operation)
+    }
+}
+
 /// The node's accepted governance documents.
 #[derive(Debug)]
 pub struct Registry {
@@ -220,10 +249,15 @@ pub struct Registry {
     imports: Mutex<()>,
     quarantine: Mutex<BTreeMap<(String, u64), QuarantinedRoster>>,
     provider_check: RwLock<Option<Arc<dyn ProviderCheck>>>,
+    /// Where what partners' offers change or are refused is recorded.
+    audit: RwLock<Option<Arc<crate::audit::AuditLog>>>,
     changes: watch::Sender<u64>,
     /// Forks already reported (partner, fellowship, digest), so a fork is
     /// logged once, not every round.
     forks_reported: Mutex<BTreeSet<(String, String, String)>>,
+    /// Documents a partner offered that were refused and recorded, by
+    /// SHA-256 of (partner, bytes), so the audit gets each refusal once.
+    refusals_recorded: Mutex<std::collections::HashSet<[u8; 32]>>,
 }
 
 pub(crate) fn roster_key(fellowship: &str, serial: u64) -> Vec<u8> {
@@ -308,7 +342,9 @@ impl Registry {
             imports: Mutex::new(()),
             quarantine: Mutex::new(quarantine),
             forks_reported: Mutex::new(BTreeSet::new()),
+            refusals_recorded: Mutex::new(std::collections::HashSet::new()),
             provider_check: RwLock::new(None),
+            audit: RwLock::new(None),
             changes,
         })
     }
@@ -319,6 +355,59 @@ impl Registry {
             .provider_check
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(check);
+    }
+
+    /// Whether partner `from` offering `bytes` was refused for the first
+    /// time (recently: the memory is bounded).
+    fn first_refusal_of(&self, from: u32, bytes: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(from.to_be_bytes());
+        hasher.update(bytes);
+        let key: [u8; 32] = hasher.finalize().into();
+        let mut recorded = self
+            .refusals_recorded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if recorded.len() >= 4_096 {
+            recorded.clear();
+        }
+        recorded.insert(key)
+    }
+
+    /// Sets the audit log that records what partners' offers change.
+    pub fn set_audit(&self, audit: Arc<crate::audit::AuditLog>) {
+        *self
+            .audit
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(audit);
+    }
+
+    /// Records governance changes and refusals brought by partner `from`
+    /// (one group commit for the lot).
+    fn record_offer(&self, from: u32, events: Vec<(&'static str, String)>) {
+        let Some(audit) = self
+            .audit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let entries = events
+            .into_iter()
+            .map(|(outcome, detail)| crate::audit::Entry {
+                event: "governance".to_string(),
+                outcome: outcome.to_string(),
+                caller: Some(from),
+                operation: "sync offer".to_string(),
+                detail: crate::audit::chain::bounded(&untrusted(&detail)),
+                ..crate::audit::Entry::default()
+            })
+            .collect();
+        if let Err(error) = audit.append_all_blocking(entries) {
+            tracing::error!(%error, "governance changes could not be recorded in the audit log");
+        }
     }
 
     fn provider_check(&self) -> Option<Arc<dyn ProviderCheck>> {
@@ -341,6 +430,11 @@ impl Registry {
 
     fn now(&self) -> OffsetDateTime {
         self.clock.now()
+    }
+
+    /// A number that grows whenever the registry changes.
+    pub fn generation(&self) -> u64 {
+        *self.changes.borrow()
     }
 
     /// A receiver that changes whenever the registry does.
@@ -401,18 +495,32 @@ impl Registry {
         let mut session = self.session();
         let mut changed = 0;
         // One line per offer, not per document: a partner could offer
-        // thousands of refusable documents in one page.
+        // thousands of refusable documents in one page. The audit gets
+        // every change and the first few refusals of an offer.
         let mut refused = 0usize;
         let mut first_refusal = None;
-        let mut count = |outcome: Result<Imported, ImportError>, what: &str| match outcome {
-            Ok(Imported::Changed) => changed += 1,
-            Ok(Imported::Unchanged) => {}
-            // Quarantine raised its own alert.
-            Err(ImportError::Quarantined { .. }) => {}
+        let mut journal: Vec<(&'static str, String)> = Vec::new();
+        let mut refusals_recorded = 0;
+        let mut count = |outcome: Result<(Imported, String), ImportError>,
+                         what: &str,
+                         bytes: &[u8]| match outcome {
+            Ok((Imported::Changed, document)) => {
+                changed += 1;
+                journal.push(("accepted", document));
+            }
+            Ok((Imported::Unchanged, _)) => {}
             Err(error) => {
-                refused += 1;
-                if first_refusal.is_none() {
-                    first_refusal = Some(format!("{what}: {error}"));
+                if !matches!(error, ImportError::Quarantined { .. }) {
+                    refused += 1;
+                    if first_refusal.is_none() {
+                        first_refusal = Some(format!("{what}: {error}"));
+                    }
+                }
+                // A partner offers what it holds every round: a document
+                // is recorded as refused once, not every round.
+                if refusals_recorded < MAX_REFUSALS_RECORDED && self.first_refusal_of(from, bytes) {
+                    refusals_recorded += 1;
+                    journal.push(("refused", format!("{what}: {error}")));
                 }
             }
         };
@@ -420,24 +528,46 @@ impl Registry {
         let rosters = &rosters[..rosters.len().min(MAX_OFFERED)];
         let agreements = &agreements[..agreements.len().min(MAX_OFFERED - rosters.len())];
         for bytes in rosters {
-            let outcome = match Roster::parse(bytes) {
-                Ok(roster) if !fellowships.contains(roster.fellowship()) => continue,
-                Ok(_) => session
-                    .roster(bytes, RosterImport::FROM_PARTNER)
-                    .map(|(imported, _)| imported),
-                Err(error) => Err(error.into()),
-            };
-            count(outcome, "roster");
+            let outcome =
+                match Roster::parse(bytes) {
+                    Ok(roster) if !fellowships.contains(roster.fellowship()) => continue,
+                    Ok(_) => session.roster(bytes, RosterImport::FROM_PARTNER).map(
+                        |(imported, roster)| {
+                            (
+                                imported,
+                                format!(
+                                    "roster `{}` serial {}",
+                                    roster.fellowship(),
+                                    roster.serial()
+                                ),
+                            )
+                        },
+                    ),
+                    Err(error) => Err(error.into()),
+                };
+            count(outcome, "roster", bytes);
         }
         for bytes in agreements {
             let outcome = match Agreement::parse(bytes) {
                 Ok(agreement) if !fellowships.contains(&agreement.body().fellowship) => continue,
-                Ok(_) => session.agreement(bytes, true).map(|(imported, _)| imported),
+                Ok(_) => session.agreement(bytes, true).map(|(imported, agreement)| {
+                    (
+                        imported,
+                        format!(
+                            "agreement {} of provider {}",
+                            agreement.id(),
+                            agreement.body().provider
+                        ),
+                    )
+                }),
                 Err(error) => Err(error.into()),
             };
-            count(outcome, "agreement");
+            count(outcome, "agreement", bytes);
         }
         session.commit()?;
+        if !journal.is_empty() {
+            self.record_offer(from, journal);
+        }
         if (refused > 0 || skipped > 0)
             && let Some(suppressed) = crate::telemetry::refusals().admit(&format!("partner {from}"))
         {
@@ -551,6 +681,87 @@ impl Registry {
             }
         }
         Ok(out)
+    }
+
+    /// The agreements in force now under which this node is a consumer
+    /// (fully signed by current keys, within their dates, provider and this
+    /// node current members, roster not refused as stale), by provider and
+    /// id.
+    pub fn usable_agreements(&self) -> Vec<UsableAgreement> {
+        let now = self.now();
+        let view = self.snapshot();
+        let own = view.own_code();
+        let mut out: Vec<UsableAgreement> = view
+            .held_agreements()
+            .filter_map(|held| {
+                let terms = held.agreement.body();
+                if terms.provider == own || !terms.has_consumer(own) {
+                    return None;
+                }
+                let roster = view.roster(&terms.fellowship)?;
+                let provider = roster
+                    .member(terms.provider)
+                    .filter(|m| m.is_current(now))?;
+                roster.member(own).filter(|m| m.is_current(now))?;
+                if roster.is_stale(now)
+                    && roster.body().on_stale == super::roster::StalePolicy::Refuse
+                {
+                    return None;
+                }
+                if !held
+                    .agreement
+                    .status_with(held.signatures.clone(), roster, now)
+                    .is_active()
+                {
+                    return None;
+                }
+                Some(UsableAgreement {
+                    id: held.agreement.id(),
+                    fellowship: terms.fellowship.clone(),
+                    provider: provider.code,
+                    provider_name: provider.name.clone(),
+                    provider_endpoint: provider.endpoint.clone(),
+                    provider_fingerprint: provider.tls_fingerprint,
+                    provider_key: provider.signing_key,
+                    operations: terms.operations.clone(),
+                    scope: terms.scope.clone(),
+                    aggregate: terms.aggregate.clone(),
+                    min_group_size: terms.min_group_size,
+                    valid_until: terms.valid_until,
+                })
+            })
+            .collect();
+        out.sort_by_key(|a| (a.provider, a.id));
+        out
+    }
+
+    /// How many agreements in force this node provides to `consumer`.
+    pub fn agreements_provided_to(&self, consumer: u32) -> usize {
+        let now = self.now();
+        let view = self.snapshot();
+        let own = view.own_code();
+        view.held_agreements()
+            .filter(|held| {
+                let terms = held.agreement.body();
+                terms.provider == own
+                    && terms.has_consumer(consumer)
+                    && view.roster(&terms.fellowship).is_some_and(|roster| {
+                        roster.member(consumer).is_some_and(|m| m.is_current(now))
+                            && held
+                                .agreement
+                                .status_with(held.signatures.clone(), roster, now)
+                                .is_active()
+                    })
+            })
+            .count()
+    }
+
+    /// The signing key the roster of `fellowship` lists for `code`.
+    pub fn member_key(&self, fellowship: &str, code: u32) -> Option<VerifyingKey> {
+        self.snapshot()
+            .roster(fellowship)
+            .and_then(|roster| roster.member(code))
+            .map(|member| member.signing_key)
     }
 
     /// Current members of the fellowships this node is a current member

@@ -45,6 +45,8 @@ use crate::store::StoreError;
 pub const PAGE_BYTES: usize = 1024 * 1024;
 /// Agreement heads per summary, in bytes.
 const HEADS_BYTES: usize = 512 * 1024;
+/// How long one page may take.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pages per exchange with one partner; the next round continues.
 const MAX_PAGES: usize = 64;
 /// A cursor past every agreement key (keys start with digits).
@@ -363,9 +365,9 @@ async fn sync_with(
             after: after.clone(),
             until: until.clone(),
         };
-        let answer = client
-            .sync_governance(request)
+        let answer = tokio::time::timeout(PAGE_TIMEOUT, client.sync_governance(request))
             .await
+            .map_err(|_| format!("no answer within {} s", PAGE_TIMEOUT.as_secs()))?
             .map_err(|status| {
                 format!(
                     "{}: {}",

@@ -1,7 +1,7 @@
 //! The local API's data RPCs: publish and list datasets, ingest and query
 //! readings, put and list records. Storage calls block (sled, fsync), so
 //! they run on tokio's blocking pool; query answers stream through
-//! [`crate::answer`], so a slow client slows the scan instead of filling
+//! [`crate::plane::answer`], so a slow client slows the scan instead of filling
 //! memory or holding a thread.
 
 use samvirke_proto::v1 as pb;
@@ -9,10 +9,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::LocalService;
 use super::auth::Role;
-use crate::answer::{self, AnswerStream, blocking};
 use crate::data::aggregate::AggregateSpec;
 use crate::data::catalog::widening_changes;
 use crate::data::records::Stored;
+use crate::plane::answer::{self, AnswerStream, blocking};
 use crate::plane::disclosure::AnswerPlan;
 use crate::wire;
 
@@ -175,7 +175,7 @@ impl LocalService {
             terms: None,
         };
         Ok(Response::new(
-            answer::readings(&self.plane, plan, None, self.answers, permit).await?,
+            answer::readings(&self.plane, plan, None, self.answers, permit, None).await?,
         ))
     }
 

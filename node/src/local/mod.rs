@@ -2,8 +2,15 @@
 //! users and applications call, on its own listener, with bearer tokens.
 //! Each RPC states the role it needs at its first line, through
 //! [`LocalService::admit`], which also takes the call's place under the
-//! per-token limits.
+//! per-token limits. Governance imports, catalog changes and every use of
+//! an admin-only RPC are recorded in the audit log with the token.
+//!
+//! - [`data`]: catalog, readings and records;
+//! - [`ask`]: questions to the fellowship, its catalog, partners, receipts;
+//! - [`audit`]: tailing and exporting the audit log.
 
+pub mod ask;
+pub mod audit;
 pub mod auth;
 pub mod data;
 
@@ -19,11 +26,13 @@ use tonic::{Request, Response, Status};
 
 use samvirke_proto::v1 as pb;
 
-use crate::answer::AnswerLimits;
+use crate::audit::{AuditLog, Entry};
 use crate::clock::SharedClock;
+use crate::federate::Federation;
 use crate::governance::registry::{Imported, Registry, RosterImport};
 use crate::identity::NodeIdentity;
 use crate::plane::DataPlane;
+use crate::plane::answer::AnswerLimits;
 use crate::store::Store;
 use crate::transport::limiter::{CallLimiter, CallPermit};
 use auth::{Principal, Role, TokenRegistry};
@@ -41,6 +50,8 @@ pub struct LocalService {
     listeners: Vec<ListenerInfo>,
     calls: Arc<CallLimiter>,
     answers: AnswerLimits,
+    federation: Arc<Federation>,
+    audit: Arc<AuditLog>,
 }
 
 impl LocalService {
@@ -56,6 +67,8 @@ impl LocalService {
         listeners: Vec<ListenerInfo>,
         calls: Arc<CallLimiter>,
         answers: AnswerLimits,
+        federation: Arc<Federation>,
+        audit: Arc<AuditLog>,
     ) -> LocalService {
         let started_at = clock.now();
         LocalService {
@@ -69,7 +82,36 @@ impl LocalService {
             listeners,
             calls,
             answers,
+            federation,
+            audit,
         }
+    }
+
+    /// Records what a local token did (an `admin` entry); the action's
+    /// answer waits for it, and fails if it cannot be recorded.
+    pub(crate) async fn record(
+        &self,
+        caller: &Principal,
+        method: &str,
+        outcome: &str,
+        detail: String,
+    ) -> Result<u64, Status> {
+        self.audit
+            .append(Entry {
+                event: "admin".to_string(),
+                outcome: outcome.to_string(),
+                token: caller.name.clone(),
+                operation: method.to_string(),
+                detail: crate::audit::chain::bounded(&crate::telemetry::untrusted(&detail)),
+                ..Entry::default()
+            })
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "a local action could not be recorded in the audit log");
+                Status::unavailable(
+                    "this node cannot record the action in its audit log; its operator has the                      details",
+                )
+            })
     }
 
     /// Checks the caller's token holds `role` for `method`, and takes the
@@ -122,10 +164,46 @@ impl Local for LocalService {
             repin: ask.repin,
             accept_own_entry_change: ask.accept_own_entry_change,
         };
-        let (imported, roster) =
+        let imported =
             tokio::task::spawn_blocking(move || registry.import_roster(&document.content, mode))
                 .await
-                .map_err(|e| Status::internal(format!("governance task failed: {e}")))??;
+                .map_err(|e| Status::internal(format!("governance task failed: {e}")))?;
+        const METHOD: &str = "samvirke.v1.Local/ImportRoster";
+        let (imported, roster) = match imported {
+            Ok(done) => done,
+            Err(error) => {
+                self.record(&caller, METHOD, "refused", error.to_string())
+                    .await?;
+                return Err(error.into());
+            }
+        };
+        self.record(
+            &caller,
+            METHOD,
+            if imported == Imported::Changed {
+                "accepted"
+            } else {
+                "unchanged"
+            },
+            format!(
+                "roster `{}` serial {} digest {}{}{}{}",
+                roster.fellowship(),
+                roster.serial(),
+                roster.digest(),
+                if mode.trust_anchor {
+                    "; pinned as trust anchor"
+                } else {
+                    ""
+                },
+                if mode.repin { "; re-pinned" } else { "" },
+                if mode.accept_own_entry_change {
+                    "; own entry change accepted unsigned"
+                } else {
+                    ""
+                }
+            ),
+        )
+        .await?;
         tracing::info!(
             token = %caller.name,
             fellowship = roster.fellowship(),
@@ -153,10 +231,36 @@ impl Local for LocalService {
             .document
             .ok_or_else(|| Status::invalid_argument("document: missing"))?;
         let registry = Arc::clone(&self.registry);
-        let (imported, agreement) =
+        let imported =
             tokio::task::spawn_blocking(move || registry.import_agreement(&document.content))
                 .await
-                .map_err(|e| Status::internal(format!("governance task failed: {e}")))??;
+                .map_err(|e| Status::internal(format!("governance task failed: {e}")))?;
+        const METHOD: &str = "samvirke.v1.Local/ImportAgreement";
+        let (imported, agreement) = match imported {
+            Ok(done) => done,
+            Err(error) => {
+                self.record(&caller, METHOD, "refused", error.to_string())
+                    .await?;
+                return Err(error.into());
+            }
+        };
+        self.record(
+            &caller,
+            METHOD,
+            if imported == Imported::Changed {
+                "accepted"
+            } else {
+                "unchanged"
+            },
+            format!(
+                "agreement {} of provider {} in `{}` digest {}",
+                agreement.id(),
+                agreement.body().provider,
+                agreement.body().fellowship,
+                agreement.digest()
+            ),
+        )
+        .await?;
         tracing::info!(
             token = %caller.name,
             agreement = %agreement.id(),
@@ -220,7 +324,7 @@ impl Local for LocalService {
         self.ingest_readings_rpc(request).await
     }
 
-    type QueryReadingsStream = crate::answer::AnswerStream;
+    type QueryReadingsStream = crate::plane::answer::AnswerStream;
 
     async fn query_readings(
         &self,
@@ -262,5 +366,58 @@ impl Local for LocalService {
         request: Request<pb::ProcurementFilter>,
     ) -> Result<Response<pb::ListProcurementsResponse>, Status> {
         self.list_procurements_rpc(request).await
+    }
+
+    type AskStream = crate::federate::ask::AskStream;
+
+    async fn ask(
+        &self,
+        request: Request<pb::AskRequest>,
+    ) -> Result<Response<Self::AskStream>, Status> {
+        self.ask_rpc(request).await
+    }
+
+    async fn fellowship_catalog(
+        &self,
+        request: Request<pb::FellowshipCatalogRequest>,
+    ) -> Result<Response<pb::FellowshipCatalogResponse>, Status> {
+        self.fellowship_catalog_rpc(request).await
+    }
+
+    async fn list_partners(
+        &self,
+        request: Request<pb::ListPartnersRequest>,
+    ) -> Result<Response<pb::ListPartnersResponse>, Status> {
+        self.list_partners_rpc(request).await
+    }
+
+    async fn list_receipts(
+        &self,
+        request: Request<pb::ListReceiptsRequest>,
+    ) -> Result<Response<pb::ListReceiptsResponse>, Status> {
+        self.list_receipts_rpc(request).await
+    }
+
+    async fn get_receipt(
+        &self,
+        request: Request<pb::GetReceiptRequest>,
+    ) -> Result<Response<pb::Receipt>, Status> {
+        self.get_receipt_rpc(request).await
+    }
+
+    async fn tail_audit(
+        &self,
+        request: Request<pb::TailAuditRequest>,
+    ) -> Result<Response<pb::TailAuditResponse>, Status> {
+        self.tail_audit_rpc(request).await
+    }
+
+    type ExportAuditStream = audit::ExportStream;
+
+    async fn export_audit(
+        &self,
+        request: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        self.export_audit_rpc(request).await
     }
 }

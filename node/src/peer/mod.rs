@@ -1,15 +1,22 @@
 //! The peer API (`samvirke.v1.Peer`): what partner nodes call over mutual
-//! TLS, and [`client`], how this node calls them.
+//! TLS, and [`client`], a plain (unpinned) client for tools and tests
+//! (nodes call each other through [`crate::partners`]).
 //!
 //! The TLS layer has already refused anyone without a client certificate
 //! chaining to a trust root before a handler runs; handlers identify the
 //! caller by the SHA-256 fingerprint of that certificate
 //! ([`caller_fingerprint`]), never by anything the caller says about itself.
 //! Every call first takes a place under the per-caller limits
-//! ([`CallLimiter`]), so one partner's calls cannot crowd out the others'.
+//! ([`CallLimiter`]), so one partner's calls cannot crowd out the others',
+//! and is then accounted for ([`call`]): data calls are signed, every
+//! decision is in the audit log before its answer leaves, every answer has
+//! a signed receipt.
 
+pub mod call;
 pub mod client;
 mod data;
+
+pub use data::{CATALOG, LIST_PILOTS, LIST_PROCUREMENTS, QUERY_READINGS};
 
 use std::sync::Arc;
 
@@ -23,16 +30,17 @@ use uuid::Uuid;
 
 use samvirke_proto::v1 as pb;
 
-use crate::answer::AnswerLimits;
 use crate::clock::SharedClock;
 use crate::governance::registry::{Registry, operation_from_proto, operation_to_proto};
 use crate::governance::{AccessRequest, sync};
 use crate::identity::{Fingerprint, NodeIdentity};
 use crate::plane::DataPlane;
+use crate::plane::answer::AnswerLimits;
 use crate::telemetry::untrusted;
 use crate::transport::ConnectionInfo;
 use crate::transport::limiter::{CallLimiter, CallPermit};
 use crate::wire::timestamp;
+use call::{Accounts, Refusal};
 
 /// Why a peer call was refused before any authorisation rule ran.
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +73,16 @@ pub struct PeerService {
     clock: SharedClock,
     calls: Arc<CallLimiter>,
     answers: AnswerLimits,
+    accounts: Arc<Accounts>,
 }
 
+const HELLO: &str = "/samvirke.v1.Peer/Hello";
+const SYNC_GOVERNANCE: &str = "/samvirke.v1.Peer/SyncGovernance";
+const CHECK_ACCESS: &str = "/samvirke.v1.Peer/CheckAccess";
+
 impl PeerService {
-    /// A peer service answering as `identity`, judging calls by `registry`.
+    /// A peer service answering as `identity`, judging calls by `registry`,
+    /// accounting for them with `accounts`.
     pub fn new(
         identity: Arc<NodeIdentity>,
         registry: Arc<Registry>,
@@ -76,6 +90,7 @@ impl PeerService {
         clock: SharedClock,
         calls: Arc<CallLimiter>,
         answers: AnswerLimits,
+        accounts: Arc<Accounts>,
     ) -> PeerService {
         PeerService {
             identity,
@@ -84,6 +99,7 @@ impl PeerService {
             clock,
             calls,
             answers,
+            accounts,
         }
     }
 
@@ -102,13 +118,18 @@ impl Peer for PeerService {
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloResponse>, Status> {
         let (caller, _permit) = self.admit(&request)?;
+        let mut call = self.accounts.open(&request, HELLO, false);
         // Only members learn who this node is; anyone else learns only that
         // the TLS handshake worked and it is not a member.
         let Some((code, _)) = self.registry.membership_of(&caller) else {
-            return Err(PeerAuthError::NotAMember(caller).into());
+            return Err(self
+                .accounts
+                .refused(&call, PeerAuthError::NotAMember(caller).into())
+                .await);
         };
+        call.caller_code = Some(code);
         // What the caller says about itself is informative only, and never
-        // logged as it came (it could forge log lines).
+        // logged or recorded as it came (it could forge log lines).
         let claimed = request
             .get_ref()
             .caller
@@ -121,6 +142,9 @@ impl Peer for PeerService {
             })
             .unwrap_or_else(|| "unnamed".to_string());
         tracing::debug!(caller = code, fingerprint = %caller, claimed = %claimed, "peer hello");
+        self.accounts
+            .noted(&call, format!("hello; the caller calls itself {claimed}"))
+            .await?;
         Ok(Response::new(HelloResponse {
             node: Some(self.identity.to_proto()),
             server_time: Some(timestamp(self.clock.now())),
@@ -133,12 +157,16 @@ impl Peer for PeerService {
         request: Request<SyncGovernanceRequest>,
     ) -> Result<Response<SyncGovernanceResponse>, Status> {
         let (caller, _permit) = self.admit(&request)?;
+        let mut call = self.accounts.open(&request, SYNC_GOVERNANCE, false);
         let registry = Arc::clone(&self.registry);
         let Some((code, fellowships)) = self.registry.membership_of(&caller) else {
             // A former member is told it left (so its operator sees it),
             // nothing more.
             let Some((code, fellowships)) = self.registry.former_membership_of(&caller) else {
-                return Err(PeerAuthError::NotAMember(caller).into());
+                return Err(self
+                    .accounts
+                    .refused(&call, PeerAuthError::NotAMember(caller).into())
+                    .await);
             };
             let ask = request.into_inner();
             let answer = tokio::task::spawn_blocking(move || {
@@ -148,8 +176,12 @@ impl Peer for PeerService {
             .map_err(|e| Status::internal(format!("governance task failed: {e}")))??;
             return Ok(Response::new(answer));
         };
+        call.caller_code = Some(code);
         let ask = request.into_inner();
-        // Imports verify signatures and fsync: keep them off the async workers.
+        // Imports verify signatures and fsync: keep them off the async
+        // workers. What a page changes is recorded by the registry's own
+        // audit entries; a page that changes nothing is the background
+        // heartbeat and is not recorded.
         let answer =
             tokio::task::spawn_blocking(move || sync::answer(&registry, code, &fellowships, ask))
                 .await
@@ -162,22 +194,31 @@ impl Peer for PeerService {
         request: Request<CheckAccessRequest>,
     ) -> Result<Response<CheckAccessResponse>, Status> {
         let (caller, _permit) = self.admit(&request)?;
+        let mut call = self.accounts.open(&request, CHECK_ACCESS, false);
         let ask = request.into_inner();
-        let plane = Arc::clone(&self.plane);
-        let access = tokio::task::spawn_blocking(move || {
-            access_request(caller, &ask, &plane).map(|access| (access, ask))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("storage task failed: {e}")))??;
-        let (access, ask) = access;
-        let grant = self.registry.authorize(&access)?;
-        tracing::debug!(
-            caller = grant.caller_code,
-            agreement = %grant.agreement_id,
-            operation = access.operation.as_str(),
-            dataset = %untrusted(&ask.dataset_id),
-            "access check allowed"
-        );
+        let operation = operation_from_proto(ask.operation)
+            .map(|op| op.as_str())
+            .unwrap_or("");
+        call.about(&ask.agreement_id, operation, &ask.dataset_id);
+        let decided = async {
+            let plane = Arc::clone(&self.plane);
+            let access = tokio::task::spawn_blocking(move || {
+                access_request(caller, &ask, &plane).map(|access| (access, ask))
+            })
+            .await
+            .map_err(|e| Status::internal(format!("storage task failed: {e}")))??;
+            let (access, _) = access;
+            Ok::<_, Refusal>(self.registry.authorize(&access)?)
+        }
+        .await;
+        let grant = match decided {
+            Ok(grant) => grant,
+            Err(refusal) => return Err(self.accounts.refused(&call, refusal).await),
+        };
+        call.granted(&grant);
+        self.accounts
+            .noted(&call, "access check: allowed".to_string())
+            .await?;
         Ok(Response::new(CheckAccessResponse {
             agreement_id: grant.agreement_id.to_string(),
             caller_member_code: grant.caller_code,
@@ -197,7 +238,7 @@ impl Peer for PeerService {
         self.catalog_rpc(request).await
     }
 
-    type QueryReadingsStream = crate::answer::AnswerStream;
+    type QueryReadingsStream = crate::plane::answer::AnswerStream;
 
     async fn query_readings(
         &self,

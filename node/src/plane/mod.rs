@@ -13,6 +13,7 @@
 //! provides is accepted, whether its terms can be honoured exactly
 //! ([`ProviderCheck`]).
 
+pub mod answer;
 pub mod disclosure;
 pub mod noise;
 pub mod pseudonym;

@@ -1,6 +1,10 @@
 //! What either side of a peer call can later prove: the caller's signed
 //! request and the provider's signed receipt.
 //!
+//! - [`batch`]: Ed25519 signatures over Merkle trees of the messages a
+//!   signer signs at the same moment, so one signature (and, for a
+//!   verifier that remembers checked roots, one verification) covers many
+//!   requests or receipts under load;
 //! - [`request`]: every peer data request carries the caller's Ed25519
 //!   signature over a domain-separated encoding of the method, the digest
 //!   of the request message, the agreement, the caller's code, a timestamp
@@ -17,15 +21,21 @@
 //! is canonical here: messages with maps are generated with ordered maps,
 //! and both sides encode with the same generated code.
 
+pub mod batch;
 pub mod receipt;
 pub mod request;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-/// `sha256:<hex>` of a message's protobuf encoding.
+/// SHA-256 of a message's protobuf encoding.
 pub fn message_digest<M: Message>(message: &M) -> [u8; 32] {
     Sha256::digest(message.encode_to_vec()).into()
+}
+
+/// A digest as text: `sha256:<hex>`.
+pub fn digest_text(digest: &[u8; 32]) -> String {
+    format!("sha256:{}", hex::encode(digest))
 }
 
 /// Accumulates the digest of a streamed answer: each message's encoding,
@@ -36,6 +46,9 @@ pub struct StreamDigest {
     /// Messages and encoded bytes so far.
     pub messages: u64,
     pub bytes: u64,
+    /// Rows (readings, buckets, records, datasets) so far, kept by the
+    /// caller that knows what a row is.
+    pub rows: u64,
 }
 
 impl StreamDigest {

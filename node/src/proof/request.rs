@@ -3,7 +3,8 @@
 //! The caller puts four metadata entries on every peer data request:
 //! `samvirke-caller` (its municipality code), `samvirke-time` (Unix
 //! milliseconds), `samvirke-nonce` (16 random bytes, hex) and
-//! `samvirke-signature` (Ed25519, hex) over
+//! `samvirke-signature-bin` (a [`pb::BatchSignature`] in the domain
+//! `request`, see [`super::batch`]) over the leaf
 //!
 //! ```text
 //! "samvirke/request/v1\0" || method || "\0" || SHA-256(request message)
@@ -12,28 +13,49 @@
 //!
 //! The provider recomputes the message digest from the message it decoded,
 //! checks the signature with the key the roster lists for the caller's
-//! certificate, refuses a time more than the skew window away from its own
-//! clock, and refuses a nonce it has seen within the window. Nonces are
-//! kept in memory and in the store (so a restart does not reopen the
-//! window), at most [`MAX_NONCES`] at once.
+//! certificate, and then ([`Replays::admit`]):
+//!
+//! - refuses a time more than the skew window (default 5 minutes) away
+//!   from its own clock: a captured request is worthless after that;
+//! - within the window, refuses a nonce it has seen. Remembering every
+//!   nonce of the window would cost memory in proportion to a partner's
+//!   call rate times ten minutes; instead each caller has a high-water mark
+//!   (its latest request time seen) and nonces are remembered only for the
+//!   last [`REORDER_SLACK`] before it. A request older than that is refused
+//!   as out of order: concurrent requests of one caller are signed moments
+//!   apart and never arrive half a minute out of order, so an honest
+//!   caller never sees this, while a replay of anything older is refused
+//!   without a nonce to look up. One caller's flood fills only its own
+//!   memory (at most [`MAX_NONCES_PER_CALLER`]).
+//!
+//! Nonces are written to the store with each admission (made durable by
+//! the audit entry of the same call), so a restart does not reopen the
+//! window.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use prost::Message;
+use samvirke_proto::v1 as pb;
 use time::{Duration, OffsetDateTime};
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{BinaryMetadataValue, MetadataMap};
 use uuid::Uuid;
 
+use super::batch::{self, BatchError, BatchSigner, VerifiedRoots};
 use crate::store::{Keyspace, Store, StoreError, WriteBatch};
 
 const DOMAIN: &[u8] = b"samvirke/request/v1\0";
+/// The batch-signature domain of requests.
+pub const BATCH_DOMAIN: &str = "request";
 pub const CALLER_HEADER: &str = "samvirke-caller";
 pub const TIME_HEADER: &str = "samvirke-time";
 pub const NONCE_HEADER: &str = "samvirke-nonce";
-pub const SIGNATURE_HEADER: &str = "samvirke-signature";
-/// Nonces remembered at most: a bound on what many signed requests cost.
-pub const MAX_NONCES: usize = 1_000_000;
+pub const SIGNATURE_HEADER: &str = "samvirke-signature-bin";
+/// How far behind a caller's latest request another of its requests may
+/// be (see the module doc).
+pub const REORDER_SLACK: Duration = Duration::seconds(30);
+/// Nonces remembered per caller at most.
+pub const MAX_NONCES_PER_CALLER: usize = 200_000;
 
 /// Why a request's signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,24 +69,32 @@ pub enum RequestError {
          {window_secs} s allowed; check the calling node's clock"
     )]
     Stale { off_by_secs: i64, window_secs: i64 },
+    #[error(
+        "the request was signed {behind_ms} ms before the caller's latest request seen here \
+         (more than {slack_secs} s): refused as a possible replay; sign requests when sending \
+         them"
+    )]
+    OutOfOrder { behind_ms: i64, slack_secs: i64 },
     #[error("the request was seen before (same nonce): a replay")]
     Replayed,
-    #[error("the request's signature does not verify with the key the roster lists for the caller")]
-    BadSignature,
-    #[error("this node is remembering too many recent requests; retry shortly")]
+    #[error("the signature names caller {signed}, but the certificate is that of member {actual}")]
+    CallerMismatch { signed: u32, actual: u32 },
+    #[error("the request's signature is not valid for the caller's key in the roster: {0}")]
+    BadSignature(BatchError),
+    #[error("this node is remembering too many recent requests of this caller; retry shortly")]
     TooMany,
 }
 
 /// The signature parts of a request, as read from its metadata.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SignedParts {
     pub caller: u32,
     pub at_ms: i64,
     pub nonce: [u8; 16],
-    pub signature: [u8; 64],
+    pub signature: pb::BatchSignature,
 }
 
-/// The bytes a request signature covers.
+/// The leaf a request signature covers.
 pub fn signed_message(
     method: &str,
     digest: &[u8; 32],
@@ -85,38 +115,102 @@ pub fn signed_message(
     message
 }
 
-/// Signs a request to `method` under `agreement` (the message digest
-/// `digest`) as `caller` with `key`, at `now`, putting the parts in
-/// `metadata`.
-pub fn sign(
+/// What a signed request states, before it is signed.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub caller: u32,
+    pub method: &'a str,
+    pub digest: &'a [u8; 32],
+    pub agreement: Uuid,
+    pub at: OffsetDateTime,
+}
+
+/// Signs a request with `signer` (in a batch with the requests signed at
+/// the same moment) and puts the parts in `metadata`. Returns the nonce.
+pub async fn sign(
     metadata: &mut MetadataMap,
-    key: &SigningKey,
-    caller: u32,
-    method: &str,
-    digest: &[u8; 32],
-    agreement: Uuid,
-    now: OffsetDateTime,
-) -> Result<(), getrandom::Error> {
+    signer: &BatchSigner,
+    facts: RequestFacts<'_>,
+) -> Result<[u8; 16], SignError> {
     let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce)?;
-    let at_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
-    let signature = key.sign(&signed_message(
-        method, digest, agreement, caller, at_ms, &nonce,
-    ));
+    getrandom::fill(&mut nonce).map_err(|e| SignError(e.to_string()))?;
+    let at_ms = ms(facts.at);
+    let signature = signer
+        .sign(&signed_message(
+            facts.method,
+            facts.digest,
+            facts.agreement,
+            facts.caller,
+            at_ms,
+            &nonce,
+        ))
+        .await
+        .map_err(|e| SignError(e.to_string()))?;
+    put_parts(
+        metadata,
+        &SignedParts {
+            caller: facts.caller,
+            at_ms,
+            nonce,
+            signature,
+        },
+    );
+    Ok(nonce)
+}
+
+/// Signs a request on its own (a batch of one) with `key`: for tools and
+/// tests that call partners without a [`BatchSigner`].
+pub fn sign_now(
+    metadata: &mut MetadataMap,
+    key: &ed25519_dalek::SigningKey,
+    facts: RequestFacts<'_>,
+) -> Result<[u8; 16], SignError> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| SignError(e.to_string()))?;
+    let at_ms = ms(facts.at);
+    let signature = batch::sign_one(
+        key,
+        BATCH_DOMAIN,
+        &signed_message(
+            facts.method,
+            facts.digest,
+            facts.agreement,
+            facts.caller,
+            at_ms,
+            &nonce,
+        ),
+    );
+    put_parts(
+        metadata,
+        &SignedParts {
+            caller: facts.caller,
+            at_ms,
+            nonce,
+            signature,
+        },
+    );
+    Ok(nonce)
+}
+
+/// Why a request could not be signed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the request could not be signed: {0}")]
+pub struct SignError(String);
+
+/// Puts signed parts in `metadata` (also how tests build odd requests).
+pub fn put_parts(metadata: &mut MetadataMap, parts: &SignedParts) {
     let put = |metadata: &mut MetadataMap, name: &'static str, value: String| {
         if let Ok(value) = value.parse() {
             metadata.insert(name, value);
         }
     };
-    put(metadata, CALLER_HEADER, caller.to_string());
-    put(metadata, TIME_HEADER, at_ms.to_string());
-    put(metadata, NONCE_HEADER, hex::encode(nonce));
-    put(
-        metadata,
+    put(metadata, CALLER_HEADER, parts.caller.to_string());
+    put(metadata, TIME_HEADER, parts.at_ms.to_string());
+    put(metadata, NONCE_HEADER, hex::encode(parts.nonce));
+    metadata.insert_bin(
         SIGNATURE_HEADER,
-        hex::encode(signature.to_bytes()),
+        BinaryMetadataValue::from_bytes(&parts.signature.encode_to_vec()),
     );
-    Ok(())
 }
 
 fn header<'a>(metadata: &'a MetadataMap, name: &'static str) -> Result<&'a str, RequestError> {
@@ -138,6 +232,11 @@ fn fixed_hex<const N: usize>(text: &str, name: &'static str) -> Result<[u8; N], 
 
 /// Reads the signature parts from a request's metadata.
 pub fn read(metadata: &MetadataMap) -> Result<SignedParts, RequestError> {
+    let signature = metadata
+        .get_bin(SIGNATURE_HEADER)
+        .ok_or(RequestError::Missing(SIGNATURE_HEADER))?
+        .to_bytes()
+        .map_err(|_| RequestError::Malformed(SIGNATURE_HEADER))?;
     Ok(SignedParts {
         caller: header(metadata, CALLER_HEADER)?
             .parse()
@@ -146,69 +245,99 @@ pub fn read(metadata: &MetadataMap) -> Result<SignedParts, RequestError> {
             .parse()
             .map_err(|_| RequestError::Malformed(TIME_HEADER))?,
         nonce: fixed_hex(header(metadata, NONCE_HEADER)?, NONCE_HEADER)?,
-        signature: fixed_hex(header(metadata, SIGNATURE_HEADER)?, SIGNATURE_HEADER)?,
+        signature: pb::BatchSignature::decode(signature.as_ref())
+            .map_err(|_| RequestError::Malformed(SIGNATURE_HEADER))?,
     })
 }
 
-/// Whether `parts` is a valid signature by `key` of a request to `method`
-/// with message digest `digest` under `agreement`.
+/// Checks that `parts` is `key`'s signature of a request to `method` with
+/// message digest `digest` under `agreement`.
 pub fn verify(
     parts: &SignedParts,
-    key: &VerifyingKey,
+    key: &ed25519_dalek::VerifyingKey,
     method: &str,
     digest: &[u8; 32],
     agreement: Uuid,
-) -> bool {
-    key.verify_strict(
-        &signed_message(
-            method,
-            digest,
-            agreement,
-            parts.caller,
-            parts.at_ms,
-            &parts.nonce,
-        ),
-        &Signature::from_bytes(&parts.signature),
-    )
-    .is_ok()
+    roots: Option<&VerifiedRoots>,
+) -> Result<(), RequestError> {
+    let message = signed_message(
+        method,
+        digest,
+        agreement,
+        parts.caller,
+        parts.at_ms,
+        &parts.nonce,
+    );
+    batch::verify(&parts.signature, BATCH_DOMAIN, &message, key, roots)
+        .map_err(RequestError::BadSignature)
 }
 
-/// The nonces seen within the skew window, and the window itself.
+/// One caller's recent requests.
+#[derive(Debug, Default)]
+struct CallerWindow {
+    /// The latest request time seen (Unix ms).
+    high: i64,
+    /// Nonces of requests within [`REORDER_SLACK`] of `high`, by time.
+    by_time: BTreeMap<(i64, [u8; 16]), ()>,
+    nonces: HashMap<[u8; 16], i64>,
+}
+
+impl CallerWindow {
+    fn forget_before(&mut self, floor: i64, forgotten: &mut Vec<(i64, [u8; 16])>) {
+        while let Some((&(at, nonce), ())) = self.by_time.first_key_value() {
+            if at >= floor {
+                break;
+            }
+            self.by_time.remove(&(at, nonce));
+            self.nonces.remove(&nonce);
+            forgotten.push((at, nonce));
+        }
+    }
+}
+
+/// The recent requests of every caller, and the skew window.
 #[derive(Debug)]
 pub struct Replays {
     store: Arc<dyn Store>,
     window: Duration,
-    seen: Mutex<Seen>,
+    callers: Mutex<HashMap<u32, CallerWindow>>,
 }
 
-#[derive(Debug, Default)]
-struct Seen {
-    /// Nonce -> when it may be forgotten (Unix ms).
-    expiry: HashMap<[u8; 16], i64>,
-    /// When expired nonces were last dropped (Unix ms).
-    pruned: i64,
+fn nonce_key(caller: u32, at_ms: i64, nonce: &[u8; 16]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(28);
+    key.extend_from_slice(&caller.to_be_bytes());
+    key.extend_from_slice(&at_ms.to_be_bytes());
+    key.extend_from_slice(nonce);
+    key
 }
 
 impl Replays {
-    /// Nonces kept in `store`, for a skew window of `window` either side.
-    pub fn open(
-        store: Arc<dyn Store>,
-        window: Duration,
-        now: OffsetDateTime,
-    ) -> Result<Replays, StoreError> {
-        let now_ms = ms(now);
-        let mut seen = Seen::default();
-        let mut stale = WriteBatch::default();
+    /// The recent requests kept in `store`, for a skew window of `window`
+    /// either side of this node's clock.
+    pub fn open(store: Arc<dyn Store>, window: Duration) -> Result<Replays, StoreError> {
+        let mut callers: HashMap<u32, CallerWindow> = HashMap::new();
         for item in store.scan_prefix(Keyspace::Nonces, b"") {
-            let (key, value) = item?;
-            let expiry = <[u8; 8]>::try_from(value.as_slice())
-                .map(i64::from_be_bytes)
-                .unwrap_or(0);
-            match <[u8; 16]>::try_from(key.as_slice()) {
-                Ok(nonce) if expiry > now_ms => {
-                    seen.expiry.insert(nonce, expiry);
-                }
-                _ => stale.delete(key),
+            let (key, _) = item?;
+            let (Some(caller), Some(at), Some(nonce)) = (
+                key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()),
+                key.get(4..12).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+                key.get(12..28).and_then(|b| <[u8; 16]>::try_from(b).ok()),
+            ) else {
+                continue;
+            };
+            let (caller, at) = (u32::from_be_bytes(caller), i64::from_be_bytes(at));
+            let entry = callers.entry(caller).or_default();
+            entry.high = entry.high.max(at);
+            entry.by_time.insert((at, nonce), ());
+            entry.nonces.insert(nonce, at);
+        }
+        let slack = REORDER_SLACK.whole_milliseconds() as i64;
+        let mut stale = WriteBatch::default();
+        for (caller, entry) in &mut callers {
+            let mut forgotten = Vec::new();
+            entry.forget_before(entry.high - slack, &mut forgotten);
+            for (at, nonce) in forgotten {
+                stale.delete(nonce_key(*caller, at, &nonce));
             }
         }
         if !stale.ops.is_empty() {
@@ -217,7 +346,7 @@ impl Replays {
         Ok(Replays {
             store,
             window,
-            seen: Mutex::new(seen),
+            callers: Mutex::new(callers),
         })
     }
 
@@ -226,48 +355,52 @@ impl Replays {
         self.window
     }
 
-    /// Checks the request's time against `now` and records its nonce;
-    /// refuses a stale time or a nonce seen before. The nonce is written
-    /// to the store (made durable with the audit entry of the same call).
+    /// Checks a verified request's time against `now` and the caller's
+    /// recent requests, and records it; refuses a stale time, a request
+    /// too far out of order, or a nonce seen before.
     pub fn admit(&self, parts: &SignedParts, now: OffsetDateTime) -> Result<(), RequestError> {
-        let now_ms = ms(now);
         let window_ms = self.window.whole_milliseconds() as i64;
-        let off_by = parts.at_ms - now_ms;
+        let off_by = parts.at_ms.saturating_sub(ms(now));
         if off_by.abs() > window_ms {
             return Err(RequestError::Stale {
                 off_by_secs: off_by / 1000,
                 window_secs: window_ms / 1000,
             });
         }
-        let mut seen = self
-            .seen
+        let slack = REORDER_SLACK.whole_milliseconds() as i64;
+        let mut callers = self
+            .callers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if now_ms - seen.pruned > 10_000 || seen.expiry.len() >= MAX_NONCES {
-            let mut expired = WriteBatch::default();
-            seen.expiry.retain(|nonce, expiry| {
-                let keep = *expiry > now_ms;
-                if !keep {
-                    expired.delete(nonce.to_vec());
-                }
-                keep
+        let entry = callers.entry(parts.caller).or_default();
+        if parts.at_ms < entry.high - slack {
+            return Err(RequestError::OutOfOrder {
+                behind_ms: entry.high - parts.at_ms,
+                slack_secs: slack / 1000,
             });
-            seen.pruned = now_ms;
-            if !expired.ops.is_empty() {
-                let _ = self.store.write(Keyspace::Nonces, expired);
-            }
         }
-        if seen.expiry.contains_key(&parts.nonce) {
+        if entry.nonces.contains_key(&parts.nonce) {
             return Err(RequestError::Replayed);
         }
-        if seen.expiry.len() >= MAX_NONCES {
+        let mut batch = WriteBatch::default();
+        if parts.at_ms > entry.high {
+            entry.high = parts.at_ms;
+            let mut forgotten = Vec::new();
+            entry.forget_before(entry.high - slack, &mut forgotten);
+            for (at, nonce) in forgotten {
+                batch.delete(nonce_key(parts.caller, at, &nonce));
+            }
+        }
+        if entry.nonces.len() >= MAX_NONCES_PER_CALLER {
             return Err(RequestError::TooMany);
         }
-        // A nonce need only be remembered while its time is acceptable.
-        let expiry = parts.at_ms.saturating_add(window_ms);
-        seen.expiry.insert(parts.nonce, expiry);
-        let mut batch = WriteBatch::default();
-        batch.put(parts.nonce.to_vec(), expiry.to_be_bytes().to_vec());
+        entry.nonces.insert(parts.nonce, parts.at_ms);
+        entry.by_time.insert((parts.at_ms, parts.nonce), ());
+        drop(callers);
+        batch.put(
+            nonce_key(parts.caller, parts.at_ms, &parts.nonce),
+            Vec::new(),
+        );
         if let Err(error) = self.store.write(Keyspace::Nonces, batch) {
             tracing::error!(%error, "a request nonce could not be stored");
         }
@@ -283,117 +416,109 @@ fn ms(at: OffsetDateTime) -> i64 {
 mod tests {
     use super::*;
     use crate::store::SledStore;
+    use ed25519_dalek::SigningKey;
     use time::macros::datetime;
 
-    #[test]
-    fn a_signed_request_verifies_and_any_change_does_not() {
-        let key = SigningKey::from_bytes(&[5; 32]);
+    const METHOD: &str = "/samvirke.v1.Peer/Catalog";
+
+    #[tokio::test]
+    async fn a_signed_request_verifies_and_any_change_does_not() {
+        let key = Arc::new(SigningKey::from_bytes(&[5; 32]));
+        let signer = BatchSigner::start(Arc::clone(&key), BATCH_DOMAIN);
         let mut metadata = MetadataMap::new();
         let agreement = Uuid::from_u128(7);
         let digest = [9u8; 32];
-        let now = datetime!(2026-03-01 12:00 UTC);
-        sign(
-            &mut metadata,
-            &key,
-            630,
-            "/samvirke.v1.Peer/Catalog",
-            &digest,
+        let facts = RequestFacts {
+            caller: 630,
+            method: METHOD,
+            digest: &digest,
             agreement,
-            now,
-        )
-        .expect("sign");
+            at: datetime!(2026-03-01 12:00 UTC),
+        };
+        sign(&mut metadata, &signer, facts).await.expect("sign");
         let parts = read(&metadata).expect("parts");
         assert_eq!(parts.caller, 630);
-        let method = "/samvirke.v1.Peer/Catalog";
-        assert!(verify(
-            &parts,
-            &key.verifying_key(),
-            method,
-            &digest,
-            agreement
-        ));
-        assert!(!verify(
-            &parts,
-            &key.verifying_key(),
-            "/samvirke.v1.Peer/ListPilots",
-            &digest,
-            agreement
-        ));
-        assert!(!verify(
-            &parts,
-            &key.verifying_key(),
-            method,
-            &[8u8; 32],
-            agreement
-        ));
-        assert!(!verify(
-            &parts,
-            &key.verifying_key(),
-            method,
-            &digest,
-            Uuid::from_u128(8)
-        ));
-        let mut other = parts;
+        let vk = key.verifying_key();
+        assert_eq!(
+            verify(&parts, &vk, METHOD, &digest, agreement, None),
+            Ok(())
+        );
+        for (method, digest, agreement) in [
+            ("/samvirke.v1.Peer/ListPilots", digest, agreement),
+            (METHOD, [8u8; 32], agreement),
+            (METHOD, digest, Uuid::from_u128(8)),
+        ] {
+            assert!(verify(&parts, &vk, method, &digest, agreement, None).is_err());
+        }
+        let mut other = parts.clone();
         other.caller = 751;
-        assert!(!verify(
-            &other,
-            &key.verifying_key(),
-            method,
-            &digest,
-            agreement
-        ));
+        assert!(verify(&other, &vk, METHOD, &digest, agreement, None).is_err());
+        let mut later = parts.clone();
+        later.at_ms += 1;
+        assert!(verify(&later, &vk, METHOD, &digest, agreement, None).is_err());
         let stranger = SigningKey::from_bytes(&[6; 32]);
-        assert!(!verify(
-            &parts,
-            &stranger.verifying_key(),
-            method,
-            &digest,
-            agreement
+        assert!(matches!(
+            verify(
+                &parts,
+                &stranger.verifying_key(),
+                METHOD,
+                &digest,
+                agreement,
+                None
+            ),
+            Err(RequestError::BadSignature(BatchError::WrongSigner { .. }))
         ));
         assert_eq!(
             read(&MetadataMap::new()),
-            Err(RequestError::Missing(CALLER_HEADER))
+            Err(RequestError::Missing(SIGNATURE_HEADER))
         );
     }
 
+    fn parts(caller: u32, at: OffsetDateTime, nonce: u8) -> SignedParts {
+        SignedParts {
+            caller,
+            at_ms: ms(at),
+            nonce: [nonce; 16],
+            signature: pb::BatchSignature::default(),
+        }
+    }
+
     #[test]
-    fn replays_and_stale_times_are_refused_also_after_a_restart() {
+    fn replays_stale_and_out_of_order_requests_are_refused_also_after_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
         let now = datetime!(2026-03-01 12:00 UTC);
-        let replays = Replays::open(Arc::clone(&store), Duration::minutes(5), now).expect("open");
-        let parts = SignedParts {
-            caller: 630,
-            at_ms: ms(now),
-            nonce: [1; 16],
-            signature: [0; 64],
-        };
-        assert_eq!(replays.admit(&parts, now), Ok(()));
-        assert_eq!(replays.admit(&parts, now), Err(RequestError::Replayed));
-        let stale = SignedParts {
-            at_ms: ms(now - Duration::minutes(6)),
-            nonce: [2; 16],
-            ..parts
-        };
-        assert!(matches!(
-            replays.admit(&stale, now),
-            Err(RequestError::Stale { .. })
-        ));
-        let early = SignedParts {
-            at_ms: ms(now + Duration::minutes(6)),
-            nonce: [3; 16],
-            ..parts
-        };
-        assert!(matches!(
-            replays.admit(&early, now),
-            Err(RequestError::Stale { .. })
-        ));
-        drop(replays);
-        let reopened =
-            Replays::open(store, Duration::minutes(5), now + Duration::minutes(1)).expect("open");
+        let replays = Replays::open(Arc::clone(&store), Duration::minutes(5)).expect("open");
+        let first = parts(630, now, 1);
+        assert_eq!(replays.admit(&first, now), Ok(()));
+        assert_eq!(replays.admit(&first, now), Err(RequestError::Replayed));
+        // Another caller's nonce space is its own.
+        assert_eq!(replays.admit(&parts(751, now, 1), now), Ok(()));
+        for off in [Duration::minutes(-6), Duration::minutes(6)] {
+            assert!(matches!(
+                replays.admit(&parts(630, now + off, 2), now),
+                Err(RequestError::Stale { .. })
+            ));
+        }
+        // A little out of order is fine; far behind the latest is not.
+        let later = now + Duration::minutes(2);
+        assert_eq!(replays.admit(&parts(630, later, 3), now), Ok(()));
         assert_eq!(
-            reopened.admit(&parts, now + Duration::minutes(1)),
+            replays.admit(&parts(630, later - Duration::seconds(10), 4), now),
+            Ok(())
+        );
+        assert!(matches!(
+            replays.admit(&parts(630, now + Duration::seconds(1), 5), now),
+            Err(RequestError::OutOfOrder { .. })
+        ));
+        // The first request, replayed now, is both old and far behind.
+        assert!(replays.admit(&first, now).is_err());
+        drop(replays);
+        let reopened = Replays::open(store, Duration::minutes(5)).expect("open");
+        assert_eq!(
+            reopened.admit(&parts(630, later, 3), now),
             Err(RequestError::Replayed)
         );
+        assert!(reopened.admit(&parts(630, now, 6), now).is_err());
     }
 }

@@ -14,7 +14,14 @@
 //!   runs past `answer_timeout`, ends the answer with an error (never a
 //!   silent truncation: the stream's last item is the status) and frees
 //!   what it held at once.
+//!
+//! A peer answer also has an [`AnswerEnd`]: the stream keeps the digest of
+//! every chunk it hands over ([`StreamDigest`]) and, when the answer is
+//! complete, asks the end for a last chunk (the peer service records the
+//! answer in the audit log and returns the signed receipt); an answer cut
+//! off is reported to the end too, with what was sent until then.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -28,6 +35,7 @@ use tonic::Status;
 use crate::data::aggregate::BucketStream;
 use crate::data::query::ReadingIter;
 use crate::plane::{DataPlane, Disclosure};
+use crate::proof::StreamDigest;
 use crate::wire;
 
 /// Readings per streamed chunk.
@@ -74,8 +82,9 @@ where
 /// What a source yields next.
 #[derive(Debug)]
 pub enum Step {
-    /// A chunk for the caller.
-    Chunk(pb::ReadingChunk),
+    /// A chunk for the caller (boxed: it is large and moves between
+    /// threads, the other steps are empty).
+    Chunk(Box<pb::ReadingChunk>),
     /// Nothing yet (the source read its share of rows and found nothing
     /// to send); ask again.
     Pending,
@@ -104,7 +113,7 @@ impl ChunkSource for ReadingSource {
         if readings.is_empty() {
             return Ok(Step::Pending);
         }
-        Ok(Step::Chunk(pb::ReadingChunk {
+        Ok(Step::Chunk(Box::new(pb::ReadingChunk {
             readings: readings
                 .into_iter()
                 .map(|r| match &self.shape {
@@ -114,7 +123,7 @@ impl ChunkSource for ReadingSource {
                 .map(wire::reading_to_proto)
                 .collect(),
             ..Default::default()
-        }))
+        })))
     }
 }
 
@@ -147,12 +156,38 @@ impl ChunkSource for BucketSource {
             };
             shaped.push(wire::bucket_to_proto(bucket));
         }
-        Ok(Step::Chunk(pb::ReadingChunk {
+        Ok(Step::Chunk(Box::new(pb::ReadingChunk {
             buckets: shaped,
             terms: if first { self.terms.take() } else { None },
             ..Default::default()
-        }))
+        })))
     }
+}
+
+/// How an answer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// Everything was produced and handed over.
+    Complete,
+    /// Cut off, for the reason given (the caller was told).
+    Cut(String),
+}
+
+/// Told once when an answer ends, with what was handed to the caller; for
+/// a complete answer it returns the chunk to send last (or an error to end
+/// the stream with instead).
+pub type AnswerEnd = Box<
+    dyn FnOnce(
+            Ending,
+            StreamDigest,
+        )
+            -> Pin<Box<dyn Future<Output = Result<Option<pb::ReadingChunk>, Status>> + Send>>
+        + Send,
+>;
+
+/// Rows in a chunk (readings and buckets).
+pub fn rows_of(chunk: &pb::ReadingChunk) -> u64 {
+    (chunk.readings.len() + chunk.buckets.len()) as u64
 }
 
 /// The stream a server-streaming RPC returns.
@@ -177,6 +212,19 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("cut", &self.cut)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for AnswerStream {
+    /// The caller went away (or the answer ended): free what the answer
+    /// holds at once, and let the producing task see the closed channel.
+    fn drop(&mut self) {
+        let mut shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        shared.receiver = None;
+        shared.permit = None;
     }
 }
 
@@ -211,6 +259,7 @@ pub fn stream<S: ChunkSource>(
     source: S,
     limits: AnswerLimits,
     permit: impl Send + 'static,
+    end: Option<AnswerEnd>,
 ) -> AnswerStream {
     let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let shared = Arc::new(Mutex::new(Shared {
@@ -232,6 +281,14 @@ pub fn stream<S: ChunkSource>(
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + limits.answer_timeout;
         let mut source = Some(source);
+        let mut end = end;
+        let mut sent = StreamDigest::default();
+        // Tells the end an answer was cut off (at most once).
+        let report_cut = |end: &mut Option<AnswerEnd>, sent: &StreamDigest, why: &Status| {
+            if let Some(end) = end.take() {
+                tokio::spawn(end(Ending::Cut(why.message().to_string()), sent.clone()));
+            }
+        };
         loop {
             let Some(mut taken) = source.take() else {
                 return;
@@ -247,28 +304,52 @@ pub fn stream<S: ChunkSource>(
             let (back, chunk) = match produced {
                 Ok(Ok(done)) => done,
                 Ok(Err(join)) => {
-                    cut(Status::internal(format!("answer task failed: {join}")));
+                    let status = Status::internal(format!("answer task failed: {join}"));
+                    report_cut(&mut end, &sent, &status);
+                    cut(status);
                     return;
                 }
                 Err(_) => {
-                    cut(answer_timed_out(limits));
+                    let status = answer_timed_out(limits);
+                    report_cut(&mut end, &sent, &status);
+                    cut(status);
                     return;
                 }
             };
             source = Some(back);
             let item = match chunk {
-                Ok(Step::Chunk(chunk)) => Ok(chunk),
+                Ok(Step::Chunk(chunk)) => Ok(*chunk),
                 Ok(Step::Pending) => {
                     // Nothing to send yet: stop if the caller went away.
                     if sender.is_closed() {
+                        report_cut(&mut end, &sent, &Status::cancelled("the caller went away"));
                         return;
                     }
                     continue;
                 }
                 Ok(Step::Done) => {
-                    // Everything is produced; the answer (and the permit)
-                    // lasts until the caller has taken the last chunk,
-                    // within the same limits.
+                    // Everything is produced: the end may add a last chunk
+                    // (a receipt) or an error.
+                    if let Some(end) = end.take() {
+                        let last = match end(Ending::Complete, sent.clone()).await {
+                            Ok(Some(chunk)) => Some(Ok(chunk)),
+                            Ok(None) => None,
+                            Err(status) => Some(Err(status)),
+                        };
+                        if let Some(last) = last {
+                            let wait = limits.send_timeout.min(
+                                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                            );
+                            if !matches!(
+                                tokio::time::timeout(wait, sender.send(last)).await,
+                                Ok(Ok(()))
+                            ) {
+                                return;
+                            }
+                        }
+                    }
+                    // The answer (and the permit) lasts until the caller
+                    // has taken the last chunk, within the same limits.
                     let wait = limits
                         .send_timeout
                         .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
@@ -284,23 +365,41 @@ pub fn stream<S: ChunkSource>(
                 }
                 Err(status) => Err(status),
             };
-            let failed = item.is_err();
+            let failed = match &item {
+                Ok(chunk) => {
+                    sent.add(chunk);
+                    sent.rows += rows_of(chunk);
+                    None
+                }
+                Err(status) => Some(status.clone()),
+            };
             let wait = limits
                 .send_timeout
                 .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
             match tokio::time::timeout(wait, sender.send(item)).await {
-                Ok(Ok(())) if !failed => {}
-                // Sent the error, or the caller went away.
-                Ok(_) => return,
+                Ok(Ok(())) if failed.is_none() => {}
+                Ok(Ok(())) => {
+                    if let Some(status) = failed {
+                        report_cut(&mut end, &sent, &status);
+                    }
+                    return;
+                }
+                // The caller went away.
+                Ok(Err(_)) => {
+                    report_cut(&mut end, &sent, &Status::cancelled("the caller went away"));
+                    return;
+                }
                 Err(_) => {
-                    cut(if tokio::time::Instant::now() >= deadline {
+                    let status = if tokio::time::Instant::now() >= deadline {
                         answer_timed_out(limits)
                     } else {
                         Status::deadline_exceeded(format!(
                             "the answer was cut off: the caller took no data for {} s",
                             limits.send_timeout.as_secs()
                         ))
-                    });
+                    };
+                    report_cut(&mut end, &sent, &status);
+                    cut(status);
                     return;
                 }
             }
@@ -326,6 +425,7 @@ pub async fn readings(
     shape: Option<Disclosure>,
     limits: AnswerLimits,
     permit: impl Send + 'static,
+    end: Option<AnswerEnd>,
 ) -> Result<AnswerStream, Status> {
     enum Source {
         Readings(Box<ReadingSource>),
@@ -355,7 +455,7 @@ pub async fn readings(
     })
     .await?;
     Ok(match source {
-        Source::Readings(source) => stream(*source, limits, permit),
-        Source::Buckets(source) => stream(*source, limits, permit),
+        Source::Readings(source) => stream(*source, limits, permit, end),
+        Source::Buckets(source) => stream(*source, limits, permit, end),
     })
 }
