@@ -43,11 +43,15 @@ pub enum PartnerError {
     #[error("TLS setup failed: {0}")]
     Tls(String),
     #[error(
-        "{endpoint} could not be reached recently; next attempt in {} ms",
+        "{endpoint} could not be reached recently ({last_error}); next attempt in {} ms",
         .retry_in.as_millis()
     )]
     BackingOff {
         endpoint: String,
+        /// Why the last attempt failed, so the operator and the analyst
+        /// see the cause (e.g. a certificate that is not the pinned one),
+        /// not only that there is a wait.
+        last_error: String,
         retry_in: Duration,
     },
 }
@@ -154,6 +158,7 @@ struct PinnedConnector {
 struct Health {
     failures: u32,
     retry_at: Option<Instant>,
+    last_error: String,
 }
 
 impl tower::Service<Uri> for PinnedConnector {
@@ -189,7 +194,8 @@ impl tower::Service<Uri> for PinnedConnector {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             match &connected {
                 Ok(_) => *health = Health::default(),
-                Err(_) => {
+                Err(error) => {
+                    health.last_error = error.to_string();
                     health.failures = health.failures.saturating_add(1);
                     let wait = FIRST_BACKOFF
                         .saturating_mul(1 << health.failures.min(8))
@@ -273,6 +279,7 @@ impl PartnerPool {
             {
                 return Err(PartnerError::BackingOff {
                     endpoint: endpoint.to_string(),
+                    last_error: health.last_error.clone(),
                     retry_in: wait,
                 });
             }

@@ -57,6 +57,33 @@ impl LocalService {
             }
             plane.catalog().update(dataset).map(|()| widened)
         })
+        .await;
+        // Publishing and changing what partners may be shown are admin
+        // actions in the audit log, refusals included.
+        let widened = match widened {
+            Ok(widened) => widened,
+            Err(status) => {
+                self.record(
+                    &caller,
+                    method,
+                    "refused",
+                    format!("dataset `{id}`: {}", status.message()),
+                )
+                .await?;
+                return Err(status);
+            }
+        };
+        self.record(
+            &caller,
+            method,
+            "accepted",
+            format!(
+                "dataset `{id}`, classification {}{}{}",
+                answer.classification,
+                if widened.is_empty() { "" } else { "; widens: " },
+                widened.join("; ")
+            ),
+        )
         .await?;
         if widened.is_empty() {
             tracing::info!(token = %caller.name, dataset = %id, update, "dataset published");
