@@ -64,7 +64,7 @@ enum Command {
     Agreement(agreement::AgreementCommand),
     /// Import a roster or agreement file into a node.
     Push(push::PushArgs),
-    /// Start a three-node demo federation on loopback.
+    /// Start a four-municipality demo federation on loopback and tell its story.
     Demo(demo::DemoArgs),
     /// Publish, update and list datasets in a node's catalog.
     #[command(subcommand)]
