@@ -13,7 +13,8 @@
 //! - receipts: the receipt of a federated answer, kept by the consumer,
 //!   verifies with the provider's key from the roster; every one-byte
 //!   change of its file is refused;
-//! - the audit log records the operator's publishing of a dataset, and
+//! - the audit log records the operator's publishing of a dataset and
+//!   every call made with an admin token, and
 //!   holds exactly one `peer_call` entry for every allowed
 //!   and every denied data call the test made (counted), the export
 //!   verifies offline with the node's key, and flipping any single byte of
@@ -525,6 +526,14 @@ async fn receipts_verify_with_the_roster_and_the_audit_counts_every_call() {
             && e.outcome == "accepted"
             && e.detail.contains(AIR)
             && !e.token.is_empty()),
+        "{:#?}",
+        verified.entries
+    );
+    // And any call made with an admin token: the ingest.
+    assert!(
+        verified.entries.iter().any(|e| e.event == "admin"
+            && e.operation.ends_with("Local/IngestReadings")
+            && e.detail == "admin token used"),
         "{:#?}",
         verified.entries
     );

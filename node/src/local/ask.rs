@@ -17,7 +17,9 @@ impl LocalService {
         &self,
         request: Request<pb::AskRequest>,
     ) -> Result<Response<AskStream>, Status> {
-        let (caller, permit) = self.admit(&request, Role::Read, "samvirke.v1.Local/Ask")?;
+        let (caller, permit) = self
+            .admit(&request, Role::Read, "samvirke.v1.Local/Ask")
+            .await?;
         let stream = self
             .federation
             .ask(request.into_inner(), &caller.name, permit)
@@ -29,7 +31,9 @@ impl LocalService {
         &self,
         request: Request<pb::FellowshipCatalogRequest>,
     ) -> Result<Response<pb::FellowshipCatalogResponse>, Status> {
-        let _call = self.admit(&request, Role::Read, "samvirke.v1.Local/FellowshipCatalog")?;
+        let _call = self
+            .admit(&request, Role::Read, "samvirke.v1.Local/FellowshipCatalog")
+            .await?;
         let ask = request.into_inner();
         let deadline = match ask.deadline_ms {
             0 => DEFAULT_DEADLINE,
@@ -46,7 +50,9 @@ impl LocalService {
         &self,
         request: Request<pb::ListPartnersRequest>,
     ) -> Result<Response<pb::ListPartnersResponse>, Status> {
-        let _call = self.admit(&request, Role::Read, "samvirke.v1.Local/ListPartners")?;
+        let _call = self
+            .admit(&request, Role::Read, "samvirke.v1.Local/ListPartners")
+            .await?;
         Ok(Response::new(
             self.federation.partners(request.get_ref().probe).await,
         ))
@@ -56,7 +62,9 @@ impl LocalService {
         &self,
         request: Request<pb::ListReceiptsRequest>,
     ) -> Result<Response<pb::ListReceiptsResponse>, Status> {
-        let _call = self.admit(&request, Role::Read, "samvirke.v1.Local/ListReceipts")?;
+        let _call = self
+            .admit(&request, Role::Read, "samvirke.v1.Local/ListReceipts")
+            .await?;
         let ask = request.into_inner();
         let receipts = self.federation.receipts().clone();
         let (receipts, more) = tokio::task::spawn_blocking(move || {
@@ -71,7 +79,9 @@ impl LocalService {
         &self,
         request: Request<pb::GetReceiptRequest>,
     ) -> Result<Response<pb::Receipt>, Status> {
-        let _call = self.admit(&request, Role::Read, "samvirke.v1.Local/GetReceipt")?;
+        let _call = self
+            .admit(&request, Role::Read, "samvirke.v1.Local/GetReceipt")
+            .await?;
         let id = request.into_inner().id;
         let receipts = self.federation.receipts().clone();
         let lookup = id.clone();

@@ -24,7 +24,7 @@ impl LocalService {
         request: Request<pb::TailAuditRequest>,
     ) -> Result<Response<pb::TailAuditResponse>, Status> {
         const METHOD: &str = "samvirke.v1.Local/TailAudit";
-        let (caller, _permit) = self.admit(&request, Role::Admin, METHOD)?;
+        let (caller, _permit) = self.admit(&request, Role::Admin, METHOD).await?;
         let count = match request.get_ref().count {
             0 => 20,
             n => n.min(MAX_TAIL),
@@ -54,7 +54,7 @@ impl LocalService {
         request: Request<pb::ExportAuditRequest>,
     ) -> Result<Response<ExportStream>, Status> {
         const METHOD: &str = "samvirke.v1.Local/ExportAudit";
-        let (caller, permit) = self.admit(&request, Role::Admin, METHOD)?;
+        let (caller, permit) = self.admit(&request, Role::Admin, METHOD).await?;
         let ask = request.into_inner();
         let to = if ask.to == 0 { u64::MAX } else { ask.to };
         self.record(

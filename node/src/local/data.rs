@@ -31,7 +31,7 @@ impl LocalService {
         } else {
             "samvirke.v1.Local/PublishDataset"
         };
-        let (caller, _permit) = self.admit(&request, Role::Ingest, method)?;
+        let (caller, _permit) = self.admit(&request, Role::Ingest, method).await?;
         let dataset = wire::dataset_from_proto(request.into_inner()).map_err(bad)?;
         let answer = wire::dataset_to_proto(&dataset);
         let id = dataset.id.clone();
@@ -102,7 +102,9 @@ impl LocalService {
         &self,
         request: Request<pb::ListDatasetsRequest>,
     ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
-        let _call = self.admit(&request, Role::Read, "samvirke.v1.Local/ListDatasets")?;
+        let _call = self
+            .admit(&request, Role::Read, "samvirke.v1.Local/ListDatasets")
+            .await?;
         let datasets = blocking(&self.plane, |plane| plane.catalog().list()).await?;
         Ok(Response::new(pb::ListDatasetsResponse {
             datasets: datasets.iter().map(wire::dataset_to_proto).collect(),
@@ -113,8 +115,9 @@ impl LocalService {
         &self,
         request: Request<Streaming<pb::IngestReadingsRequest>>,
     ) -> Result<Response<pb::IngestReadingsResponse>, Status> {
-        let (caller, _permit) =
-            self.admit(&request, Role::Ingest, "samvirke.v1.Local/IngestReadings")?;
+        let (caller, _permit) = self
+            .admit(&request, Role::Ingest, "samvirke.v1.Local/IngestReadings")
+            .await?;
         let mut batches = request.into_inner();
         let mut totals = pb::IngestReadingsResponse::default();
         let idle = self.answers.send_timeout;
@@ -192,7 +195,9 @@ impl LocalService {
         &self,
         request: Request<pb::ReadingQuery>,
     ) -> Result<Response<AnswerStream>, Status> {
-        let (_, permit) = self.admit(&request, Role::Read, "samvirke.v1.Local/QueryReadings")?;
+        let (_, permit) = self
+            .admit(&request, Role::Read, "samvirke.v1.Local/QueryReadings")
+            .await?;
         let question = wire::query_from_proto(request.into_inner()).map_err(bad)?;
         let plan = AnswerPlan {
             query: question.query,
@@ -210,7 +215,9 @@ impl LocalService {
         &self,
         request: Request<pb::CountReadingsRequest>,
     ) -> Result<Response<pb::CountReadingsResponse>, Status> {
-        let _call = self.admit(&request, Role::Read, "samvirke.v1.Local/CountReadings")?;
+        let _call = self
+            .admit(&request, Role::Read, "samvirke.v1.Local/CountReadings")
+            .await?;
         let dataset = request.into_inner().dataset_id;
         let count = blocking(&self.plane, move |plane| plane.readings.count(&dataset)).await?;
         Ok(Response::new(pb::CountReadingsResponse { count }))
@@ -220,7 +227,9 @@ impl LocalService {
         &self,
         request: Request<pb::Pilot>,
     ) -> Result<Response<pb::PutRecordResponse>, Status> {
-        let _call = self.admit(&request, Role::Ingest, "samvirke.v1.Local/PutPilot")?;
+        let _call = self
+            .admit(&request, Role::Ingest, "samvirke.v1.Local/PutPilot")
+            .await?;
         let pilot = request.into_inner();
         let stored = blocking(&self.plane, move |plane| plane.put_pilot(pilot)).await?;
         Ok(Response::new(pb::PutRecordResponse {
@@ -232,7 +241,9 @@ impl LocalService {
         &self,
         request: Request<pb::PilotFilter>,
     ) -> Result<Response<pb::ListPilotsResponse>, Status> {
-        let _call = self.admit(&request, Role::Read, "samvirke.v1.Local/ListPilots")?;
+        let _call = self
+            .admit(&request, Role::Read, "samvirke.v1.Local/ListPilots")
+            .await?;
         let filter = request.into_inner();
         let pilots = blocking(&self.plane, move |plane| plane.records.list_pilots(&filter)).await?;
         Ok(Response::new(pb::ListPilotsResponse { pilots }))
@@ -242,7 +253,9 @@ impl LocalService {
         &self,
         request: Request<pb::Procurement>,
     ) -> Result<Response<pb::PutRecordResponse>, Status> {
-        let _call = self.admit(&request, Role::Ingest, "samvirke.v1.Local/PutProcurement")?;
+        let _call = self
+            .admit(&request, Role::Ingest, "samvirke.v1.Local/PutProcurement")
+            .await?;
         let procurement = request.into_inner();
         let stored = blocking(&self.plane, move |plane| plane.put_procurement(procurement)).await?;
         Ok(Response::new(pb::PutRecordResponse {
@@ -254,7 +267,9 @@ impl LocalService {
         &self,
         request: Request<pb::ProcurementFilter>,
     ) -> Result<Response<pb::ListProcurementsResponse>, Status> {
-        let _call = self.admit(&request, Role::Read, "samvirke.v1.Local/ListProcurements")?;
+        let _call = self
+            .admit(&request, Role::Read, "samvirke.v1.Local/ListProcurements")
+            .await?;
         let filter = request.into_inner();
         let procurements = blocking(&self.plane, move |plane| {
             plane.records.list_procurements(&filter)

@@ -115,8 +115,11 @@ impl LocalService {
     }
 
     /// Checks the caller's token holds `role` for `method`, and takes the
-    /// call's place under the per-token limits.
-    pub(crate) fn admit<T>(
+    /// call's place under the per-token limits. A token holding the
+    /// `admin` role leaves an audit entry for every call it makes (calls
+    /// that need `admin` record what they did themselves): an admin token
+    /// is the key to everything here, and its use must be traceable.
+    pub(crate) async fn admit<T>(
         &self,
         request: &Request<T>,
         role: Role,
@@ -124,6 +127,10 @@ impl LocalService {
     ) -> Result<(Arc<Principal>, CallPermit), Status> {
         let caller = self.tokens.authorize(request, role, method)?;
         let permit = self.calls.admit(&format!("token {}", caller.name))?;
+        if role != Role::Admin && caller.has(Role::Admin) {
+            self.record(&caller, method, "allowed", "admin token used".to_string())
+                .await?;
+        }
         Ok((caller, permit))
     }
 }
@@ -134,7 +141,9 @@ impl Local for LocalService {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let (caller, _permit) = self.admit(&request, Role::Read, "samvirke.v1.Local/Status")?;
+        let (caller, _permit) = self
+            .admit(&request, Role::Read, "samvirke.v1.Local/Status")
+            .await?;
         let uptime = (self.clock.now() - self.started_at).whole_seconds().max(0);
         Ok(Response::new(StatusResponse {
             node: Some(self.identity.to_proto()),
@@ -152,8 +161,9 @@ impl Local for LocalService {
         &self,
         request: Request<ImportRosterRequest>,
     ) -> Result<Response<ImportRosterResponse>, Status> {
-        let (caller, _permit) =
-            self.admit(&request, Role::Admin, "samvirke.v1.Local/ImportRoster")?;
+        let (caller, _permit) = self
+            .admit(&request, Role::Admin, "samvirke.v1.Local/ImportRoster")
+            .await?;
         let ask = request.into_inner();
         let document = ask
             .document
@@ -224,8 +234,9 @@ impl Local for LocalService {
         &self,
         request: Request<ImportAgreementRequest>,
     ) -> Result<Response<ImportAgreementResponse>, Status> {
-        let (caller, _permit) =
-            self.admit(&request, Role::Admin, "samvirke.v1.Local/ImportAgreement")?;
+        let (caller, _permit) = self
+            .admit(&request, Role::Admin, "samvirke.v1.Local/ImportAgreement")
+            .await?;
         let document = request
             .into_inner()
             .document
@@ -277,7 +288,9 @@ impl Local for LocalService {
         &self,
         request: Request<ListGovernanceRequest>,
     ) -> Result<Response<ListGovernanceResponse>, Status> {
-        let _call = self.admit(&request, Role::Read, "samvirke.v1.Local/ListGovernance")?;
+        let _call = self
+            .admit(&request, Role::Read, "samvirke.v1.Local/ListGovernance")
+            .await?;
         let (rosters, agreements) = self.registry.list();
         Ok(Response::new(ListGovernanceResponse {
             rosters,
