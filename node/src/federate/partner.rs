@@ -8,8 +8,10 @@
 use std::time::Instant;
 
 use prost::Message;
+use samvirke_proto::v1::peer_client::PeerClient;
 use samvirke_proto::v1::{self as pb, PartnerOutcome};
 use tonic::Code;
+use tonic::transport::Channel;
 
 use super::Federation;
 use crate::governance::registry::UsableAgreement;
@@ -77,10 +79,7 @@ pub struct Tally {
 }
 
 impl Federation {
-    fn client(
-        &self,
-        agreement: &UsableAgreement,
-    ) -> Result<pb::peer_client::PeerClient<tonic::transport::Channel>, Failure> {
+    fn client(&self, agreement: &UsableAgreement) -> Result<PeerClient<Channel>, Failure> {
         self.pool
             .client(&agreement.provider_endpoint, agreement.provider_fingerprint)
             .map_err(|e| Failure::new(PartnerOutcome::Unavailable, e.to_string()))
@@ -140,6 +139,45 @@ impl Federation {
         Ok(body.id.clone())
     }
 
+    /// Calls a unary data method of the partner with `message`, signed,
+    /// and checks and keeps the receipt of its answer.
+    async fn unary<Q, A, F, Fut>(
+        &self,
+        agreement: &UsableAgreement,
+        method: &'static str,
+        message: Q,
+        call: F,
+        tally: &mut Tally,
+    ) -> Result<A, Failure>
+    where
+        Q: Message,
+        A: Message + Receipted,
+        F: FnOnce(PeerClient<Channel>, tonic::Request<Q>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<A>, tonic::Status>>,
+    {
+        let client = self.client(agreement)?;
+        let signed = self.sign(method, agreement, message).await?;
+        let mut answer = call(client, signed.request)
+            .await
+            .map_err(|s| Failure::from_status(&s))?
+            .into_inner();
+        // The receipt signs the answer as sent without it.
+        let receipt = answer.take_receipt();
+        let mut sent = StreamDigest::default();
+        sent.add(&answer);
+        tally.rows = answer.rows() as u64;
+        tally.bytes = sent.bytes;
+        tally.receipt_id = self.keep_receipt(
+            agreement,
+            method,
+            &signed.digest,
+            &signed.nonce,
+            &sent,
+            receipt,
+        )?;
+        Ok(answer)
+    }
+
     /// The partner's catalog under `agreement` (every dataset it lets this
     /// node see), with the receipt kept.
     pub async fn partner_catalog(
@@ -147,34 +185,18 @@ impl Federation {
         agreement: &UsableAgreement,
         tally: &mut Tally,
     ) -> Result<Vec<pb::Dataset>, Failure> {
-        let mut client = self.client(agreement)?;
-        let signed = self
-            .sign(
-                CATALOG,
+        let message = pb::PeerCatalogRequest {
+            agreement_id: agreement.id.to_string(),
+        };
+        let answer = self
+            .unary(
                 agreement,
-                pb::PeerCatalogRequest {
-                    agreement_id: agreement.id.to_string(),
-                },
+                CATALOG,
+                message,
+                |mut client, request| async move { client.catalog(request).await },
+                tally,
             )
             .await?;
-        let mut answer = client
-            .catalog(signed.request)
-            .await
-            .map_err(|s| Failure::from_status(&s))?
-            .into_inner();
-        let receipt = answer.receipt.take();
-        let mut sent = StreamDigest::default();
-        sent.add(&answer);
-        tally.rows = answer.datasets.len() as u64;
-        tally.bytes = sent.bytes;
-        tally.receipt_id = self.keep_receipt(
-            agreement,
-            CATALOG,
-            &signed.digest,
-            &signed.nonce,
-            &sent,
-            receipt,
-        )?;
         Ok(answer.datasets)
     }
 
@@ -248,35 +270,19 @@ impl Federation {
         filter: pb::PilotFilter,
         tally: &mut Tally,
     ) -> Result<Vec<pb::Pilot>, Failure> {
-        let mut client = self.client(agreement)?;
-        let signed = self
-            .sign(
-                LIST_PILOTS,
+        let message = pb::PeerPilotQuery {
+            agreement_id: agreement.id.to_string(),
+            filter: Some(filter),
+        };
+        let answer = self
+            .unary(
                 agreement,
-                pb::PeerPilotQuery {
-                    agreement_id: agreement.id.to_string(),
-                    filter: Some(filter),
-                },
+                LIST_PILOTS,
+                message,
+                |mut client, request| async move { client.list_pilots(request).await },
+                tally,
             )
             .await?;
-        let mut answer = client
-            .list_pilots(signed.request)
-            .await
-            .map_err(|s| Failure::from_status(&s))?
-            .into_inner();
-        let receipt = answer.receipt.take();
-        let mut sent = StreamDigest::default();
-        sent.add(&answer);
-        tally.rows = answer.pilots.len() as u64;
-        tally.bytes = sent.bytes;
-        tally.receipt_id = self.keep_receipt(
-            agreement,
-            LIST_PILOTS,
-            &signed.digest,
-            &signed.nonce,
-            &sent,
-            receipt,
-        )?;
         Ok(answer.pilots)
     }
 
@@ -287,35 +293,19 @@ impl Federation {
         filter: pb::ProcurementFilter,
         tally: &mut Tally,
     ) -> Result<Vec<pb::Procurement>, Failure> {
-        let mut client = self.client(agreement)?;
-        let signed = self
-            .sign(
-                LIST_PROCUREMENTS,
+        let message = pb::PeerProcurementQuery {
+            agreement_id: agreement.id.to_string(),
+            filter: Some(filter),
+        };
+        let answer = self
+            .unary(
                 agreement,
-                pb::PeerProcurementQuery {
-                    agreement_id: agreement.id.to_string(),
-                    filter: Some(filter),
-                },
+                LIST_PROCUREMENTS,
+                message,
+                |mut client, request| async move { client.list_procurements(request).await },
+                tally,
             )
             .await?;
-        let mut answer = client
-            .list_procurements(signed.request)
-            .await
-            .map_err(|s| Failure::from_status(&s))?
-            .into_inner();
-        let receipt = answer.receipt.take();
-        let mut sent = StreamDigest::default();
-        sent.add(&answer);
-        tally.rows = answer.procurements.len() as u64;
-        tally.bytes = sent.bytes;
-        tally.receipt_id = self.keep_receipt(
-            agreement,
-            LIST_PROCUREMENTS,
-            &signed.digest,
-            &signed.nonce,
-            &sent,
-            receipt,
-        )?;
         Ok(answer.procurements)
     }
 
@@ -348,4 +338,39 @@ impl Federation {
 /// Where a streamed answer's chunks go; `false` when no one reads on.
 pub trait AsyncChunkSink: Send {
     fn take(&mut self, chunk: pb::ReadingChunk) -> impl std::future::Future<Output = bool> + Send;
+}
+
+/// A unary peer answer that carries the provider's receipt.
+trait Receipted {
+    /// Takes the receipt out (it signs the answer without itself).
+    fn take_receipt(&mut self) -> Option<pb::Receipt>;
+    /// The rows the answer holds.
+    fn rows(&self) -> usize;
+}
+
+impl Receipted for pb::PeerCatalogResponse {
+    fn take_receipt(&mut self) -> Option<pb::Receipt> {
+        self.receipt.take()
+    }
+    fn rows(&self) -> usize {
+        self.datasets.len()
+    }
+}
+
+impl Receipted for pb::ListPeerPilotsResponse {
+    fn take_receipt(&mut self) -> Option<pb::Receipt> {
+        self.receipt.take()
+    }
+    fn rows(&self) -> usize {
+        self.pilots.len()
+    }
+}
+
+impl Receipted for pb::ListPeerProcurementsResponse {
+    fn take_receipt(&mut self) -> Option<pb::Receipt> {
+        self.receipt.take()
+    }
+    fn rows(&self) -> usize {
+        self.procurements.len()
+    }
 }
