@@ -283,6 +283,42 @@ async fn differencing_windows_a_millisecond_apart_recovers_no_reading() {
         at_10_00.buckets[..],
         at_10_17.buckets[..at_10_00.buckets.len()]
     );
+
+    // Every aggregate answered is in the audit log with its parameters
+    // (not only in a log line a partner could flood).
+    let mut export = world
+        .fx
+        .admin(AARHUS)
+        .await
+        .export_audit(pb::ExportAuditRequest { from: 1, to: 0 })
+        .await
+        .expect("ExportAudit")
+        .into_inner();
+    let mut file = Vec::new();
+    while let Some(chunk) = export.message().await.expect("the export") {
+        file.extend_from_slice(&chunk.data);
+    }
+    let verified =
+        samvirke_node::audit::chain::verify_export(&file, &world.fx.key(AARHUS).verifying_key())
+            .expect("the audit export verifies");
+    let answered: Vec<_> = verified
+        .entries
+        .iter()
+        .filter(|e| {
+            e.event == "peer_call"
+                && e.outcome == "allowed"
+                && e.operation.starts_with(samvirke_node::peer::QUERY_READINGS)
+        })
+        .collect();
+    assert_eq!(answered.len(), compared + compared / 2 + 2);
+    for entry in &answered {
+        assert!(
+            entry.detail.starts_with("aggregate-only: ")
+                && entry.detail.contains(" grid, ")
+                && entry.detail.contains("groups of at least 5"),
+            "{entry:?}"
+        );
+    }
     world.fx.shutdown().await;
 }
 

@@ -117,6 +117,9 @@ pub struct Call {
     pub operation: &'static str,
     pub dataset: String,
     pub request_digest: [u8; 32],
+    /// What the allowed answer is, when the entry should say more than the
+    /// operation (an aggregate-only answer's parameters).
+    pub detail: String,
     signed: Option<Result<SignedParts, RequestError>>,
 }
 
@@ -149,6 +152,7 @@ impl Call {
             ),
             dataset: crate::audit::chain::bounded(&untrusted(&self.dataset)),
             request: digest_text(&self.request_digest),
+            detail: crate::audit::chain::bounded(&self.detail),
             ..Entry::default()
         }
     }
@@ -204,6 +208,7 @@ impl Accounts {
             operation: "",
             dataset: String::new(),
             request_digest: message_digest(request.get_ref()),
+            detail: String::new(),
             signed: signed.then(|| request::read(request.metadata())),
         }
     }

@@ -212,8 +212,8 @@ impl PeerService {
             .map_err(|e| Status::internal(format!("planning task failed: {e}")))??
         };
         // Every allowed answer is in the audit before its first chunk
-        // leaves (aggregate-only ones are also logged with their
-        // parameters by the plan).
+        // leaves, aggregate-only ones with their parameters.
+        call.detail = plan.describe();
         self.accounts.allowed(call).await?;
         let end = self.accounts.stream_end(call.clone());
         Ok(answer::readings(

@@ -191,6 +191,39 @@ pub struct AnswerPlan {
     pub terms: Option<pb::AnswerTerms>,
 }
 
+impl AnswerPlan {
+    /// The parameters of an aggregate-only answer in words, for its audit
+    /// entry (empty for other answers): the snapped period, bucket and
+    /// grid cell, grouping, measures, minimum group and privacy budget
+    /// spent.
+    pub fn describe(&self) -> String {
+        let (Some(terms), Some(aggregate)) = (&self.terms, &self.aggregate) else {
+            return String::new();
+        };
+        let cell = aggregate
+            .grid
+            .as_ref()
+            .map(|grid| show_span(grid.cell))
+            .unwrap_or_default();
+        format!(
+            "aggregate-only: {}..{}, bucket {} on a {} grid, {:?}, measures {}, groups of at \
+             least {}, epsilon {}",
+            crate::governance::body::show_instant(self.query.from),
+            crate::governance::body::show_instant(self.query.until),
+            show_span(aggregate.bucket),
+            cell,
+            aggregate.group,
+            if self.query.measures.is_empty() {
+                "all".to_string()
+            } else {
+                self.query.measures.join(",")
+            },
+            terms.min_group_size,
+            terms.epsilon_spent
+        )
+    }
+}
+
 /// `ms` rounded down to a multiple of `step` (epoch-aligned).
 fn floor_to(at: OffsetDateTime, step: Duration) -> OffsetDateTime {
     let step_ns = step.whole_nanoseconds().max(1);
@@ -458,7 +491,10 @@ impl Disclosure {
             }
             clamp = Some(by_position);
         }
-        tracing::info!(
+        // The audit entry of the call carries these parameters
+        // ([`AnswerPlan::describe`]); the log line is for debugging only,
+        // so a partner cannot fill the log by asking.
+        tracing::debug!(
             agreement = %agreement,
             consumer = self.consumer,
             dataset = %dataset.id,
