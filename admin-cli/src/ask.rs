@@ -21,15 +21,14 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
 use samvirke_proto::v1::{
-    self as pb, AskRequest, AskRows, AskSource, BoundingBox, CombinedBucket, Grouping, Order,
-    PartnerOutcome, PartnerStatus, Radius, ask_event, ask_request, reading_query,
+    self as pb, AskRequest, AskRows, AskSource, CombinedBucket, PartnerOutcome, PartnerStatus,
+    ask_event, ask_request,
 };
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 
 use crate::api::NodeArgs;
 use crate::output::{self, Table};
-use crate::query::{OrderArg, parse_bbox, parse_bucket, parse_instant, parse_near};
+use crate::query::QueryShape;
 use crate::records::{PilotFilterArgs, ProcurementFilterArgs, pilot_filter, procurement_filter};
 
 #[derive(Debug, Subcommand)]
@@ -104,36 +103,8 @@ pub struct ReadingsArgs {
     datasets: Vec<String>,
     #[command(flatten)]
     select: SelectArgs,
-    /// Start of the period (included).
-    #[arg(long, value_parser = parse_instant)]
-    from: OffsetDateTime,
-    /// End of the period (excluded).
-    #[arg(long, value_parser = parse_instant)]
-    until: OffsetDateTime,
-    /// Only this measure (repeat for several; default: all).
-    #[arg(long = "measure", value_name = "NAME")]
-    measures: Vec<String>,
-    /// Only this sensor (partners with aggregate-only agreements refuse).
-    #[arg(long = "sensor", value_name = "ID")]
-    sensors: Vec<String>,
-    /// Only readings inside this box (degrees).
-    #[arg(long, value_name = "MIN_LAT,MIN_LON,MAX_LAT,MAX_LON", value_parser = parse_bbox,
-          allow_hyphen_values = true, conflicts_with = "near")]
-    bbox: Option<BoundingBox>,
-    /// Only readings within KM kilometres of a point.
-    #[arg(long, value_name = "LAT,LON,KM", value_parser = parse_near, allow_hyphen_values = true)]
-    near: Option<Radius>,
-    #[arg(long, value_enum, default_value_t = OrderArg::Asc)]
-    order: OrderArg,
-    /// At most this many readings (or buckets) from each dataset.
-    #[arg(long)]
-    limit: Option<u32>,
-    /// Aggregate into buckets of this size: 1h, 1d, ...
-    #[arg(long, value_parser = parse_bucket)]
-    bucket: Option<String>,
-    /// With --bucket: one series per sensor (not combined).
-    #[arg(long, requires = "bucket")]
-    per_sensor: bool,
+    #[command(flatten)]
+    shape: QueryShape,
     #[command(flatten)]
     target: TargetArgs,
 }
@@ -179,42 +150,13 @@ pub struct ProcurementsArgs {
 pub fn run(command: AskCommand) -> anyhow::Result<ExitCode> {
     let (request, target, kind) = match command {
         AskCommand::Readings(args) => {
-            if args.until <= args.from {
-                bail!(
-                    "--until {} is not after --from {}",
-                    output::rfc3339(args.until),
-                    output::rfc3339(args.from)
-                );
-            }
-            let kind = if args.bucket.is_some() {
+            args.shape.check()?;
+            let kind = if args.shape.bucket.is_some() {
                 RowKind::Buckets
             } else {
                 RowKind::Readings
             };
-            let area = match (args.bbox, args.near) {
-                (Some(bbox), _) => Some(reading_query::Area::Bbox(bbox)),
-                (None, Some(radius)) => Some(reading_query::Area::Radius(radius)),
-                (None, None) => None,
-            };
-            let query = pb::ReadingQuery {
-                dataset_id: String::new(),
-                from: Some(output::timestamp(args.from)),
-                until: Some(output::timestamp(args.until)),
-                sensor_ids: args.sensors.clone(),
-                area,
-                measures: args.measures.clone(),
-                order: match args.order {
-                    OrderArg::Asc => Order::Ascending,
-                    OrderArg::Desc => Order::Descending,
-                } as i32,
-                limit: args.limit.unwrap_or(0),
-                bucket: args.bucket.clone().unwrap_or_default(),
-                grouping: if args.per_sensor {
-                    Grouping::PerSensor
-                } else {
-                    Grouping::AllSensors
-                } as i32,
-            };
+            let query = args.shape.to_query(String::new());
             (
                 request(
                     ask_request::Question::Readings(query),

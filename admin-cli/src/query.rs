@@ -56,41 +56,92 @@ pub struct ReadingsArgs {
     /// The sensor dataset.
     #[arg(long)]
     dataset: String,
-    /// Start of the period (included).
-    #[arg(long, value_parser = parse_instant)]
-    from: OffsetDateTime,
-    /// End of the period (excluded).
-    #[arg(long, value_parser = parse_instant)]
-    until: OffsetDateTime,
-    /// Only this sensor (repeat for several).
-    #[arg(long = "sensor", value_name = "ID")]
-    sensors: Vec<String>,
-    /// Only readings inside this box (degrees).
-    #[arg(long, value_name = "MIN_LAT,MIN_LON,MAX_LAT,MAX_LON", value_parser = parse_bbox,
-          allow_hyphen_values = true, conflicts_with = "near")]
-    bbox: Option<BoundingBox>,
-    /// Only readings within KM kilometres of a point.
-    #[arg(long, value_name = "LAT,LON,KM", value_parser = parse_near, allow_hyphen_values = true)]
-    near: Option<Radius>,
-    /// Only this measure (repeat for several; default: all).
-    #[arg(long = "measure", value_name = "NAME")]
-    measures: Vec<String>,
-    /// Time order.
-    #[arg(long, value_enum, default_value_t = OrderArg::Asc)]
-    order: OrderArg,
-    /// At most this many readings (or buckets).
-    #[arg(long)]
-    limit: Option<u32>,
-    /// Aggregate into buckets of this size: 30s, 15m, 1h, 1d, ...
-    #[arg(long, value_parser = parse_bucket)]
-    bucket: Option<String>,
-    /// With --bucket: one series per sensor instead of over all sensors.
-    #[arg(long, requires = "bucket")]
-    per_sensor: bool,
+    #[command(flatten)]
+    shape: QueryShape,
     #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
     format: QueryFormat,
     #[command(flatten)]
     node: NodeArgs,
+}
+
+/// What a readings question asks, shared by `query readings` (this node)
+/// and `ask readings` (the partners).
+#[derive(Debug, Args)]
+pub struct QueryShape {
+    /// Start of the period (included).
+    #[arg(long, value_parser = parse_instant)]
+    pub from: OffsetDateTime,
+    /// End of the period (excluded).
+    #[arg(long, value_parser = parse_instant)]
+    pub until: OffsetDateTime,
+    /// Only this sensor (repeat for several; partners with aggregate-only
+    /// agreements refuse).
+    #[arg(long = "sensor", value_name = "ID")]
+    pub sensors: Vec<String>,
+    /// Only readings inside this box (degrees).
+    #[arg(long, value_name = "MIN_LAT,MIN_LON,MAX_LAT,MAX_LON", value_parser = parse_bbox,
+          allow_hyphen_values = true, conflicts_with = "near")]
+    pub bbox: Option<BoundingBox>,
+    /// Only readings within KM kilometres of a point.
+    #[arg(long, value_name = "LAT,LON,KM", value_parser = parse_near, allow_hyphen_values = true)]
+    pub near: Option<Radius>,
+    /// Only this measure (repeat for several; default: all).
+    #[arg(long = "measure", value_name = "NAME")]
+    pub measures: Vec<String>,
+    /// Time order.
+    #[arg(long, value_enum, default_value_t = OrderArg::Asc)]
+    pub order: OrderArg,
+    /// At most this many readings (or buckets), from each dataset.
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Aggregate into buckets of this size: 30s, 15m, 1h, 1d, ...
+    #[arg(long, value_parser = parse_bucket)]
+    pub bucket: Option<String>,
+    /// With --bucket: one series per sensor instead of over all sensors.
+    #[arg(long, requires = "bucket")]
+    pub per_sensor: bool,
+}
+
+impl QueryShape {
+    /// The period must not be empty.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.until <= self.from {
+            bail!(
+                "--until {} is not after --from {}",
+                output::rfc3339(self.until),
+                output::rfc3339(self.from)
+            );
+        }
+        Ok(())
+    }
+
+    /// The question, of `dataset_id` (empty: whichever the asking picks).
+    pub fn to_query(&self, dataset_id: String) -> ReadingQuery {
+        let area = match (self.bbox, self.near) {
+            (Some(bbox), _) => Some(reading_query::Area::Bbox(bbox)),
+            (None, Some(radius)) => Some(reading_query::Area::Radius(radius)),
+            (None, None) => None,
+        };
+        ReadingQuery {
+            dataset_id,
+            from: Some(output::timestamp(self.from)),
+            until: Some(output::timestamp(self.until)),
+            sensor_ids: self.sensors.clone(),
+            area,
+            measures: self.measures.clone(),
+            order: match self.order {
+                OrderArg::Asc => Order::Ascending,
+                OrderArg::Desc => Order::Descending,
+            } as i32,
+            limit: self.limit.unwrap_or(0),
+            bucket: self.bucket.clone().unwrap_or_default(),
+            grouping: if self.per_sensor {
+                Grouping::PerSensor
+            } else {
+                Grouping::AllSensors
+            } as i32,
+        }
+    }
 }
 
 pub fn run(command: QueryCommand) -> anyhow::Result<ExitCode> {
@@ -418,42 +469,9 @@ fn reading_cells(reading: &Reading, measures: &[String]) -> Vec<String> {
 
 // ---- The command -----------------------------------------------------------------------
 
-fn build_query(args: &ReadingsArgs) -> ReadingQuery {
-    let area = match (args.bbox, args.near) {
-        (Some(bbox), _) => Some(reading_query::Area::Bbox(bbox)),
-        (None, Some(radius)) => Some(reading_query::Area::Radius(radius)),
-        (None, None) => None,
-    };
-    ReadingQuery {
-        dataset_id: args.dataset.clone(),
-        from: Some(output::timestamp(args.from)),
-        until: Some(output::timestamp(args.until)),
-        sensor_ids: args.sensors.clone(),
-        area,
-        measures: args.measures.clone(),
-        order: match args.order {
-            OrderArg::Asc => Order::Ascending,
-            OrderArg::Desc => Order::Descending,
-        } as i32,
-        limit: args.limit.unwrap_or(0),
-        bucket: args.bucket.clone().unwrap_or_default(),
-        grouping: if args.per_sensor {
-            Grouping::PerSensor
-        } else {
-            Grouping::AllSensors
-        } as i32,
-    }
-}
-
 async fn readings(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
-    if args.until <= args.from {
-        bail!(
-            "--until {} is not after --from {}",
-            output::rfc3339(args.until),
-            output::rfc3339(args.from)
-        );
-    }
-    let buckets = args.bucket.is_some();
+    args.shape.check()?;
+    let buckets = args.shape.bucket.is_some();
     if buckets && args.format == QueryFormat::Geojson {
         // Refused before connecting; the printer says why.
         Printer::new(args.format, true, Vec::new(), io::sink())?;
@@ -468,7 +486,7 @@ async fn readings(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let known = output::measures(&dataset);
-    for measure in &args.measures {
+    for measure in &args.shape.measures {
         if !known.contains(measure) {
             bail!(
                 "`{measure}` is not a measure of `{}` (it has: {})",
@@ -477,13 +495,13 @@ async fn readings(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let columns = if args.measures.is_empty() {
+    let columns = if args.shape.measures.is_empty() {
         known
     } else {
-        args.measures.clone()
+        args.shape.measures.clone()
     };
 
-    let query = build_query(&args);
+    let query = args.shape.to_query(args.dataset.clone());
     let mut stream = client
         .query_readings(query)
         .await
@@ -829,7 +847,7 @@ mod tests {
         ])
         .expect("parses");
         let QueryCommand::Readings(args) = cli.command;
-        let query = build_query(&args);
+        let query = args.shape.to_query(args.dataset.clone());
         assert_eq!(query.sensor_ids, vec!["a", "b"]);
         assert_eq!(query.order, Order::Descending as i32);
         assert_eq!(query.grouping, Grouping::PerSensor as i32);
