@@ -458,18 +458,7 @@ fn combined_json(bucket: &CombinedBucket) -> Value {
     })
 }
 
-/// A status in words, for people.
-pub fn outcome_word(outcome: i32) -> &'static str {
-    match PartnerOutcome::try_from(outcome) {
-        Ok(PartnerOutcome::Ok) => "ok",
-        Ok(PartnerOutcome::Denied) => "denied",
-        Ok(PartnerOutcome::Unavailable) => "unavailable",
-        Ok(PartnerOutcome::TimedOut) => "timed out",
-        Ok(PartnerOutcome::NotEntitled) => "not entitled",
-        Ok(PartnerOutcome::Failed) => "failed",
-        _ => "unknown",
-    }
-}
+pub use samvirke_node::federate::ask::outcome_word;
 
 fn status_cells(status: &PartnerStatus) -> Vec<String> {
     vec![

@@ -132,30 +132,12 @@ pub async fn sign(
     signer: &BatchSigner,
     facts: RequestFacts<'_>,
 ) -> Result<[u8; 16], SignError> {
-    let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce).map_err(|e| SignError(e.to_string()))?;
-    let at_ms = ms(facts.at);
+    let (unsigned, message) = Unsigned::of(&facts)?;
     let signature = signer
-        .sign(&signed_message(
-            facts.method,
-            facts.digest,
-            facts.agreement,
-            facts.caller,
-            at_ms,
-            &nonce,
-        ))
+        .sign(&message)
         .await
         .map_err(|e| SignError(e.to_string()))?;
-    put_parts(
-        metadata,
-        &SignedParts {
-            caller: facts.caller,
-            at_ms,
-            nonce,
-            signature,
-        },
-    );
-    Ok(nonce)
+    Ok(unsigned.put(metadata, signature))
 }
 
 /// Signs a request on its own (a batch of one) with `key`: for tools and
@@ -165,31 +147,53 @@ pub fn sign_now(
     key: &ed25519_dalek::SigningKey,
     facts: RequestFacts<'_>,
 ) -> Result<[u8; 16], SignError> {
-    let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce).map_err(|e| SignError(e.to_string()))?;
-    let at_ms = ms(facts.at);
-    let signature = batch::sign_one(
-        key,
-        BATCH_DOMAIN,
-        &signed_message(
+    let (unsigned, message) = Unsigned::of(&facts)?;
+    let signature = batch::sign_one(key, BATCH_DOMAIN, &message);
+    Ok(unsigned.put(metadata, signature))
+}
+
+/// A request's parts before its signature: a fresh nonce and the time.
+struct Unsigned {
+    caller: u32,
+    at_ms: i64,
+    nonce: [u8; 16],
+}
+
+impl Unsigned {
+    /// Fresh parts for `facts`, and the message to sign.
+    fn of(facts: &RequestFacts<'_>) -> Result<(Unsigned, Vec<u8>), SignError> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|e| SignError(e.to_string()))?;
+        let at_ms = ms(facts.at);
+        let message = signed_message(
             facts.method,
             facts.digest,
             facts.agreement,
             facts.caller,
             at_ms,
             &nonce,
-        ),
-    );
-    put_parts(
-        metadata,
-        &SignedParts {
+        );
+        let unsigned = Unsigned {
             caller: facts.caller,
             at_ms,
             nonce,
-            signature,
-        },
-    );
-    Ok(nonce)
+        };
+        Ok((unsigned, message))
+    }
+
+    /// Puts the parts with `signature` in `metadata`; returns the nonce.
+    fn put(self, metadata: &mut MetadataMap, signature: pb::BatchSignature) -> [u8; 16] {
+        put_parts(
+            metadata,
+            &SignedParts {
+                caller: self.caller,
+                at_ms: self.at_ms,
+                nonce: self.nonce,
+                signature,
+            },
+        );
+        self.nonce
+    }
 }
 
 /// Why a request could not be signed.
