@@ -571,7 +571,13 @@ impl Federation {
             match route::choose(covering, question.kind, dataset_id) {
                 Ok(agreement) => {
                     source.agreement_id = agreement.id.to_string();
-                    asks.push(self.ask_dataset(agreement, source, question, out, until));
+                    asks.push(self.ask_dataset(
+                        Provider::Partner(agreement),
+                        source,
+                        question,
+                        out,
+                        until,
+                    ));
                 }
                 Err(why) => outcomes.push(Outcome {
                     status: status(&source, PartnerOutcome::NotEntitled, why),
@@ -654,10 +660,11 @@ impl Federation {
         outcomes
     }
 
-    /// One dataset of one partner, under one agreement.
+    /// One dataset of one source: a partner under one agreement, or this
+    /// node itself.
     async fn ask_dataset(
         &self,
-        agreement: &UsableAgreement,
+        from: Provider<'_>,
         source: pb::AskSource,
         question: &Question,
         out: &Out,
@@ -676,28 +683,62 @@ impl Federation {
                 Body::Readings(query) => {
                     let mut query = query.clone();
                     query.dataset_id = source.dataset_id.clone();
-                    self.partner_readings(agreement, query, &mut tally, &mut sink)
-                        .await
+                    match from {
+                        Provider::Partner(agreement) => {
+                            self.partner_readings(agreement, query, &mut tally, &mut sink)
+                                .await
+                        }
+                        Provider::Own => self.own_readings(query, &mut tally, &mut sink).await,
+                    }
                 }
                 Body::Pilots(filter) => {
                     let mut filter = filter.clone();
                     filter.dataset_id = source.dataset_id.clone();
-                    let pilots = self.partner_pilots(agreement, filter, &mut tally).await?;
+                    let pilots = match from {
+                        Provider::Partner(agreement) => {
+                            self.partner_pilots(agreement, filter, &mut tally).await?
+                        }
+                        Provider::Own => {
+                            let pilots = answer::blocking(&self.plane, move |plane| {
+                                plane.records.list_pilots(&filter)
+                            })
+                            .await
+                            .map_err(|s| Failure::from_status(&s))?;
+                            tally.rows = pilots.len() as u64;
+                            pilots
+                        }
+                    };
                     send_rows(out, &source, |rows| rows.pilots = pilots).await
                 }
                 Body::Procurements(filter) => {
                     let mut filter = filter.clone();
                     filter.dataset_id = source.dataset_id.clone();
-                    let procurements = self
-                        .partner_procurements(agreement, filter, &mut tally)
-                        .await?;
+                    let procurements = match from {
+                        Provider::Partner(agreement) => {
+                            self.partner_procurements(agreement, filter, &mut tally)
+                                .await?
+                        }
+                        Provider::Own => {
+                            let procurements = answer::blocking(&self.plane, move |plane| {
+                                plane.records.list_procurements(&filter)
+                            })
+                            .await
+                            .map_err(|s| Failure::from_status(&s))?;
+                            tally.rows = procurements.len() as u64;
+                            procurements
+                        }
+                    };
                     send_rows(out, &source, |rows| rows.procurements = procurements).await
                 }
                 Body::Catalog(_) => Ok(()),
             }
         })
         .await;
-        finish(source, asked, tally, started, sink.buckets)
+        let mut outcome = finish(source, asked, tally, started, sink.buckets);
+        if matches!(from, Provider::Own) && outcome.status.outcome == PartnerOutcome::Ok as i32 {
+            outcome.status.detail = "this node's own data".to_string();
+        }
+        outcome
     }
 
     /// This node's own data, as one more source per dataset.
@@ -759,64 +800,9 @@ impl Federation {
         {
             let mut source = source.clone();
             source.dataset_id = dataset.id.clone();
-            asks.push(self.ask_own_dataset(source, question, out, until));
+            asks.push(self.ask_dataset(Provider::Own, source, question, out, until));
         }
         join_all(asks).await
-    }
-
-    async fn ask_own_dataset(
-        &self,
-        source: pb::AskSource,
-        question: &Question,
-        out: &Out,
-        until: tokio::time::Instant,
-    ) -> Outcome {
-        let started = Instant::now();
-        let mut tally = Tally::default();
-        let mut sink = RowsSink {
-            out: out.clone(),
-            source: source.clone(),
-            buckets: question.combine.then(SourceBuckets::default),
-        };
-        let asked = tokio::time::timeout_at(until, async {
-            let _turn = out.turns.acquire().await;
-            match &question.body {
-                Body::Readings(query) => {
-                    let mut query = query.clone();
-                    query.dataset_id = source.dataset_id.clone();
-                    self.own_readings(query, &mut tally, &mut sink).await
-                }
-                Body::Pilots(filter) => {
-                    let mut filter = filter.clone();
-                    filter.dataset_id = source.dataset_id.clone();
-                    let pilots = answer::blocking(&self.plane, move |plane| {
-                        plane.records.list_pilots(&filter)
-                    })
-                    .await
-                    .map_err(|s| Failure::from_status(&s))?;
-                    tally.rows = pilots.len() as u64;
-                    send_rows(out, &source, |rows| rows.pilots = pilots).await
-                }
-                Body::Procurements(filter) => {
-                    let mut filter = filter.clone();
-                    filter.dataset_id = source.dataset_id.clone();
-                    let procurements = answer::blocking(&self.plane, move |plane| {
-                        plane.records.list_procurements(&filter)
-                    })
-                    .await
-                    .map_err(|s| Failure::from_status(&s))?;
-                    tally.rows = procurements.len() as u64;
-                    send_rows(out, &source, |rows| rows.procurements = procurements).await
-                }
-                Body::Catalog(_) => Ok(()),
-            }
-        })
-        .await;
-        let mut outcome = finish(source, asked, tally, started, sink.buckets);
-        if outcome.status.outcome == PartnerOutcome::Ok as i32 {
-            outcome.status.detail = "this node's own data".to_string();
-        }
-        outcome
     }
 
     async fn own_readings(
@@ -849,6 +835,15 @@ impl Federation {
         }
         Ok(())
     }
+}
+
+/// Where one source's answer comes from.
+#[derive(Debug, Clone, Copy)]
+enum Provider<'a> {
+    /// A partner, asked under this agreement.
+    Partner(&'a UsableAgreement),
+    /// This node's own store.
+    Own,
 }
 
 /// What the answer task needs.
