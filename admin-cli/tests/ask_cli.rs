@@ -572,3 +572,168 @@ async fn the_exit_code_says_whether_any_source_answered() {
 
     fellowship.fx.shutdown().await;
 }
+
+/// Brute-force hourly cells (start, measure) -> (count, sum, min, max) of
+/// `readings`.
+fn hourly<'a>(
+    readings: impl Iterator<Item = &'a Reading>,
+) -> BTreeMap<(String, String), (u64, f64, f64, f64)> {
+    let mut cells: BTreeMap<(String, String), (u64, f64, f64, f64)> = BTreeMap::new();
+    for reading in readings {
+        let start = reading.at.replace_minute(0).expect("an hour");
+        let start = start.format(&Rfc3339).expect("an RFC 3339 time");
+        for (measure, value) in &reading.values {
+            let cell = cells.entry((start.clone(), measure.clone())).or_insert((
+                0,
+                0.0,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+            ));
+            cell.0 += 1;
+            cell.1 += value;
+            cell.2 = cell.2.min(*value);
+            cell.3 = cell.3.max(*value);
+        }
+    }
+    cells
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// Asserts one bucket (count, min, max, avg, sum) is `cell`.
+fn assert_bucket(what: &str, found: (u64, f64, f64, f64, f64), cell: (u64, f64, f64, f64)) {
+    let (count, min, max, avg, sum) = found;
+    assert_eq!(count, cell.0, "{what}: count");
+    assert_eq!((min, max), (cell.2, cell.3), "{what}: min and max");
+    assert!(close(sum, cell.1), "{what}: sum {sum} vs {}", cell.1);
+    assert!(
+        close(avg, cell.1 / cell.0 as f64),
+        "{what}: avg {avg} vs {}",
+        cell.1 / cell.0 as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_come_per_source_and_combined() {
+    let fellowship = Fellowship::start().await;
+    let combined = hourly(fellowship.readings.values().flatten());
+    let per_source: BTreeMap<u32, _> = EVERYONE
+        .iter()
+        .map(|code| (*code, hourly(fellowship.readings[code].iter())))
+        .collect();
+    // Two hours, three measures.
+    assert_eq!(combined.len(), 6);
+    let bucket_args = ["--fellowship", FELLOWSHIP, "--bucket", "1h"];
+
+    let csv_run = fellowship
+        .ask(&[&bucket_args[..], &["--format", "csv"]].concat())
+        .await;
+    assert_eq!(exit_code(&csv_run), Some(0), "{}", text(&csv_run.stderr));
+    let mut reader = csv::Reader::from_reader(csv_run.stdout.as_slice());
+    assert_eq!(
+        reader.headers().expect("a CSV header"),
+        vec![
+            "municipality",
+            "name",
+            "dataset",
+            "start",
+            "sensor_id",
+            "measure",
+            "count",
+            "min",
+            "max",
+            "avg",
+            "sum"
+        ]
+    );
+    let (mut sources_seen, mut combined_seen) = (0, 0);
+    for record in reader.records() {
+        let r = record.expect("a CSV record");
+        let found = (
+            r[6].parse::<u64>().expect("a count"),
+            r[7].parse::<f64>().expect("a min"),
+            r[8].parse::<f64>().expect("a max"),
+            r[9].parse::<f64>().expect("an avg"),
+            r[10].parse::<f64>().expect("a sum"),
+        );
+        let key = (r[3].to_string(), r[5].to_string());
+        assert_eq!(&r[4], "", "over all sensors");
+        if &r[0] == "all" {
+            assert_eq!(&r[1], "3 municipalities");
+            assert_bucket(&format!("combined {key:?}"), found, combined[&key]);
+            combined_seen += 1;
+        } else {
+            let code: u32 = r[0].parse().expect("a municipality code");
+            assert_eq!(r[2], fellowship.datasets[&code]);
+            assert_bucket(&format!("{code} {key:?}"), found, per_source[&code][&key]);
+            sources_seen += 1;
+        }
+    }
+    assert_eq!(
+        (sources_seen, combined_seen),
+        (3 * combined.len(), combined.len())
+    );
+    assert_statuses(
+        &text(&csv_run.stderr),
+        &EVERYONE
+            .iter()
+            .map(|code| (*code, fellowship.datasets[code].as_str(), "ok"))
+            .collect::<Vec<_>>(),
+    );
+
+    let json_run = fellowship
+        .ask(&[&bucket_args[..], &["--format", "json"]].concat())
+        .await;
+    assert_eq!(exit_code(&json_run), Some(0), "{}", text(&json_run.stderr));
+    let (mut sources_seen, mut combined_seen) = (0, 0);
+    for line in text(&json_run.stdout).lines() {
+        let object: Value = serde_json::from_str(line).expect("a JSON line");
+        let number = |field: &str| {
+            object[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("`{field}` in {object}"))
+        };
+        let found = (
+            object["count"].as_u64().expect("a count"),
+            number("min"),
+            number("max"),
+            number("avg"),
+            number("sum"),
+        );
+        let key = (
+            object["start"].as_str().expect("a start").to_string(),
+            object["measure"].as_str().expect("a measure").to_string(),
+        );
+        if object["combined"] == true {
+            assert_eq!(object["municipalities"], serde_json::json!([630, 740, 751]));
+            assert_bucket(&format!("combined {key:?}"), found, combined[&key]);
+            combined_seen += 1;
+        } else {
+            let code = object["municipality"].as_u64().expect("municipality") as u32;
+            assert_eq!(object["dataset"], fellowship.datasets[&code].as_str());
+            assert!(object["sensor_id"].is_null(), "over all sensors: {object}");
+            assert_bucket(&format!("{code} {key:?}"), found, per_source[&code][&key]);
+            sources_seen += 1;
+        }
+    }
+    assert_eq!(
+        (sources_seen, combined_seen),
+        (3 * combined.len(), combined.len())
+    );
+
+    // Buckets are no points: GeoJSON is refused before anything is asked.
+    let geo_run = fellowship
+        .ask(&[&bucket_args[..], &["--format", "geojson"]].concat())
+        .await;
+    assert_ne!(exit_code(&geo_run), Some(0));
+    assert!(
+        text(&geo_run.stderr).contains("--format geojson draws raw readings"),
+        "{}",
+        text(&geo_run.stderr)
+    );
+    assert!(geo_run.stdout.is_empty());
+
+    fellowship.fx.shutdown().await;
+}

@@ -33,8 +33,6 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use samvirke_node::config::Config;
@@ -57,6 +55,7 @@ use time::macros::{date, datetime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 const AARHUS: u32 = 751;
 const VEJLE: u32 = 630;
@@ -225,11 +224,12 @@ impl Drop for NodeProcess {
 
 // ---- Herning: behind a proxy that can be slowed ---------------------------------
 
-/// A TCP proxy on 127.0.0.1 to one address that holds each chunk, either
-/// way, for the delay set (none at first).
+/// A TCP proxy on 127.0.0.1 to one address that forwards each chunk,
+/// either way, only once it has been held for the delay set (none at
+/// first). A new delay applies at once, also to chunks being held.
 struct DelayProxy {
     address: SocketAddr,
-    delay_ms: Arc<AtomicU64>,
+    delay: watch::Sender<Duration>,
 }
 
 impl DelayProxy {
@@ -238,11 +238,11 @@ impl DelayProxy {
             .await
             .expect("bind the proxy");
         let address = listener.local_addr().expect("the proxy's address");
-        let delay_ms = Arc::new(AtomicU64::new(0));
-        let delay = Arc::clone(&delay_ms);
+        let (delay, _) = watch::channel(Duration::ZERO);
+        let delays = delay.clone();
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let delay = Arc::clone(&delay);
+                let delays = delays.clone();
                 tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
@@ -250,32 +250,39 @@ impl DelayProxy {
                     let (from_client, to_client) = inbound.into_split();
                     let (from_node, to_node) = outbound.into_split();
                     tokio::join!(
-                        pump(from_client, to_node, Arc::clone(&delay)),
-                        pump(from_node, to_client, delay)
+                        pump(from_client, to_node, delays.subscribe()),
+                        pump(from_node, to_client, delays.subscribe())
                     );
                 });
             }
         });
-        DelayProxy { address, delay_ms }
+        DelayProxy { address, delay }
     }
 
     fn set_delay(&self, delay: Duration) {
-        self.delay_ms
-            .store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.delay.send_replace(delay);
     }
 }
 
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay_ms: Arc<AtomicU64>) {
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut delay: watch::Receiver<Duration>,
+) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let delay = delay_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            // The slowness being simulated, not a wait for readiness.
-            tokio::time::sleep(Duration::from_millis(delay)).await;
+        // The slowness being simulated, not a wait for readiness.
+        let read_at = tokio::time::Instant::now();
+        loop {
+            let due = read_at + *delay.borrow_and_update();
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => break,
+                changed = delay.changed() => if changed.is_err() { break },
+            }
         }
         if to.write_all(&buffer[..n]).await.is_err() {
             break;
@@ -782,6 +789,72 @@ async fn a_killed_node_and_a_slow_node_are_reported_and_the_rest_answer_in_full_
     let done = answer.done.expect("a summary");
     assert_eq!((done.asked, done.answered), (5, 3));
     assert_eq!(done.rows, healthy_readings);
+
+    // Asked again, for hourly buckets, with Randers's node gone and Herning
+    // still slow: the combination holds exactly the healthy sources, and
+    // says who is left out.
+    let mut query = readings_query(from, until);
+    query.bucket = "1h".to_string();
+    query.grouping = pb::Grouping::AllSensors as i32;
+    let started = Instant::now();
+    let answer = ask_all(&mut vejle, Fellowship::question(query, deadline))
+        .await
+        .expect("Vejle's node takes the question");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= deadline && elapsed < deadline + Duration::from_millis(1_500),
+        "the answer ends at the deadline plus a margin, not later: {elapsed:?}"
+    );
+    for code in healthy {
+        let status = answer.status(code, &fellowship.datasets[&code]);
+        assert_eq!(outcome(status), PartnerOutcome::Ok, "{status:?}");
+    }
+    let randers = answer.status(RANDERS, &fellowship.datasets[&RANDERS]);
+    assert_eq!(outcome(randers), PartnerOutcome::Unavailable, "{randers:?}");
+    let herning = answer.status(HERNING, &fellowship.datasets[&HERNING]);
+    assert_eq!(outcome(herning), PartnerOutcome::TimedOut, "{herning:?}");
+    let healthy_data: Vec<Reading> = healthy
+        .iter()
+        .flat_map(|code| fellowship.readings[code].iter().cloned())
+        .collect();
+    let expected = hourly(&healthy_data);
+    let combined = answer.combined.expect("combined buckets");
+    assert_eq!(combined.buckets.len(), expected.len());
+    for bucket in &combined.buckets {
+        let start = bucket.start.expect("a bucket start").seconds;
+        let cell = &expected[&(start, bucket.measure.clone())];
+        assert_eq!(bucket.count, cell.count, "{start} {}", bucket.measure);
+        assert_eq!((bucket.min, bucket.max), (cell.min, cell.max), "{start}");
+        assert!(close(bucket.sum, cell.sum), "{bucket:?} vs {cell:?}");
+        assert_eq!(bucket.municipalities, vec![VEJLE, SILKEBORG, AARHUS]);
+    }
+    for left_out in [
+        "657 herning-air-quality (timed out)",
+        "730 randers-air-quality (unavailable)",
+    ] {
+        assert!(
+            combined.note.contains(left_out),
+            "the note names {left_out}: {}",
+            combined.note
+        );
+    }
+
+    // Herning is quick again: the next question has its answer in full,
+    // over the same channel.
+    fellowship.herning_proxy.set_delay(Duration::ZERO);
+    let answer = ask_all(
+        &mut vejle,
+        Fellowship::question(readings_query(from, until), deadline),
+    )
+    .await
+    .expect("Vejle's node takes the question");
+    let herning = answer.status(HERNING, &fellowship.datasets[&HERNING]);
+    assert_eq!(outcome(herning), PartnerOutcome::Ok, "{herning:?}");
+    let (rows, _) = answered_rows(&answer);
+    let herning_rows: Vec<ReadingRow> = rows.into_iter().filter(|r| r.0 == HERNING).collect();
+    assert!(herning_rows == fellowship.ingested_rows(HERNING, from, until));
+    let randers = answer.status(RANDERS, &fellowship.datasets[&RANDERS]);
+    assert_eq!(outcome(randers), PartnerOutcome::Unavailable, "{randers:?}");
 
     fellowship.shutdown().await;
 }
