@@ -571,6 +571,55 @@ async fn the_fellowship_s_readings_are_exactly_the_union_of_every_node_s_own_ans
             .map(|code| fellowship.readings_in(*code, from, until))
             .sum::<u64>()
     );
+
+    // Narrower questions reach every node as asked: one measure, newest
+    // first, at most 50 readings of each dataset; and only readings within
+    // 2 km of Aarhus town hall (the other nodes answer, with nothing).
+    let aarhus = samvirke_node::fixtures::municipality(AARHUS).expect("Aarhus");
+    let mut newest = readings_query(from, until);
+    newest.measures = vec!["no2".to_string()];
+    newest.order = pb::Order::Descending as i32;
+    newest.limit = 50;
+    let mut near = readings_query(from, until);
+    near.area = Some(pb::reading_query::Area::Radius(pb::Radius {
+        lat: aarhus.lat,
+        lon: aarhus.lon,
+        km: 2.0,
+    }));
+    let located_in_aarhus = fellowship.readings[&AARHUS]
+        .iter()
+        .filter(|r| r.location.is_some() && r.at >= from && r.at < until)
+        .map(|r| r.values.len())
+        .sum::<usize>();
+    for (query, rows) in [(newest, 5 * 50), (near, located_in_aarhus)] {
+        let mut union = Vec::new();
+        for code in EVERYONE {
+            let mut own = query.clone();
+            own.dataset_id = fellowship.datasets[&code].clone();
+            let mut client = fellowship.apis[&code].client().await;
+            let local = local_query(&mut client, own)
+                .await
+                .unwrap_or_else(|s| panic!("{code}'s own answer: {s:?}"));
+            union.extend(reading_rows(
+                code,
+                &fellowship.datasets[&code],
+                &local.readings,
+            ));
+        }
+        assert_eq!(union.len(), rows, "{query:?}");
+        let answer = ask_all(
+            &mut vejle,
+            Fellowship::question(query.clone(), Duration::from_secs(20)),
+        )
+        .await
+        .expect("Vejle's node takes the question");
+        let (federated, _) = answered_rows(&answer);
+        assert!(federated == sorted(union), "the union, for {query:?}");
+        for code in EVERYONE {
+            let status = answer.status(code, &fellowship.datasets[&code]);
+            assert_eq!(outcome(status), PartnerOutcome::Ok, "{status:?}");
+        }
+    }
     fellowship.shutdown().await;
 }
 
@@ -842,12 +891,18 @@ async fn a_killed_node_and_a_slow_node_are_reported_and_the_rest_answer_in_full_
     // Herning is quick again: the next question has its answer in full,
     // over the same channel.
     fellowship.herning_proxy.set_delay(Duration::ZERO);
+    let started = Instant::now();
     let answer = ask_all(
         &mut vejle,
         Fellowship::question(readings_query(from, until), deadline),
     )
     .await
     .expect("Vejle's node takes the question");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < deadline,
+        "a node that is gone holds no one up: {elapsed:?}"
+    );
     let herning = answer.status(HERNING, &fellowship.datasets[&HERNING]);
     assert_eq!(outcome(herning), PartnerOutcome::Ok, "{herning:?}");
     let (rows, _) = answered_rows(&answer);
@@ -855,6 +910,7 @@ async fn a_killed_node_and_a_slow_node_are_reported_and_the_rest_answer_in_full_
     assert!(herning_rows == fellowship.ingested_rows(HERNING, from, until));
     let randers = answer.status(RANDERS, &fellowship.datasets[&RANDERS]);
     assert_eq!(outcome(randers), PartnerOutcome::Unavailable, "{randers:?}");
+    assert!(randers.latency_ms < 1_000, "{randers:?}");
 
     fellowship.shutdown().await;
 }
