@@ -26,7 +26,13 @@
 //!   Herning's answers slowed past a 2 s deadline, the answer ends within
 //!   the deadline plus a margin, the healthy sources' rows are complete and
 //!   exact, and the statuses say Randers unavailable, Herning timed out,
-//!   everyone else ok.
+//!   everyone else ok; asked again for buckets, the combination holds
+//!   exactly the healthy sources and names the two left out; once Herning
+//!   is quick again it answers in full, and the dead node holds no question
+//!   up;
+//! - Randers killed in the middle of a long answer: what it sent arrives,
+//!   tagged and exact, its status says unavailable with the rows that
+//!   arrived, the break is noticed at once, everyone else answers in full.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -48,7 +54,7 @@ use samvirke_node::wire;
 use samvirke_proto::v1::{self as pb, PartnerOutcome, ask_request};
 use samvirke_tests::{
     AskAnswer, FELLOWSHIP, GovernanceFixture, LocalApi, ReadingRow, air_quality_readings, ask_all,
-    local_query, reading_rows,
+    ingest, ingest_batches, local_query, reading_rows,
 };
 use time::OffsetDateTime;
 use time::macros::{date, datetime};
@@ -911,6 +917,100 @@ async fn a_killed_node_and_a_slow_node_are_reported_and_the_rest_answer_in_full_
     let randers = answer.status(RANDERS, &fellowship.datasets[&RANDERS]);
     assert_eq!(outcome(randers), PartnerOutcome::Unavailable, "{randers:?}");
     assert!(randers.latency_ms < 1_000, "{randers:?}");
+
+    fellowship.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_in_the_middle_of_its_answer_is_reported_with_what_it_sent() {
+    let mut fellowship = Fellowship::start().await;
+    // Randers holds 60 000 more readings (earlier in the year): its answer
+    // takes 61 chunks, and it is killed when the first reaches the analyst.
+    let earlier = datetime!(2026-01-01 00:00 UTC);
+    let more = air_quality_readings(RANDERS, 40, 1_500, earlier);
+    let mut client = fellowship.apis[&RANDERS].client().await;
+    let stored = ingest(
+        &mut client,
+        ingest_batches(&fellowship.datasets[&RANDERS], &more, 5_000),
+    )
+    .await
+    .expect("Randers ingests");
+    assert_eq!(stored.inserted, more.len() as u64);
+    fellowship
+        .readings
+        .get_mut(&RANDERS)
+        .expect("Randers")
+        .extend(more);
+    let until = datetime!(2026-03-03 00:00 UTC);
+    let randers_total = fellowship.readings_in(RANDERS, earlier, until);
+
+    let deadline = Duration::from_secs(10);
+    let started = Instant::now();
+    let mut vejle = fellowship.apis[&VEJLE].client().await;
+    let mut stream = vejle
+        .ask(Fellowship::question(
+            readings_query(earlier, until),
+            deadline,
+        ))
+        .await
+        .expect("Vejle's node takes the question")
+        .into_inner();
+    let mut answer = AskAnswer::default();
+    let mut killed = false;
+    let drain = async {
+        while let Some(event) = stream.message().await.expect("the answer streams") {
+            let from_randers = matches!(
+                &event.event,
+                Some(pb::ask_event::Event::Rows(rows))
+                    if rows.source.as_ref().is_some_and(|s| s.municipality == RANDERS)
+            );
+            answer.take(event);
+            if from_randers && !killed {
+                fellowship.randers.kill();
+                killed = true;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), drain)
+        .await
+        .expect("the answer ends");
+    let elapsed = started.elapsed();
+    assert!(killed, "Randers began its answer");
+    assert!(
+        elapsed < deadline,
+        "the broken answer is noticed at once, not at the deadline: {elapsed:?}"
+    );
+
+    let randers = answer.status(RANDERS, &fellowship.datasets[&RANDERS]);
+    assert_eq!(outcome(randers), PartnerOutcome::Unavailable, "{randers:?}");
+    assert!(randers.receipt_id.is_empty());
+    let (rows, per_source) = answered_rows(&answer);
+    let arrived = per_source.get(&RANDERS).copied().unwrap_or(0);
+    assert!(
+        arrived > 0 && arrived < randers_total,
+        "part of Randers's answer arrived: {arrived} of {randers_total}"
+    );
+    assert_eq!(randers.rows, arrived, "the status counts what arrived");
+    // What arrived is Randers's, tagged as such, each row exactly as stored.
+    let stored = fellowship.ingested_rows(RANDERS, earlier, until);
+    let from_randers: Vec<&ReadingRow> = rows.iter().filter(|r| r.0 == RANDERS).collect();
+    assert!(
+        from_randers
+            .iter()
+            .all(|row| stored.binary_search(row).is_ok()),
+        "Randers's rows are readings it holds"
+    );
+    // Everyone else answered in full.
+    let mut expected = Vec::new();
+    for code in [AARHUS, VEJLE, SILKEBORG, HERNING] {
+        let status = answer.status(code, &fellowship.datasets[&code]);
+        assert_eq!(outcome(status), PartnerOutcome::Ok, "{status:?}");
+        expected.extend(fellowship.ingested_rows(code, earlier, until));
+    }
+    let others: Vec<ReadingRow> = rows.into_iter().filter(|r| r.0 != RANDERS).collect();
+    assert!(others == sorted(expected), "the others' rows are complete");
+    let done = answer.done.expect("a summary");
+    assert_eq!((done.asked, done.answered), (5, 4));
 
     fellowship.shutdown().await;
 }
