@@ -1069,3 +1069,233 @@ impl GovernanceFixture {
         }
     }
 }
+
+// ---- Asking the fellowship -------------------------------------------------
+
+/// A node's local API as a test (or the CLI) reaches it: endpoint and
+/// admin token.
+#[derive(Debug, Clone)]
+pub struct LocalApi {
+    pub endpoint: String,
+    pub token: String,
+}
+
+impl LocalApi {
+    /// The local API of an in-process node.
+    pub fn of(node: &DevNode) -> LocalApi {
+        LocalApi {
+            endpoint: node.running.local_endpoint(),
+            token: node.admin_token.to_string(),
+        }
+    }
+
+    /// A client sending the admin token.
+    pub async fn client(&self) -> TokenLocalClient {
+        local_client(&self.endpoint, Some(&self.token)).await
+    }
+
+    /// `Local/ImportRoster` of `roster`, pinned as the trust anchor.
+    pub async fn pin_roster(&self, roster: &Roster) {
+        self.client()
+            .await
+            .import_roster(ImportRosterRequest {
+                document: Some(SignedDocumentBytes {
+                    content: roster.to_bytes(),
+                }),
+                trust_anchor: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{} refused the roster: {s:?}", self.endpoint));
+    }
+
+    /// `Local/ImportAgreement` of `agreement`; its status here afterwards.
+    pub async fn import_agreement(&self, agreement: &Agreement) -> String {
+        self.client()
+            .await
+            .import_agreement(ImportAgreementRequest {
+                document: Some(SignedDocumentBytes {
+                    content: agreement.to_bytes(),
+                }),
+            })
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "{} refused agreement {}: {s:?}",
+                    self.endpoint,
+                    agreement.id()
+                )
+            })
+            .into_inner()
+            .agreement
+            .expect("ImportAgreement answers with the agreement")
+            .status
+    }
+
+    /// Publishes `dataset` and ingests `readings` into it (batches of 500),
+    /// asserting every reading was stored as new.
+    pub async fn publish_with_readings(
+        &self,
+        dataset: &samvirke_proto::v1::Dataset,
+        readings: &[samvirke_node::data::Reading],
+    ) {
+        let mut client = self.client().await;
+        client
+            .publish_dataset(dataset.clone())
+            .await
+            .unwrap_or_else(|s| panic!("publish `{}`: {s:?}", dataset.id));
+        let totals = ingest(&mut client, ingest_batches(&dataset.id, readings, 500))
+            .await
+            .unwrap_or_else(|s| panic!("ingest into `{}`: {s:?}", dataset.id));
+        assert_eq!(
+            (totals.readings, totals.inserted, totals.replaced),
+            (readings.len() as u64, readings.len() as u64, 0),
+            "every reading of `{}` is stored once",
+            dataset.id
+        );
+    }
+}
+
+/// Readings of known values for an air-quality dataset of municipality
+/// `code`: `sensors` sensors every 10 minutes for `steps` steps from
+/// `from`. Values differ by municipality, sensor and time; one reading in
+/// five lacks `no2`; sensors with an even index have a location near the
+/// town hall, the others none.
+pub fn air_quality_readings(
+    code: u32,
+    sensors: u32,
+    steps: u32,
+    from: OffsetDateTime,
+) -> Vec<samvirke_node::data::Reading> {
+    let town = samvirke_node::fixtures::municipality(code).expect("a fixture municipality");
+    let mut readings = Vec::with_capacity((sensors * steps) as usize);
+    for step in 0..steps {
+        for sensor in 0..sensors {
+            let wobble = f64::from((step * 7 + sensor * 3 + code) % 11) * 0.37;
+            let pm2_5 = 3.0 + f64::from(code % 50) * 0.25 + f64::from(sensor) * 1.5 + wobble;
+            let mut values = std::collections::BTreeMap::from([
+                ("pm2_5".to_string(), pm2_5),
+                ("pm10".to_string(), pm2_5 * 1.8 + f64::from(step) * 0.05),
+            ]);
+            if (step + sensor) % 5 != 0 {
+                values.insert(
+                    "no2".to_string(),
+                    10.0 + f64::from((code + step * 13 + sensor * 5) % 17) * 0.61,
+                );
+            }
+            readings.push(samvirke_node::data::Reading {
+                sensor_id: format!("{code}-air-{sensor:02}"),
+                at: from + time::Duration::minutes(10 * i64::from(step)),
+                values,
+                location: (sensor % 2 == 0).then(|| {
+                    (
+                        town.lat + 0.002 * f64::from(sensor),
+                        town.lon - 0.003 * f64::from(sensor),
+                    )
+                }),
+            });
+        }
+    }
+    readings
+}
+
+/// Everything one `Local/Ask` answer carried, with its order checked:
+/// rows, then at most one combination, then statuses, then the summary.
+#[derive(Debug, Default, Clone)]
+pub struct AskAnswer {
+    pub rows: Vec<samvirke_proto::v1::AskRows>,
+    pub combined: Option<samvirke_proto::v1::CombinedBuckets>,
+    pub statuses: Vec<samvirke_proto::v1::PartnerStatus>,
+    pub done: Option<samvirke_proto::v1::AskSummary>,
+}
+
+impl AskAnswer {
+    /// Records one event, asserting it comes where the protocol puts it.
+    pub fn take(&mut self, event: samvirke_proto::v1::AskEvent) {
+        use samvirke_proto::v1::ask_event::Event;
+        assert!(
+            self.done.is_none(),
+            "nothing follows the summary: {event:?}"
+        );
+        match event.event.expect("every event carries one") {
+            Event::Rows(rows) => {
+                assert!(
+                    self.combined.is_none() && self.statuses.is_empty(),
+                    "rows come before the combination and the statuses"
+                );
+                self.rows.push(rows);
+            }
+            Event::Combined(combined) => {
+                assert!(
+                    self.combined.is_none() && self.statuses.is_empty(),
+                    "one combination, before the statuses"
+                );
+                self.combined = Some(combined);
+            }
+            Event::Partner(status) => self.statuses.push(status),
+            Event::Done(done) => self.done = Some(done),
+        }
+    }
+
+    /// The status of `code`'s dataset `dataset`; panics unless exactly one.
+    pub fn status(&self, code: u32, dataset: &str) -> &samvirke_proto::v1::PartnerStatus {
+        let found: Vec<_> = self
+            .statuses
+            .iter()
+            .filter(|s| s.municipality == code && s.dataset_id == dataset)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one status for {code} `{dataset}`: {:#?}",
+            self.statuses
+        );
+        found[0]
+    }
+}
+
+/// `Local/Ask` of `request`, drained to its summary (within 30 s).
+pub async fn ask_all(
+    client: &mut TokenLocalClient,
+    request: samvirke_proto::v1::AskRequest,
+) -> Result<AskAnswer, Status> {
+    let drain = async {
+        let mut stream = client.ask(request).await?.into_inner();
+        let mut answer = AskAnswer::default();
+        while let Some(event) = stream.message().await? {
+            answer.take(event);
+        }
+        assert!(answer.done.is_some(), "an answer ends with its summary");
+        Ok(answer)
+    };
+    tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .expect("an Ask answer ends within 30 s")
+}
+
+/// One reading value in long form: municipality, dataset, sensor, time
+/// (seconds, nanos), measure and the value's bits, so rows compare exactly.
+pub type ReadingRow = (u32, String, String, (i64, i32), String, u64);
+
+/// The long-form rows of `readings` of dataset `dataset` of `code`.
+pub fn reading_rows(
+    code: u32,
+    dataset: &str,
+    readings: &[samvirke_proto::v1::Reading],
+) -> Vec<ReadingRow> {
+    let mut rows = Vec::new();
+    for reading in readings {
+        let at = reading.at.expect("a reading has a time");
+        for (measure, value) in &reading.values {
+            rows.push((
+                code,
+                dataset.to_string(),
+                reading.sensor_id.clone(),
+                (at.seconds, at.nanos),
+                measure.clone(),
+                value.to_bits(),
+            ));
+        }
+    }
+    rows
+}
