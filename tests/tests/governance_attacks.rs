@@ -447,10 +447,10 @@ async fn a_members_governance_flood_does_not_stop_its_own_removal() {
     );
     // Vejle's own node sees the serial too and is told it is out.
     eventually("Vejle learns it left", || async {
-        alerts(&fx, VEJLE)
-            .await
-            .into_iter()
-            .find(|a| a.contains("membership of `digit` is not current"))
+        alerts(&fx, VEJLE).await.into_iter().find(|a| {
+            a.contains("left fellowship digit on 2025-06-01 per roster serial 2")
+                && a.contains("partners will refuse its calls")
+        })
     })
     .await;
     assert_eq!(today, date!(2025 - 06 - 01));
