@@ -249,11 +249,15 @@ pub fn run(command: RosterCommand) -> anyhow::Result<ExitCode> {
                     // whose signers do not satisfy the previous rule.
                     println!("Checked {what}:");
                     println!(
-                        "  checked:     every signature verifies, and the secretariat key the                          roster names signed it (enough for a first roster, pinned with                          `samvirke push FILE --trust-anchor`)"
+                        "  checked:     every signature verifies, and the secretariat key the \
+                         roster names signed it (enough for a first roster, pinned with \
+                         `samvirke push FILE --trust-anchor`)"
                     );
                     if roster.serial() > 1 {
                         println!(
-                            "  NOT checked: whether the signers satisfy the decision rule of                              serial {} and follow its digest, which nodes of the fellowship                              demand - pass --previous FILE (serial {}) to check that",
+                            "  NOT checked: whether the signers satisfy the decision rule of \
+                             serial {} and follow its digest, which nodes of the fellowship \
+                             demand - pass --previous FILE (serial {}) to check that",
                             roster.serial() - 1,
                             roster.serial() - 1
                         );

@@ -119,7 +119,8 @@ impl LocalService {
             .map_err(|error| {
                 tracing::error!(%error, "a local action could not be recorded in the audit log");
                 Status::unavailable(
-                    "this node cannot record the action in its audit log; its operator has the                      details",
+                    "this node cannot record the action in its audit log; its operator has the \
+                     details",
                 )
             })
     }
