@@ -1956,4 +1956,167 @@ mod tests {
         let greve = crate::governance::roster::tests::fingerprint(GREVE);
         assert!(registry.former_membership_of(&greve).is_none());
     }
+
+    #[test]
+    fn offered_agreements_naming_unknown_or_departed_consumers_are_refused() {
+        let (_dir, registry) = registry(VEJLE);
+        let fellowships: BTreeSet<String> = ["digit".to_string()].into();
+        // 999 is no member; Roskilde (265) left on 2025-01-01, before now.
+        for consumers in [vec![VEJLE, 999], vec![VEJLE, 265]] {
+            let mut terms = greve_air_quality();
+            terms.id = AgreementBody::new_id();
+            terms.consumers = Consumers::Named(consumers.clone());
+            terms.excluded_fields.clear();
+            let mut agreement = terms.to_draft().expect("draft");
+            agreement.sign(&key(member_seed(GREVE))).expect("sign");
+            let changed = registry
+                .import_offer(GREVE, &fellowships, &[], &[agreement.to_bytes()])
+                .expect("import");
+            assert_eq!(changed, 0, "{consumers:?}");
+            let err = registry
+                .import_agreement(&agreement.to_bytes())
+                .expect_err("refused");
+            let text = err.to_string();
+            assert!(matches!(err, ImportError::Consumer { .. }), "{text}");
+            if consumers.contains(&999) {
+                assert!(
+                    text.contains("consumer 999 is not a member of `digit`"),
+                    "{text}"
+                );
+            } else {
+                assert!(
+                    text.contains("consumer 265 (Roskilde Kommune) left `digit` on 2025-01-01"),
+                    "{text}"
+                );
+            }
+        }
+        assert!(registry.list().1.is_empty());
+    }
+
+    #[test]
+    fn list_pages_keep_to_their_byte_budget_and_miss_nothing() {
+        use prost::Message;
+        let (_dir, registry) = registry(VEJLE);
+        let fellowships: BTreeSet<String> = ["digit".to_string()].into();
+        let offers: Vec<Vec<u8>> = (0..40).map(|_| offer_of_greve()).collect();
+        registry
+            .import_offer(GREVE, &fellowships, &[], &offers)
+            .expect("import");
+        let budget = 1_000;
+        let mut after = None;
+        let mut agreements = Vec::new();
+        let mut rosters = 0;
+        let mut pages = 0;
+        loop {
+            let page = registry.list_page(after.as_ref(), 1000, budget);
+            pages += 1;
+            let size: usize = page
+                .rosters
+                .iter()
+                .map(|r| r.encoded_len() + 6)
+                .sum::<usize>()
+                + page
+                    .agreements
+                    .iter()
+                    .map(|a| a.encoded_len() + 6)
+                    .sum::<usize>();
+            let items = page.rosters.len() + page.agreements.len();
+            assert!(items >= 1);
+            assert!(
+                size <= budget || items == 1,
+                "{size} bytes in {items} items"
+            );
+            rosters += page.rosters.len();
+            agreements.extend(page.agreements.into_iter().map(|a| a.id));
+            match page.next {
+                Some(next) => {
+                    let token = next.to_token();
+                    assert_eq!(ListCursor::from_token(&token), Ok(next.clone()));
+                    after = Some(next);
+                }
+                None => break,
+            }
+        }
+        assert!(pages > 5, "{pages} pages");
+        assert_eq!(rosters, 1);
+        let unique: BTreeSet<&String> = agreements.iter().collect();
+        assert_eq!((agreements.len(), unique.len()), (40, 40));
+        assert!(ListCursor::from_token("x:1").is_err());
+        assert!(ListCursor::from_token("a:12:zz").is_err());
+    }
+
+    #[test]
+    fn an_ended_own_membership_is_reported_once_per_serial() {
+        // Roskilde (265) left on 2025-01-01; now is 2025-03-01.
+        let (_dir, registry) = registry(265);
+        let memberships = registry.own_memberships();
+        assert_eq!(memberships.len(), 1);
+        assert!(!memberships[0].current);
+        assert_eq!(
+            memberships[0].detail,
+            "this node (265 Roskilde Kommune) left fellowship digit on 2025-01-01 per roster \
+             serial 1: partners will refuse its calls"
+        );
+        for _ in 0..3 {
+            registry.report_own_membership();
+        }
+        assert_eq!(registry.memberships_reported.lock().expect("lock").len(), 1);
+        assert!(registry.alerts().contains(&memberships[0].detail));
+        // A current member has nothing to report.
+        let (_dir, greve) = self::registry(GREVE);
+        greve.report_own_membership();
+        assert!(greve.memberships_reported.lock().expect("lock").is_empty());
+        assert!(greve.own_memberships()[0].current);
+    }
+
+    #[test]
+    fn unpinned_roster_offers_are_noted_once_and_dropped_when_pinned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let registry = Registry::open(
+            store,
+            VEJLE,
+            key(member_seed(VEJLE)).verifying_key(),
+            Arc::new(ManualClock::new(NOW)),
+        )
+        .expect("registry");
+        let roster = digit_roster(DecisionRule::Secretariat);
+        let head = pb::RosterHead {
+            fellowship: "digit".to_string(),
+            serial: 1,
+            digest: roster.digest().to_string(),
+        };
+        let junk = pb::RosterHead {
+            fellowship: "digit\nforged log line".to_string(),
+            serial: 1,
+            digest: "sha256:00".to_string(),
+        };
+        for _ in 0..3 {
+            registry.note_unpinned_offers("municipality 253", &[head.clone(), junk.clone()]);
+        }
+        let offers = registry.unpinned_offers();
+        assert_eq!(offers.len(), 1);
+        assert_eq!(
+            offers[0].detail(),
+            format!(
+                "roster serial 1 for digit offered by partner municipality 253 is not pinned \
+                 here: check digest {} with the secretariat, then `samvirke push FILE \
+                 --trust-anchor`",
+                roster.digest()
+            )
+        );
+        registry
+            .import_roster(
+                &roster.to_bytes(),
+                RosterImport {
+                    trust_anchor: true,
+                    ..RosterImport::default()
+                },
+            )
+            .expect("pin");
+        assert!(registry.unpinned_offers().is_empty());
+        // Heads of pinned fellowships are no news.
+        registry.note_unpinned_offers("municipality 253", &[head]);
+        assert!(registry.unpinned_offers().is_empty());
+    }
 }
