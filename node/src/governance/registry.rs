@@ -32,7 +32,14 @@
 //!   parties could make is refused before any is checked, and an offer of
 //!   what is already held costs no signature check; refusals are logged as
 //!   one line per offer;
-//! - an operator may re-pin a fellowship's roster (a forked chain), logged.
+//! - an operator may re-pin a fellowship's roster (a forked chain), logged;
+//! - a new agreement must name consumers the roster lists and that have
+//!   not left by its start or by now ([`AgreementBody::check_consumers`]),
+//!   whether an operator imports it or a partner offers it;
+//! - a roster a partner offers for a fellowship not pinned here is noted
+//!   once per serial with what to check ([`UnpinnedOffer`]); this node's
+//!   own membership ending is logged once per serial
+//!   ([`Registry::report_own_membership`]). Both show in `Status`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -635,7 +642,20 @@ impl Registry {
         for bytes in rosters {
             let outcome =
                 match Roster::parse(bytes) {
-                    Ok(roster) if !fellowships.contains(roster.fellowship()) => continue,
+                    Ok(roster) if !fellowships.contains(roster.fellowship()) => {
+                        // Not refused as a partner's overreach when this
+                        // node simply has not pinned the fellowship yet:
+                        // its operator is told what to do, once.
+                        self.note_unpinned_offers(
+                            &format!("municipality {from}"),
+                            &[pb::RosterHead {
+                                fellowship: roster.fellowship().to_string(),
+                                serial: roster.serial(),
+                                digest: roster.digest().to_string(),
+                            }],
+                        );
+                        continue;
+                    }
                     Ok(_) => session.roster(bytes, RosterImport::FROM_PARTNER).map(
                         |(imported, roster)| {
                             (
@@ -2091,6 +2111,13 @@ mod tests {
             serial: 1,
             digest: "sha256:00".to_string(),
         };
+        // The roster itself offered in a sync page, then its head in
+        // summaries, round after round: one notice.
+        let changed = registry
+            .import_offer(GREVE, &BTreeSet::new(), &[roster.to_bytes()], &[])
+            .expect("offer");
+        assert_eq!(changed, 0);
+        assert_eq!(registry.unpinned_offers().len(), 1);
         for _ in 0..3 {
             registry.note_unpinned_offers("municipality 253", &[head.clone(), junk.clone()]);
         }
