@@ -289,7 +289,7 @@ const MAX_UNPINNED: usize = 64;
 pub struct UnpinnedOffer {
     pub fellowship: String,
     pub serial: u64,
-    /// The digest the partner gave ("sha256:<hex>").
+    /// The digest the partner gave (`sha256:<hex>`).
     pub digest: String,
     /// Who offered it, in words.
     pub partner: String,
