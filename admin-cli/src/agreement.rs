@@ -102,6 +102,10 @@ pub struct DraftArgs {
     /// Where to write the draft.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// The fellowship's current roster: the provider and every named
+    /// consumer must be members there, not gone by --valid-from or today.
+    #[arg(long, value_name = "FILE")]
+    roster: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +159,8 @@ pub fn run(command: AgreementCommand) -> anyhow::Result<ExitCode> {
         AgreementCommand::Verify(args) => {
             let agreement = load(&args.file)?;
             let roster = files::roster(&args.roster)?;
+            check_parties(agreement.body(), &roster, &args.roster)
+                .with_context(|| format!("{} fails verification", args.file.display()))?;
             agreement
                 .document()
                 .valid_signers(DocumentType::Agreement)
@@ -258,6 +264,10 @@ fn draft(args: DraftArgs) -> anyhow::Result<()> {
         valid_until: files::instant(&args.valid_until).context("--valid-until")?,
         aggregate,
     };
+    if let Some(path) = &args.roster {
+        check_parties(&body, &files::roster(path)?, path)
+            .context("the agreement cannot be drafted")?;
+    }
     let draft = body.to_draft()?;
     if args.out.exists() {
         bail!("{} exists; refusing to overwrite", args.out.display());
@@ -268,6 +278,30 @@ fn draft(args: DraftArgs) -> anyhow::Result<()> {
         body.id,
         args.out.display()
     );
+    Ok(())
+}
+
+/// Checks that `roster` (read from `path`) is the agreement's fellowship's
+/// and that its provider and every named consumer can be parties: the
+/// same check a node makes when the agreement is imported.
+fn check_parties(terms: &AgreementBody, roster: &Roster, path: &Path) -> anyhow::Result<()> {
+    if roster.fellowship() != terms.fellowship {
+        bail!(
+            "the agreement is of fellowship `{}`, but {} is the roster of `{}`",
+            terms.fellowship,
+            path.display(),
+            roster.fellowship()
+        );
+    }
+    if roster.member(terms.provider).is_none() {
+        bail!(
+            "provider {} is not a member of `{}` (roster serial {} does not list it)",
+            terms.provider,
+            terms.fellowship,
+            roster.serial()
+        );
+    }
+    terms.check_consumers(roster, OffsetDateTime::now_utc())?;
     Ok(())
 }
 
@@ -397,6 +431,5 @@ fn print_terms(agreement: &Agreement, roster: Option<&Roster>) {
 }
 
 fn show_instant(at: OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| at.to_string())
+    crate::output::rfc3339(at)
 }

@@ -82,3 +82,37 @@ pub async fn connect(endpoint: &str, token: &str) -> anyhow::Result<Local> {
     bearer.set_sensitive(true);
     Ok(LocalClient::with_interceptor(channel, BearerToken(bearer)))
 }
+
+/// Every roster and agreement the node holds: `ListGovernance` page after
+/// page until the node says there is no more. A node that hands back a
+/// token it gave before would loop forever; that is an error instead.
+pub async fn list_governance(
+    client: &mut Local,
+) -> Result<samvirke_proto::v1::ListGovernanceResponse, tonic::Status> {
+    use samvirke_proto::v1::{ListGovernanceRequest, ListGovernanceResponse};
+    let mut all = ListGovernanceResponse::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_governance(ListGovernanceRequest {
+                page_size: 0,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        all.rosters.extend(page.rosters);
+        all.agreements.extend(page.agreements);
+        all.quarantined.extend(page.quarantined);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        if !seen.insert(page.next_page_token.clone()) {
+            return Err(tonic::Status::internal(format!(
+                "the node gave page token `{}` twice; its listing does not advance",
+                page.next_page_token
+            )));
+        }
+        token = page.next_page_token;
+    }
+}

@@ -13,6 +13,7 @@ mod demo;
 mod fellowship;
 mod files;
 mod gen_readings;
+mod governance;
 mod identity;
 mod ingest;
 mod init;
@@ -64,6 +65,9 @@ enum Command {
     Agreement(agreement::AgreementCommand),
     /// Import a roster or agreement file into a node.
     Push(push::PushArgs),
+    /// What a node holds: rosters with their members, agreements with their status.
+    #[command(subcommand)]
+    Governance(governance::GovernanceCommand),
     /// Start a four-municipality demo federation on loopback and tell its story.
     Demo(demo::DemoArgs),
     /// Publish, update and list datasets in a node's catalog.
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Command::Roster(command) => roster::run(command),
         Command::Agreement(command) => agreement::run(command),
         Command::Push(args) => push::run(args),
+        Command::Governance(command) => governance::run(command),
         Command::Demo(args) => demo::run(args),
         Command::Dataset(command) => dataset::run(command),
         Command::Ingest(command) => ingest::run(command),

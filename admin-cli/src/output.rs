@@ -50,7 +50,8 @@ pub fn instant(ts: &prost_types::Timestamp) -> Option<OffsetDateTime> {
 pub fn rfc3339(at: OffsetDateTime) -> String {
     at.to_offset(time::UtcOffset::UTC)
         .format(&Rfc3339)
-        .unwrap_or_else(|_| format!("{at}"))
+        // Only years outside 0..=9999 fail; the Unix seconds still say when.
+        .unwrap_or_else(|_| format!("{}s after 1970-01-01T00:00:00Z", at.unix_timestamp()))
 }
 
 /// A protobuf timestamp as RFC 3339; empty when absent.

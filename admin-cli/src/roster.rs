@@ -231,26 +231,60 @@ pub fn run(command: RosterCommand) -> anyhow::Result<ExitCode> {
         RosterCommand::Verify(args) => {
             let roster = files::roster(&args.file)?;
             let now = OffsetDateTime::now_utc();
-            match &args.previous {
-                None => accept_first(&roster, now).with_context(|| {
-                    format!("{} is not a valid trust anchor", args.file.display())
-                })?,
-                Some(previous) => accept_next(&files::roster(previous)?, &roster, now)
-                    .with_context(|| {
-                        format!(
-                            "{} may not follow {}",
-                            args.file.display(),
-                            previous.display()
-                        )
-                    })?,
-            }
-            println!(
-                "OK: serial {} of `{}`, {} signatures, digest {}",
+            let what = format!(
+                "serial {} of `{}`, {} signatures, digest {}",
                 roster.serial(),
                 roster.fellowship(),
                 roster.document().signatures.len(),
                 roster.digest()
             );
+            match &args.previous {
+                None => {
+                    accept_first(&roster, now).with_context(|| {
+                        format!("{} is not a valid trust anchor", args.file.display())
+                    })?;
+                    // Without the roster it replaces, only what the file
+                    // says about itself can be checked: a node following
+                    // the fellowship would still refuse a later serial
+                    // whose signers do not satisfy the previous rule.
+                    println!("Checked {what}:");
+                    println!(
+                        "  checked:     every signature verifies, and the secretariat key the \
+                         roster names signed it (enough for a first roster, pinned with \
+                         `samvirke push FILE --trust-anchor`)"
+                    );
+                    if roster.serial() > 1 {
+                        println!(
+                            "  NOT checked: whether the signers satisfy the decision rule of \
+                             serial {} and follow its digest, which nodes of the fellowship \
+                             demand - pass --previous FILE (serial {}) to check that",
+                            roster.serial() - 1,
+                            roster.serial() - 1
+                        );
+                    } else {
+                        println!(
+                            "  NOT checked: that this secretariat key is the fellowship's;                              compare the digest with the secretariat before pinning"
+                        );
+                    }
+                }
+                Some(previous) => {
+                    let previous_roster = files::roster(previous)?;
+                    accept_next(&previous_roster, &roster, now).with_context(|| {
+                        format!(
+                            "{} may not follow {}",
+                            args.file.display(),
+                            previous.display()
+                        )
+                    })?;
+                    println!("OK: {what}");
+                    println!(
+                        "  checked: every signature verifies, it follows serial {} (digest {}),                          and its signers satisfy that serial's rule {}",
+                        previous_roster.serial(),
+                        previous_roster.digest(),
+                        previous_roster.rule()
+                    );
+                }
+            }
         }
         RosterCommand::Show(args) => show(&files::roster(&args.file)?),
     }
@@ -325,7 +359,7 @@ fn show(roster: &Roster) {
     println!("  digest       {}", roster.digest());
     println!("  rule         {}", body.rule);
     println!("  secretariat  {}", signing_key_text(&body.secretariat_key));
-    println!("  issued       {}", body.issued);
+    println!("  issued       {}", crate::output::rfc3339(body.issued));
     println!("  members ({}):", body.members.len());
     for member in &body.members {
         let status = match member.left {

@@ -226,7 +226,7 @@ fn a_cli_roster_verifies_and_any_flipped_byte_fails_verification() {
     let digit = digit();
     let text = ok(&["roster", "verify", arg(&digit.roster)]);
     assert!(
-        text.contains("OK: serial 1 of `digit`, 2 signatures"),
+        text.contains("Checked serial 1 of `digit`, 2 signatures"),
         "{text}"
     );
 
@@ -769,4 +769,458 @@ fn signing_shows_what_is_signed_and_asks_first() {
     ] {
         assert!(shown.contains(part), "`{part}` in:\n{shown}");
     }
+}
+
+#[test]
+fn roster_verify_without_previous_says_what_it_did_not_check() {
+    let digit = digit();
+    // Serial 2 signed by the secretariat alone: under serial 1's rule
+    // (quorum:1) every node refuses it.
+    let next = digit.path("serial-2.toml");
+    ok(&[
+        "roster",
+        "remove-member",
+        arg(&digit.roster),
+        "--code",
+        "316",
+        "--left",
+        "2025-01-01",
+        "--out",
+        arg(&next),
+    ]);
+    ok(&[
+        "roster",
+        "sign",
+        "--yes",
+        arg(&next),
+        "--key",
+        arg(&digit.secretariat),
+    ]);
+    let text = ok(&["roster", "verify", arg(&next)]);
+    assert!(!text.contains("OK"), "no bare OK: {text}");
+    assert!(
+        text.contains("Checked serial 2 of `digit`, 1 signatures"),
+        "{text}"
+    );
+    assert!(text.contains("every signature verifies"), "{text}");
+    assert!(
+        text.contains(
+            "NOT checked: whether the signers satisfy the decision rule of serial 1 and follow \
+             its digest, which nodes of the fellowship demand - pass --previous FILE"
+        ),
+        "{text}"
+    );
+    // With --previous the rule is checked, and the roster refused.
+    let stderr = fails(&[
+        "roster",
+        "verify",
+        arg(&next),
+        "--previous",
+        arg(&digit.roster),
+    ]);
+    assert!(stderr.contains("rule quorum:1"), "{stderr}");
+    // A first roster says what pinning still needs.
+    let text = ok(&["roster", "verify", arg(&digit.roster)]);
+    assert!(
+        text.contains("NOT checked: that this secretariat key is the fellowship's"),
+        "{text}"
+    );
+}
+
+/// `agreement draft` of Greve's air quality for `consumer`, checked
+/// against `roster` when given; the CLI's output.
+fn draft_for(out: &Path, consumer: &str, roster: Option<&Path>) -> Output {
+    let mut args = vec![
+        "agreement",
+        "draft",
+        "--fellowship",
+        "digit",
+        "--provider",
+        "253",
+        "--consumer",
+        consumer,
+        "--dataset",
+        "greve-luftkvalitet",
+        "--operation",
+        "read",
+        "--purpose",
+        "Shared air quality monitoring",
+        "--legal-basis-code",
+        "GDPR art. 6(1)(e)",
+        "--legal-basis-text",
+        "Task carried out in the public interest",
+        "--valid-from",
+        "2025-06-01",
+        "--valid-until",
+        "2030-01-01",
+        "--out",
+        arg(out),
+    ];
+    if let Some(roster) = roster {
+        args.extend(["--roster", arg(roster)]);
+    }
+    samvirke(&args)
+}
+
+#[test]
+fn agreements_naming_non_members_or_departed_consumers_are_refused_by_draft_and_verify() {
+    let digit = digit();
+    // A consumer the roster does not list.
+    let output = draft_for(&digit.path("a.toml"), "999", Some(&digit.roster));
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("consumer 999 is not a member of `digit`"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!digit.path("a.toml").exists(), "nothing written");
+
+    // Serial 2: Holbæk left on 2025-01-01 (before the agreement's start).
+    let serial_2 = digit.path("serial-2.toml");
+    ok(&[
+        "roster",
+        "remove-member",
+        arg(&digit.roster),
+        "--code",
+        "316",
+        "--left",
+        "2025-01-01",
+        "--out",
+        arg(&serial_2),
+    ]);
+    for key in [&digit.secretariat, &digit.greve] {
+        ok(&["roster", "sign", "--yes", arg(&serial_2), "--key", arg(key)]);
+    }
+    let output = draft_for(&digit.path("b.toml"), "316", Some(&serial_2));
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains(
+            "consumer 316 (Holbaek Kommune) left `digit` on 2025-01-01 (roster serial 2), before \
+             the agreement is in force"
+        ),
+        "{}",
+        stderr(&output)
+    );
+
+    // Drafted against serial 1 (or without a roster), it is refused by
+    // verify against serial 2.
+    let agreement = digit.path("c.toml");
+    let output = draft_for(&agreement, "316", Some(&digit.roster));
+    assert!(output.status.success(), "{}", stderr(&output));
+    ok(&[
+        "agreement",
+        "sign",
+        "--yes",
+        arg(&agreement),
+        "--key",
+        arg(&digit.greve),
+    ]);
+    ok(&[
+        "agreement",
+        "verify",
+        arg(&agreement),
+        "--roster",
+        arg(&digit.roster),
+    ]);
+    let stderr_text = fails(&[
+        "agreement",
+        "verify",
+        arg(&agreement),
+        "--roster",
+        arg(&serial_2),
+    ]);
+    assert!(
+        stderr_text.contains("consumer 316 (Holbaek Kommune) left `digit` on 2025-01-01"),
+        "{stderr_text}"
+    );
+
+    // The roster of another fellowship: both named.
+    let other = digit.path("other.toml");
+    let secretariat_key = new_key(&digit.path("other-sec.pem"));
+    ok(&[
+        "roster",
+        "new",
+        "--fellowship",
+        "kl-data",
+        "--name",
+        "KL data",
+        "--secretariat-key",
+        &secretariat_key,
+        "--out",
+        arg(&other),
+    ]);
+    ok(&[
+        "roster",
+        "add-member",
+        arg(&other),
+        "--identity",
+        arg(&digit.path("greve.card")),
+        "--joined",
+        "2016-01-01",
+    ]);
+    ok(&[
+        "roster",
+        "sign",
+        "--yes",
+        arg(&other),
+        "--key",
+        arg(&digit.path("other-sec.pem")),
+    ]);
+    let stderr_text = fails(&[
+        "agreement",
+        "verify",
+        arg(&agreement),
+        "--roster",
+        arg(&other),
+    ]);
+    assert!(
+        stderr_text.contains("the agreement is of fellowship `digit`")
+            && stderr_text.contains("is the roster of `kl-data`"),
+        "{stderr_text}"
+    );
+}
+
+/// `agreement draft` of Greve's for Holbæk, valid `from`..`until`.
+fn draft_window(out: &Path, from: &str, until: &str) {
+    ok(&[
+        "agreement",
+        "draft",
+        "--fellowship",
+        "digit",
+        "--provider",
+        "253",
+        "--consumer",
+        "316",
+        "--dataset",
+        "greve-luftkvalitet",
+        "--operation",
+        "read",
+        "--purpose",
+        "Shared air quality monitoring",
+        "--legal-basis-code",
+        "GDPR art. 6(1)(e)",
+        "--legal-basis-text",
+        "Task carried out in the public interest",
+        "--valid-from",
+        from,
+        "--valid-until",
+        until,
+        "--out",
+        arg(out),
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governance_list_shows_members_and_each_agreements_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fed = DevFederation::start(&dir.path().join("fed"), &[253, 316])
+        .await
+        .expect("start two development nodes");
+    let path = |name: &str| dir.path().join(name);
+    for node in &fed.nodes {
+        let card = IdentityCard::of_node(&node.running.identity, &node.running.peer_endpoint());
+        std::fs::write(
+            path(&format!("{}.card", node.running.identity.municipality_code)),
+            card.render(),
+        )
+        .expect("write identity card");
+    }
+    let secretariat = path("sec.pem");
+    let secretariat_key = new_key(&secretariat);
+    let roster = path("roster.toml");
+    ok(&[
+        "roster",
+        "new",
+        "--fellowship",
+        "digit",
+        "--name",
+        "DIGIT",
+        "--secretariat-key",
+        &secretariat_key,
+        "--out",
+        arg(&roster),
+    ]);
+    for code in ["253", "316"] {
+        ok(&[
+            "roster",
+            "add-member",
+            arg(&roster),
+            "--identity",
+            arg(&path(&format!("{code}.card"))),
+            "--joined",
+            "2016-01-01",
+        ]);
+    }
+    ok(&[
+        "roster",
+        "sign",
+        "--yes",
+        arg(&roster),
+        "--key",
+        arg(&secretariat),
+    ]);
+    // Serial 2: Holbæk leaves at the end of 2099.
+    let serial_2 = path("serial-2.toml");
+    ok(&[
+        "roster",
+        "remove-member",
+        arg(&roster),
+        "--code",
+        "316",
+        "--left",
+        "2099-12-31",
+        "--out",
+        arg(&serial_2),
+    ]);
+    ok(&[
+        "roster",
+        "sign",
+        "--yes",
+        arg(&serial_2),
+        "--key",
+        arg(&secretariat),
+    ]);
+    let shown = ok(&["roster", "show", arg(&serial_2)]);
+    assert!(!shown.contains("+00:00:00"), "{shown}");
+    let issued = shown
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("issued"))
+        .expect("issued line")
+        .trim()
+        .to_string();
+    assert!(
+        time::OffsetDateTime::parse(&issued, &time::format_description::well_known::Rfc3339)
+            .is_ok(),
+        "issued `{issued}` is RFC 3339"
+    );
+
+    let greve = &fed.nodes[0];
+    let push = |file: &Path, extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "push".into(),
+            arg(file).into(),
+            "--node".into(),
+            greve.running.local_endpoint(),
+            "--token".into(),
+            greve.admin_token.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        samvirke_async(args)
+    };
+    let pushed = push(&roster, &["--trust-anchor", "--yes"]).await;
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let pushed = push(&serial_2, &[]).await;
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+
+    let today = time::OffsetDateTime::now_utc().date();
+    let soon = today + time::Duration::days(10);
+    let soon_text = format!(
+        "{:04}-{:02}-{:02}",
+        soon.year(),
+        u8::from(soon.month()),
+        soon.day()
+    );
+    // (file, from, until, signed by both)
+    let cases = [
+        ("in-force.toml", "2025-01-01", "2099-01-01", true),
+        ("waiting.toml", "2025-01-01", "2099-01-01", false),
+        ("later.toml", "2098-01-01", "2099-01-01", true),
+        ("expired.toml", "2020-01-01", "2021-01-01", true),
+        ("expiring.toml", "2025-01-01", soon_text.as_str(), true),
+    ];
+    let mut ids = std::collections::HashMap::new();
+    for (file, from, until, both) in cases {
+        let file_path = path(file);
+        draft_window(&file_path, from, until);
+        let signers: &[usize] = if both { &[0, 1] } else { &[0] };
+        for i in signers {
+            ok(&[
+                "agreement",
+                "sign",
+                "--yes",
+                arg(&file_path),
+                "--key",
+                arg(&fed.nodes[*i].config.node.signing_key),
+            ]);
+        }
+        let pushed = push(&file_path, &[]).await;
+        assert!(pushed.status.success(), "{file}: {}", stderr(&pushed));
+        let id = samvirke_node::governance::Agreement::parse(
+            &std::fs::read(&file_path).expect("read agreement"),
+        )
+        .expect("agreement")
+        .id()
+        .to_string();
+        ids.insert(file, id);
+    }
+
+    let listed = samvirke_async(vec![
+        "governance".into(),
+        "list".into(),
+        "--node".into(),
+        greve.running.local_endpoint(),
+        "--token".into(),
+        greve.admin_token.to_string(),
+    ])
+    .await;
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let text = stdout(&listed);
+    let line_of = |file: &str| {
+        let id = &ids[file];
+        text.lines()
+            .find(|l| l.contains(id.as_str()))
+            .unwrap_or_else(|| panic!("agreement {id} ({file}) is listed: {text}"))
+            .to_string()
+    };
+    let holbaek = &fed.nodes[1].config.node.municipality_name;
+    assert!(text.contains("Rosters"), "{text}");
+    let member_line = text
+        .lines()
+        .find(|l| l.contains(holbaek.as_str()))
+        .unwrap_or_else(|| panic!("Holbæk is listed: {text}"));
+    assert!(member_line.contains("316"), "{member_line}");
+    assert!(member_line.contains("leaves 2099-12-31"), "{member_line}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("digit") && l.contains(" 2 ")),
+        "{text}"
+    );
+    assert!(line_of("in-force.toml").ends_with("in force"), "{text}");
+    assert!(
+        line_of("waiting.toml").contains(&format!(
+            "waiting for signatures: not signed by 316 {holbaek}"
+        )),
+        "{text}"
+    );
+    assert!(
+        line_of("later.toml").contains("not yet valid: from 2098-01-01T00:00:00Z"),
+        "{text}"
+    );
+    assert!(
+        line_of("expired.toml").contains("expired: on 2021-01-01T00:00:00Z"),
+        "{text}"
+    );
+    assert!(
+        line_of("expiring.toml").contains(&format!(
+            "expiring within 30 days: in force until {soon_text}T00:00:00Z"
+        )),
+        "{text}"
+    );
+    // Dates only as RFC 3339, never as the time crate's debug form.
+    assert!(
+        line_of("in-force.toml").contains("2099-01-01T00:00:00Z"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("+00:00:00") && !text.contains(" 0:00:00"),
+        "{text}"
+    );
+
+    // `push` of an agreement shows its status with RFC 3339 dates too.
+    let pushed = push(&path("in-force.toml"), &[]).await;
+    let said = stdout(&pushed);
+    assert!(said.contains("2099-01-01T00:00:00Z"), "{said}");
+    assert!(!said.contains("+00:00:00"), "{said}");
+
+    fed.shutdown().await.expect("shutdown");
 }

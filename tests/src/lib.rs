@@ -662,14 +662,45 @@ impl GovernanceFixture {
             .map(tonic::Response::into_inner)
     }
 
-    /// `Local/ListGovernance` at the node of `code`.
+    /// `Local/ListGovernance` at the node of `code`, every page of it.
     pub async fn list(&self, code: u32) -> ListGovernanceResponse {
-        self.admin(code)
-            .await
-            .list_governance(ListGovernanceRequest {})
-            .await
-            .expect("ListGovernance with the admin token")
-            .into_inner()
+        self.list_pages(code, 0).await.0
+    }
+
+    /// `Local/ListGovernance` at the node of `code` in pages of
+    /// `page_size` (0: the node's default), followed to the end: all of
+    /// it, and each page as it came. Panics if a token repeats (the
+    /// listing would never end).
+    pub async fn list_pages(
+        &self,
+        code: u32,
+        page_size: u32,
+    ) -> (ListGovernanceResponse, Vec<ListGovernanceResponse>) {
+        let mut admin = self.admin(code).await;
+        let mut all = ListGovernanceResponse::default();
+        let mut pages = Vec::new();
+        let mut tokens = std::collections::HashSet::new();
+        let mut token = String::new();
+        loop {
+            let page = admin
+                .list_governance(ListGovernanceRequest {
+                    page_size,
+                    page_token: token.clone(),
+                })
+                .await
+                .expect("ListGovernance with the admin token")
+                .into_inner();
+            all.rosters.extend(page.rosters.iter().cloned());
+            all.agreements.extend(page.agreements.iter().cloned());
+            all.quarantined.extend(page.quarantined.iter().cloned());
+            let next = page.next_page_token.clone();
+            pages.push(page);
+            if next.is_empty() {
+                return (all, pages);
+            }
+            assert!(tokens.insert(next.clone()), "page token {next} came twice");
+            token = next;
+        }
     }
 
     /// The node of `caller` asks the node of `provider`, over mutual TLS

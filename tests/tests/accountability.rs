@@ -271,7 +271,6 @@ fn catalog_signed_with(
 ) -> Request<pb::PeerCatalogRequest> {
     let message = pb::PeerCatalogRequest {
         agreement_id: agreement.to_string(),
-        ..Default::default()
     };
     let digest = samvirke_node::proof::message_digest(&message);
     let mut request = Request::new(message);
@@ -344,7 +343,6 @@ async fn replayed_stale_forged_and_unsigned_requests_are_refused_and_audited() {
             .client
             .catalog(pb::PeerCatalogRequest {
                 agreement_id: agreement.clone(),
-                ..Default::default()
             })
             .await,
         &[Code::Unauthenticated],
@@ -354,7 +352,6 @@ async fn replayed_stale_forged_and_unsigned_requests_are_refused_and_audited() {
     vejle
         .catalog(pb::PeerCatalogRequest {
             agreement_id: agreement.clone(),
-            ..Default::default()
         })
         .await
         .expect("a fresh signed request is answered");
@@ -460,7 +457,6 @@ async fn receipts_verify_with_the_roster_and_the_audit_counts_every_call() {
         vejle
             .catalog(pb::PeerCatalogRequest {
                 agreement_id: agreement.clone(),
-                ..Default::default()
             })
             .await
             .expect("catalog under the agreement");
@@ -482,7 +478,6 @@ async fn receipts_verify_with_the_roster_and_the_audit_counts_every_call() {
         vejle
             .catalog(pb::PeerCatalogRequest {
                 agreement_id: uuid::Uuid::now_v7().to_string(),
-                ..Default::default()
             })
             .await
             .is_err()

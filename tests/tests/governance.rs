@@ -861,11 +861,12 @@ async fn re_signing_with_the_rotated_key_puts_the_agreement_back_in_force() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_signed_by_different_parties_merge_between_partners() {
     let codes = [GREVE, HOLBAEK, ROSKILDE];
-    // On 2025-01-01 Roskilde has left: no node syncs with it, so the two
-    // copies below are made apart, as during a network partition.
-    let fx = GovernanceFixture::start(&codes, datetime!(2025-01-01 00:00 UTC)).await;
+    // Until 2025-01-01 Roskilde has not joined: no node syncs with it, so
+    // the two copies below are made apart, as during a network partition.
+    // (A consumer that has left could not be named in a new agreement.)
+    let fx = GovernanceFixture::start(&codes, datetime!(2024-12-31 12:00 UTC)).await;
     let mut members = fx.members(&codes);
-    members[2].left = Some(date!(2025 - 01 - 01));
+    members[2].joined = date!(2025 - 01 - 01);
     let roster = fx.sign_roster(
         &fx.first_roster(DecisionRule::Quorum(1), members),
         &[&fx.secretariat],
@@ -881,9 +882,9 @@ async fn copies_signed_by_different_parties_merge_between_partners() {
         .await
         .expect("Roskilde's copy");
 
-    // Back before the leaving date the partition heals; an import at
-    // Roskilde starts a round with every partner.
-    fx.set_now(datetime!(2024-12-31 12:00 UTC));
+    // On the joining date the partition heals; an import at Roskilde
+    // starts a round with every partner.
+    fx.set_now(datetime!(2025-01-01 12:00 UTC));
     let other = fx.agreement(&fx.terms(ROSKILDE, Consumers::All), &[ROSKILDE]);
     fx.import_agreement(ROSKILDE, &other.to_bytes())
         .await

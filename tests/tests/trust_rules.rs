@@ -711,7 +711,7 @@ async fn read_and_ingest_tokens_cannot_import_rosters_or_agreements() {
         let mut admin = admin.clone();
         async move {
             admin
-                .list_governance(pb::ListGovernanceRequest {})
+                .list_governance(pb::ListGovernanceRequest::default())
                 .await
                 .expect("ListGovernance")
                 .into_inner()

@@ -22,8 +22,7 @@ use samvirke_node::governance::{
 use samvirke_node::identity::{generate_signing_key, write_signing_key};
 use samvirke_node::peer::client;
 use samvirke_proto::v1::{
-    HelloRequest, ImportAgreementRequest, ImportRosterRequest, ListGovernanceRequest,
-    SignedDocumentBytes,
+    HelloRequest, ImportAgreementRequest, ImportRosterRequest, SignedDocumentBytes,
 };
 use time::OffsetDateTime;
 
@@ -251,11 +250,7 @@ pub async fn show(
     for (node, wanted) in &parties {
         let mut api = local::connect(&node.running.local_endpoint(), &node.admin_token).await?;
         loop {
-            let held = api
-                .list_governance(ListGovernanceRequest::default())
-                .await?
-                .into_inner()
-                .agreements;
+            let held = local::list_governance(&mut api).await?.agreements;
             let absent: Vec<String> = wanted
                 .iter()
                 .map(|id| id.to_string())

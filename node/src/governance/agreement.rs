@@ -71,6 +71,40 @@ pub fn is_field_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// Why a named consumer cannot be a consumer of an agreement under the
+/// fellowship's roster ([`AgreementBody::check_consumers`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConsumerProblem {
+    #[error(
+        "the roster is of fellowship `{roster}`, but the agreement is of `{agreement}`; give the \
+         roster of `{agreement}`"
+    )]
+    OtherFellowship { agreement: String, roster: String },
+    #[error(
+        "consumer {code} is not a member of `{fellowship}` (roster serial {serial} does not list \
+         it)"
+    )]
+    NotAMember {
+        code: u32,
+        fellowship: String,
+        serial: u64,
+    },
+    #[error(
+        "consumer {code} ({name}) left `{fellowship}` on {} (roster serial {serial}){}",
+        body::ymd(*.left),
+        if *.before_start { ", before the agreement is in force" } else { "" }
+    )]
+    Left {
+        code: u32,
+        name: String,
+        fellowship: String,
+        serial: u64,
+        left: time::Date,
+        /// Whether it left on or before the agreement's valid_from.
+        before_start: bool,
+    },
+}
+
 /// Problems with an agreement file or its contents.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgreementError {
@@ -551,6 +585,52 @@ impl AgreementBody {
             Consumers::All => code != self.provider,
             Consumers::Named(codes) => codes.contains(&code),
         }
+    }
+
+    /// Checks that every named consumer can be one under `roster` (the
+    /// agreement's fellowship) at `now`: listed in it, and not gone by the
+    /// agreement's start or by now. A consumer that left could never use
+    /// the agreement, and one the roster does not know is a typo or an
+    /// outsider: both are refused when the agreement is drafted, verified
+    /// and imported rather than discovered at the first refused call.
+    /// Agreements for all members name nobody and always pass.
+    pub fn check_consumers(
+        &self,
+        roster: &Roster,
+        now: OffsetDateTime,
+    ) -> Result<(), ConsumerProblem> {
+        if roster.fellowship() != self.fellowship {
+            return Err(ConsumerProblem::OtherFellowship {
+                agreement: self.fellowship.clone(),
+                roster: roster.fellowship().to_string(),
+            });
+        }
+        let Consumers::Named(codes) = &self.consumers else {
+            return Ok(());
+        };
+        for &code in codes {
+            let Some(member) = roster.member(code) else {
+                return Err(ConsumerProblem::NotAMember {
+                    code,
+                    fellowship: self.fellowship.clone(),
+                    serial: roster.serial(),
+                });
+            };
+            if let Some(left) = member.left {
+                let gone = body::start_of(left);
+                if gone <= self.valid_from || gone <= now {
+                    return Err(ConsumerProblem::Left {
+                        code,
+                        name: member.name.clone(),
+                        fellowship: self.fellowship.clone(),
+                        serial: roster.serial(),
+                        left,
+                        before_start: gone <= self.valid_from,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The parties whose signatures the agreement needs: the provider and

@@ -32,8 +32,8 @@ pub mod roster;
 pub mod sync;
 
 pub use agreement::{
-    Agreement, AgreementBody, AgreementError, AgreementStatus, Consumers, DatasetRef, LegalBasis,
-    Operation, Scope, SignatureStatus,
+    Agreement, AgreementBody, AgreementError, AgreementStatus, ConsumerProblem, Consumers,
+    DatasetRef, LegalBasis, Operation, Scope, SignatureStatus,
 };
 pub use authorize::{AccessRequest, Denial, GovernanceView, Grant, GridPolicy, authorize};
 pub use document::{DocumentDigest, DocumentError, DocumentType, SignedDocument};

@@ -32,7 +32,14 @@
 //!   parties could make is refused before any is checked, and an offer of
 //!   what is already held costs no signature check; refusals are logged as
 //!   one line per offer;
-//! - an operator may re-pin a fellowship's roster (a forked chain), logged.
+//! - an operator may re-pin a fellowship's roster (a forked chain), logged;
+//! - a new agreement must name consumers the roster lists and that have
+//!   not left by its start or by now ([`AgreementBody::check_consumers`]),
+//!   whether an operator imports it or a partner offers it;
+//! - a roster a partner offers for a fellowship not pinned here is noted
+//!   once per serial with what to check ([`UnpinnedOffer`]); this node's
+//!   own membership ending is logged once per serial
+//!   ([`Registry::report_own_membership`]). Both show in `Status`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -143,6 +150,11 @@ pub enum ImportError {
     NotAParty { id: Uuid },
     #[error("agreement {id} rejected: {reason}")]
     Unacceptable { id: Uuid, reason: String },
+    #[error("agreement {id} rejected: {problem}")]
+    Consumer {
+        id: Uuid,
+        problem: super::agreement::ConsumerProblem,
+    },
     #[error(
         "agreement {id} rejected: it carries {count} signatures, more than its parties and the \
          secretariat can make"
@@ -258,6 +270,104 @@ pub struct Registry {
     /// Documents a partner offered that were refused and recorded, by
     /// SHA-256 of (partner, bytes), so the audit gets each refusal once.
     refusals_recorded: Mutex<std::collections::HashSet<[u8; 32]>>,
+    /// Roster serials partners offered for fellowships not pinned here,
+    /// so each is logged once and shown in `Status`, not refused silently
+    /// every round.
+    unpinned: Mutex<BTreeMap<(String, u64), UnpinnedOffer>>,
+    /// Ends of this node's own membership already logged, by fellowship
+    /// and roster serial, so an ended membership is said once per serial.
+    memberships_reported: Mutex<BTreeSet<(String, u64)>>,
+}
+
+/// Most unpinned roster offers remembered: a bound on what callers can
+/// make this node keep.
+const MAX_UNPINNED: usize = 64;
+
+/// A roster serial a partner offered for a fellowship this node has not
+/// pinned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpinnedOffer {
+    pub fellowship: String,
+    pub serial: u64,
+    /// The digest the partner gave (`sha256:<hex>`).
+    pub digest: String,
+    /// Who offered it, in words.
+    pub partner: String,
+}
+
+impl UnpinnedOffer {
+    /// What the operator should do, in one sentence.
+    pub fn detail(&self) -> String {
+        format!(
+            "roster serial {} for {} offered by partner {} is not pinned here: check digest {} \
+             with the secretariat, then `samvirke push FILE --trust-anchor`",
+            self.serial, self.fellowship, self.partner, self.digest
+        )
+    }
+}
+
+/// This node's own entry in the roster of one fellowship.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnMembership {
+    pub fellowship: String,
+    pub serial: u64,
+    /// Whether the roster lists this node at all.
+    pub listed: bool,
+    /// Whether this node is a current member now.
+    pub current: bool,
+    pub left: Option<time::Date>,
+    /// A sentence for the operator.
+    pub detail: String,
+}
+
+/// Where a page of [`Registry::list_page`] starts: after this roster (by
+/// fellowship) or this agreement (by provider and id). Rosters come first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListCursor {
+    Roster(String),
+    Agreement(u32, Uuid),
+}
+
+impl ListCursor {
+    /// The cursor as a page token.
+    pub fn to_token(&self) -> String {
+        match self {
+            ListCursor::Roster(fellowship) => format!("r:{fellowship}"),
+            ListCursor::Agreement(provider, id) => format!("a:{provider}:{id}"),
+        }
+    }
+
+    /// Reads a page token made by [`ListCursor::to_token`].
+    pub fn from_token(token: &str) -> Result<ListCursor, String> {
+        let bad = || {
+            format!(
+                "page_token `{}` is not one this node gave; start again with an empty token",
+                untrusted(token)
+            )
+        };
+        match token.split_once(':') {
+            Some(("r", fellowship)) if !fellowship.is_empty() => {
+                Ok(ListCursor::Roster(fellowship.to_string()))
+            }
+            Some(("a", rest)) => {
+                let (provider, id) = rest.split_once(':').ok_or_else(bad)?;
+                Ok(ListCursor::Agreement(
+                    provider.parse().map_err(|_| bad())?,
+                    id.parse().map_err(|_| bad())?,
+                ))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// One page of rosters and agreements.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub rosters: Vec<pb::RosterInfo>,
+    pub agreements: Vec<pb::AgreementInfo>,
+    /// Where the next page starts; `None` on the last.
+    pub next: Option<ListCursor>,
 }
 
 pub(crate) fn roster_key(fellowship: &str, serial: u64) -> Vec<u8> {
@@ -343,6 +453,8 @@ impl Registry {
             quarantine: Mutex::new(quarantine),
             forks_reported: Mutex::new(BTreeSet::new()),
             refusals_recorded: Mutex::new(std::collections::HashSet::new()),
+            unpinned: Mutex::new(BTreeMap::new()),
+            memberships_reported: Mutex::new(BTreeSet::new()),
             provider_check: RwLock::new(None),
             audit: RwLock::new(None),
             changes,
@@ -530,7 +642,20 @@ impl Registry {
         for bytes in rosters {
             let outcome =
                 match Roster::parse(bytes) {
-                    Ok(roster) if !fellowships.contains(roster.fellowship()) => continue,
+                    Ok(roster) if !fellowships.contains(roster.fellowship()) => {
+                        // Not refused as a partner's overreach when this
+                        // node simply has not pinned the fellowship yet:
+                        // its operator is told what to do, once.
+                        self.note_unpinned_offers(
+                            &format!("municipality {from}"),
+                            &[pb::RosterHead {
+                                fellowship: roster.fellowship().to_string(),
+                                serial: roster.serial(),
+                                digest: roster.digest().to_string(),
+                            }],
+                        );
+                        continue;
+                    }
                     Ok(_) => session.roster(bytes, RosterImport::FROM_PARTNER).map(
                         |(imported, roster)| {
                             (
@@ -884,15 +1009,7 @@ impl Registry {
                 ));
             }
             match roster.member(view.own_code()) {
-                Some(own) if !own.is_current(now) => alerts.push(format!(
-                    "this node's membership of `{}` is not current (joined {}{}); partners \
-                     refuse its calls in that fellowship",
-                    roster.fellowship(),
-                    super::body::ymd(own.joined),
-                    own.left
-                        .map(|left| format!(", left {}", super::body::ymd(left)))
-                        .unwrap_or_default()
-                )),
+                Some(own) if !own.is_current(now) => {}
                 Some(own) if own.signing_key != *view.own_key() => alerts.push(format!(
                     "the roster of `{}` lists signing key {} for this node, but it holds {}; \
                      agreements it provides are not in force",
@@ -903,6 +1020,13 @@ impl Registry {
                 _ => {}
             }
         }
+        alerts.extend(
+            self.own_memberships()
+                .into_iter()
+                .filter(|m| !m.current)
+                .map(|m| m.detail),
+        );
+        alerts.extend(self.unpinned_offers().iter().map(UnpinnedOffer::detail));
         alerts
     }
 
@@ -926,6 +1050,227 @@ impl Registry {
             .collect();
         agreements.sort_by(|a, b| (a.provider, &a.id).cmp(&(b.provider, &b.id)));
         (rosters, agreements)
+    }
+
+    /// At most `max_items` rosters and agreements after `after` (from the
+    /// start with `None`), in the order of [`Registry::list`], ending
+    /// before the page's encoded size would pass `max_bytes` (a page holds
+    /// at least one item, whatever its size).
+    pub fn list_page(
+        &self,
+        after: Option<&ListCursor>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> ListPage {
+        use prost::Message;
+        let now = self.now();
+        let view = self.snapshot();
+        let mut rosters: Vec<&Roster> = match after {
+            Some(ListCursor::Agreement(..)) => Vec::new(),
+            Some(ListCursor::Roster(last)) => view
+                .rosters()
+                .filter(|r| r.fellowship() > last.as_str())
+                .collect(),
+            None => view.rosters().collect(),
+        };
+        rosters.sort_by(|a, b| a.fellowship().cmp(b.fellowship()));
+        let mut keys: Vec<(u32, Uuid)> = view
+            .held_agreements()
+            .map(|held| (held.agreement.body().provider, held.agreement.id()))
+            .filter(|key| match after {
+                Some(ListCursor::Agreement(provider, id)) => *key > (*provider, *id),
+                _ => true,
+            })
+            .collect();
+        keys.sort();
+        let mut page = ListPage::default();
+        let mut size = 0usize;
+        let mut last: Option<ListCursor> = None;
+        let max_items = max_items.max(1);
+        // Each item costs its encoding plus a tag and a length prefix.
+        let fits = |size: usize, len: usize, items: usize| {
+            items == 0 || (items < max_items && size + len + 6 <= max_bytes)
+        };
+        for roster in rosters {
+            let info = roster_info(roster, now);
+            let len = info.encoded_len();
+            if !fits(size, len, page.rosters.len()) {
+                page.next = last;
+                return page;
+            }
+            size += len + 6;
+            last = Some(ListCursor::Roster(roster.fellowship().to_string()));
+            page.rosters.push(info);
+        }
+        for (provider, id) in keys {
+            let Some(held) = view.held(provider, id) else {
+                continue;
+            };
+            let info = agreement_info(
+                &held.agreement,
+                Some(&held.signatures),
+                view.roster(&held.agreement.body().fellowship),
+                now,
+            );
+            let len = info.encoded_len();
+            if !fits(size, len, page.rosters.len() + page.agreements.len()) {
+                page.next = last;
+                return page;
+            }
+            size += len + 6;
+            last = Some(ListCursor::Agreement(provider, id));
+            page.agreements.push(info);
+        }
+        page
+    }
+
+    /// This node's own entry in the roster of every fellowship held here,
+    /// by fellowship.
+    pub fn own_memberships(&self) -> Vec<OwnMembership> {
+        let now = self.now();
+        let view = self.snapshot();
+        let own = view.own_code();
+        let mut rosters: Vec<&Roster> = view.rosters().collect();
+        rosters.sort_by(|a, b| a.fellowship().cmp(b.fellowship()));
+        rosters
+            .into_iter()
+            .map(|roster| {
+                let (fellowship, serial) = (roster.fellowship().to_string(), roster.serial());
+                let Some(entry) = roster.member(own) else {
+                    return OwnMembership {
+                        detail: format!(
+                            "this node ({own}) is not listed in roster serial {serial} of \
+                             fellowship {fellowship}: partners will refuse its calls there"
+                        ),
+                        fellowship,
+                        serial,
+                        listed: false,
+                        current: false,
+                        left: None,
+                    };
+                };
+                let who = format!("this node ({own} {})", entry.name);
+                let current = entry.is_current(now);
+                let detail = match entry.left {
+                    Some(left) if !current && now >= super::body::start_of(left) => format!(
+                        "{who} left fellowship {fellowship} on {} per roster serial {serial}: \
+                         partners will refuse its calls",
+                        super::body::ymd(left)
+                    ),
+                    _ if !current => format!(
+                        "{who} joins fellowship {fellowship} on {} per roster serial {serial}; \
+                         until then partners refuse its calls",
+                        super::body::ymd(entry.joined)
+                    ),
+                    Some(left) => format!(
+                        "{who} is a member of fellowship {fellowship} until {} per roster \
+                         serial {serial}",
+                        super::body::ymd(left)
+                    ),
+                    None => format!(
+                        "{who} is a member of fellowship {fellowship} since {} per roster \
+                         serial {serial}",
+                        super::body::ymd(entry.joined)
+                    ),
+                };
+                OwnMembership {
+                    fellowship,
+                    serial,
+                    listed: true,
+                    current,
+                    left: entry.left,
+                    detail,
+                }
+            })
+            .collect()
+    }
+
+    /// Logs, once per fellowship and roster serial, that this node's own
+    /// membership has ended (or that the roster does not list it). Called
+    /// every sync round, so a left date passing is noticed without an
+    /// import; a line per round would only bury it.
+    pub fn report_own_membership(&self) {
+        for membership in self.own_memberships() {
+            let ended = !membership.listed
+                || (!membership.current
+                    && membership
+                        .left
+                        .is_some_and(|left| self.now() >= super::body::start_of(left)));
+            if !ended {
+                continue;
+            }
+            let fresh = self
+                .memberships_reported
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert((membership.fellowship.clone(), membership.serial));
+            if fresh {
+                tracing::error!(
+                    fellowship = %membership.fellowship,
+                    serial = membership.serial,
+                    "{}",
+                    membership.detail
+                );
+            }
+        }
+    }
+
+    /// Notes roster heads a partner (`partner`, in words) offered for
+    /// fellowships not pinned here: logged at WARN once per fellowship and
+    /// serial, kept for `Status` until the fellowship is pinned.
+    pub fn note_unpinned_offers(&self, partner: &str, heads: &[pb::RosterHead]) {
+        let view = self.snapshot();
+        let well_formed = |head: &pb::RosterHead| {
+            !head.fellowship.is_empty()
+                && head.fellowship.len() <= 64
+                && head
+                    .fellowship
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && head.digest.len() <= 80
+                && head
+                    .digest
+                    .strip_prefix("sha256:")
+                    .is_some_and(|hex| hex.chars().all(|c| c.is_ascii_hexdigit()))
+        };
+        let mut held = self
+            .unpinned
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for head in heads.iter().take(16) {
+            if !well_formed(head) || view.roster(&head.fellowship).is_some() {
+                continue;
+            }
+            let key = (head.fellowship.clone(), head.serial);
+            if held.contains_key(&key) || held.len() >= MAX_UNPINNED {
+                continue;
+            }
+            let offer = UnpinnedOffer {
+                fellowship: head.fellowship.clone(),
+                serial: head.serial,
+                digest: head.digest.clone(),
+                partner: untrusted(partner).to_string(),
+            };
+            tracing::warn!(
+                fellowship = %offer.fellowship,
+                serial = offer.serial,
+                digest = %offer.digest,
+                "{}",
+                offer.detail()
+            );
+            held.insert(key, offer);
+        }
+    }
+
+    /// Roster offers for fellowships still not pinned here.
+    pub fn unpinned_offers(&self) -> Vec<UnpinnedOffer> {
+        let view = self.snapshot();
+        let mut held = self
+            .unpinned
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        held.retain(|(fellowship, _), _| view.roster(fellowship).is_none());
+        held.values().cloned().collect()
     }
 
     /// The report of one roster, now.
@@ -1169,6 +1514,15 @@ impl Import<'_> {
         let is_party = terms.provider == own_code || terms.has_consumer(own_code);
         if from_partner && !is_party {
             return Err(ImportError::NotAParty { id });
+        }
+        // A new agreement must name consumers that can use it. One held
+        // already keeps collecting signatures after a consumer leaves: the
+        // departure is enforced at every call, and refusing the merge would
+        // only keep the remaining parties from completing it.
+        if self.view.agreement(terms.provider, id).is_none() {
+            terms
+                .check_consumers(roster, self.now())
+                .map_err(|problem| ImportError::Consumer { id, problem })?;
         }
         // Keep every valid signature by a party's current key (and the
         // secretariat's, which is harmless); drop valid signatures by keys
@@ -1621,5 +1975,175 @@ mod tests {
         // A current member is no former member.
         let greve = crate::governance::roster::tests::fingerprint(GREVE);
         assert!(registry.former_membership_of(&greve).is_none());
+    }
+
+    #[test]
+    fn offered_agreements_naming_unknown_or_departed_consumers_are_refused() {
+        let (_dir, registry) = registry(VEJLE);
+        let fellowships: BTreeSet<String> = ["digit".to_string()].into();
+        // 999 is no member; Roskilde (265) left on 2025-01-01, before now.
+        for consumers in [vec![VEJLE, 999], vec![VEJLE, 265]] {
+            let mut terms = greve_air_quality();
+            terms.id = AgreementBody::new_id();
+            terms.consumers = Consumers::Named(consumers.clone());
+            terms.excluded_fields.clear();
+            let mut agreement = terms.to_draft().expect("draft");
+            agreement.sign(&key(member_seed(GREVE))).expect("sign");
+            let changed = registry
+                .import_offer(GREVE, &fellowships, &[], &[agreement.to_bytes()])
+                .expect("import");
+            assert_eq!(changed, 0, "{consumers:?}");
+            let err = registry
+                .import_agreement(&agreement.to_bytes())
+                .expect_err("refused");
+            let text = err.to_string();
+            assert!(matches!(err, ImportError::Consumer { .. }), "{text}");
+            if consumers.contains(&999) {
+                assert!(
+                    text.contains("consumer 999 is not a member of `digit`"),
+                    "{text}"
+                );
+            } else {
+                assert!(
+                    text.contains("consumer 265 (Roskilde Kommune) left `digit` on 2025-01-01"),
+                    "{text}"
+                );
+            }
+        }
+        assert!(registry.list().1.is_empty());
+    }
+
+    #[test]
+    fn list_pages_keep_to_their_byte_budget_and_miss_nothing() {
+        use prost::Message;
+        let (_dir, registry) = registry(VEJLE);
+        let fellowships: BTreeSet<String> = ["digit".to_string()].into();
+        let offers: Vec<Vec<u8>> = (0..40).map(|_| offer_of_greve()).collect();
+        registry
+            .import_offer(GREVE, &fellowships, &[], &offers)
+            .expect("import");
+        let budget = 1_000;
+        let mut after = None;
+        let mut agreements = Vec::new();
+        let mut rosters = 0;
+        let mut pages = 0;
+        loop {
+            let page = registry.list_page(after.as_ref(), 1000, budget);
+            pages += 1;
+            let size: usize = page
+                .rosters
+                .iter()
+                .map(|r| r.encoded_len() + 6)
+                .sum::<usize>()
+                + page
+                    .agreements
+                    .iter()
+                    .map(|a| a.encoded_len() + 6)
+                    .sum::<usize>();
+            let items = page.rosters.len() + page.agreements.len();
+            assert!(items >= 1);
+            assert!(
+                size <= budget || items == 1,
+                "{size} bytes in {items} items"
+            );
+            rosters += page.rosters.len();
+            agreements.extend(page.agreements.into_iter().map(|a| a.id));
+            match page.next {
+                Some(next) => {
+                    let token = next.to_token();
+                    assert_eq!(ListCursor::from_token(&token), Ok(next.clone()));
+                    after = Some(next);
+                }
+                None => break,
+            }
+        }
+        assert!(pages > 5, "{pages} pages");
+        assert_eq!(rosters, 1);
+        let unique: BTreeSet<&String> = agreements.iter().collect();
+        assert_eq!((agreements.len(), unique.len()), (40, 40));
+        assert!(ListCursor::from_token("x:1").is_err());
+        assert!(ListCursor::from_token("a:12:zz").is_err());
+    }
+
+    #[test]
+    fn an_ended_own_membership_is_reported_once_per_serial() {
+        // Roskilde (265) left on 2025-01-01; now is 2025-03-01.
+        let (_dir, registry) = registry(265);
+        let memberships = registry.own_memberships();
+        assert_eq!(memberships.len(), 1);
+        assert!(!memberships[0].current);
+        assert_eq!(
+            memberships[0].detail,
+            "this node (265 Roskilde Kommune) left fellowship digit on 2025-01-01 per roster \
+             serial 1: partners will refuse its calls"
+        );
+        for _ in 0..3 {
+            registry.report_own_membership();
+        }
+        assert_eq!(registry.memberships_reported.lock().expect("lock").len(), 1);
+        assert!(registry.alerts().contains(&memberships[0].detail));
+        // A current member has nothing to report.
+        let (_dir, greve) = self::registry(GREVE);
+        greve.report_own_membership();
+        assert!(greve.memberships_reported.lock().expect("lock").is_empty());
+        assert!(greve.own_memberships()[0].current);
+    }
+
+    #[test]
+    fn unpinned_roster_offers_are_noted_once_and_dropped_when_pinned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let registry = Registry::open(
+            store,
+            VEJLE,
+            key(member_seed(VEJLE)).verifying_key(),
+            Arc::new(ManualClock::new(NOW)),
+        )
+        .expect("registry");
+        let roster = digit_roster(DecisionRule::Secretariat);
+        let head = pb::RosterHead {
+            fellowship: "digit".to_string(),
+            serial: 1,
+            digest: roster.digest().to_string(),
+        };
+        let junk = pb::RosterHead {
+            fellowship: "digit\nforged log line".to_string(),
+            serial: 1,
+            digest: "sha256:00".to_string(),
+        };
+        // The roster itself offered in a sync page, then its head in
+        // summaries, round after round: one notice.
+        let changed = registry
+            .import_offer(GREVE, &BTreeSet::new(), &[roster.to_bytes()], &[])
+            .expect("offer");
+        assert_eq!(changed, 0);
+        assert_eq!(registry.unpinned_offers().len(), 1);
+        for _ in 0..3 {
+            registry.note_unpinned_offers("municipality 253", &[head.clone(), junk.clone()]);
+        }
+        let offers = registry.unpinned_offers();
+        assert_eq!(offers.len(), 1);
+        assert_eq!(
+            offers[0].detail(),
+            format!(
+                "roster serial 1 for digit offered by partner municipality 253 is not pinned \
+                 here: check digest {} with the secretariat, then `samvirke push FILE \
+                 --trust-anchor`",
+                roster.digest()
+            )
+        );
+        registry
+            .import_roster(
+                &roster.to_bytes(),
+                RosterImport {
+                    trust_anchor: true,
+                    ..RosterImport::default()
+                },
+            )
+            .expect("pin");
+        assert!(registry.unpinned_offers().is_empty());
+        // Heads of pinned fellowships are no news.
+        registry.note_unpinned_offers("municipality 253", &[head]);
+        assert!(registry.unpinned_offers().is_empty());
     }
 }

@@ -126,6 +126,8 @@ impl PartnerHealth {
 /// pool's call timeout per page), so one slow partner does not hold up
 /// the rest.
 pub async fn round(registry: &Arc<Registry>, pool: &PeerPool, health: &mut PartnerHealth) {
+    // Every round, so a left date that passes is noticed without an import.
+    registry.report_own_membership();
     let mut calls = JoinSet::new();
     for partner in registry.partners() {
         let registry = Arc::clone(registry);

@@ -29,13 +29,23 @@ use samvirke_proto::v1 as pb;
 use crate::audit::{AuditLog, Entry};
 use crate::clock::SharedClock;
 use crate::federate::Federation;
-use crate::governance::registry::{Imported, Registry, RosterImport};
+use crate::governance::registry::{Imported, ListCursor, Registry, RosterImport};
 use crate::identity::NodeIdentity;
 use crate::plane::DataPlane;
 use crate::plane::answer::AnswerLimits;
 use crate::store::Store;
 use crate::transport::limiter::{CallLimiter, CallPermit};
 use auth::{Principal, Role, TokenRegistry};
+
+/// Rosters and agreements in one `ListGovernance` page when the caller
+/// does not say.
+pub const LIST_PAGE_DEFAULT: u32 = 100;
+/// Most rosters and agreements in one `ListGovernance` page.
+pub const LIST_PAGE_MAX: u32 = 1000;
+/// Most encoded bytes of one `ListGovernance` page's documents: a quarter
+/// of the transport's 4 MiB message limit, so large rosters or agreements
+/// cannot make a page fail.
+pub const LIST_PAGE_BYTES: usize = 1024 * 1024;
 
 /// The local service's state.
 #[derive(Debug)]
@@ -109,7 +119,8 @@ impl LocalService {
             .map_err(|error| {
                 tracing::error!(%error, "a local action could not be recorded in the audit log");
                 Status::unavailable(
-                    "this node cannot record the action in its audit log; its operator has the                      details",
+                    "this node cannot record the action in its audit log; its operator has the \
+                     details",
                 )
             })
     }
@@ -154,6 +165,31 @@ impl Local for LocalService {
             caller_token_name: caller.name.clone(),
             caller_roles: caller.roles.iter().map(|r| r.to_string()).collect(),
             alerts: self.registry.alerts(),
+            memberships: self
+                .registry
+                .own_memberships()
+                .into_iter()
+                .map(|m| pb::Membership {
+                    fellowship: m.fellowship,
+                    serial: m.serial,
+                    current: m.current,
+                    left: m.left.map(crate::governance::body::ymd).unwrap_or_default(),
+                    listed: m.listed,
+                    detail: m.detail,
+                })
+                .collect(),
+            unpinned_rosters: self
+                .registry
+                .unpinned_offers()
+                .into_iter()
+                .map(|offer| pb::UnpinnedRoster {
+                    detail: offer.detail(),
+                    fellowship: offer.fellowship,
+                    serial: offer.serial,
+                    digest: offer.digest,
+                    partner: offer.partner,
+                })
+                .collect(),
         }))
     }
 
@@ -291,12 +327,21 @@ impl Local for LocalService {
         let _call = self
             .admit(&request, Role::Read, "samvirke.v1.Local/ListGovernance")
             .await?;
-        let (rosters, agreements) = self.registry.list();
-        Ok(Response::new(ListGovernanceResponse {
-            rosters,
-            agreements,
-            quarantined: self
-                .registry
+        let ask = request.into_inner();
+        let after = if ask.page_token.is_empty() {
+            None
+        } else {
+            Some(ListCursor::from_token(&ask.page_token).map_err(Status::invalid_argument)?)
+        };
+        let size = match ask.page_size {
+            0 => LIST_PAGE_DEFAULT,
+            n => n.min(LIST_PAGE_MAX),
+        };
+        let page = self
+            .registry
+            .list_page(after.as_ref(), size as usize, LIST_PAGE_BYTES);
+        let quarantined = if after.is_none() {
+            self.registry
                 .quarantined()
                 .into_iter()
                 .map(|q| pb::QuarantinedRoster {
@@ -305,7 +350,15 @@ impl Local for LocalService {
                     digest: q.digest.to_string(),
                     changes: q.changes,
                 })
-                .collect(),
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(ListGovernanceResponse {
+            rosters: page.rosters,
+            agreements: page.agreements,
+            quarantined,
+            next_page_token: page.next.map(|c| c.to_token()).unwrap_or_default(),
         }))
     }
 

@@ -159,7 +159,22 @@ impl Peer for PeerService {
         let (caller, _permit) = self.admit(&request)?;
         let mut call = self.accounts.open(&request, SYNC_GOVERNANCE, false);
         let registry = Arc::clone(&self.registry);
-        let Some((code, fellowships)) = self.registry.membership_of(&caller) else {
+        // Roster heads of fellowships not pinned here are what a partner
+        // sends when only it was given the first roster: said once, with
+        // what to do, rather than left to look like a refused partner.
+        let heads = request
+            .get_ref()
+            .summary
+            .as_ref()
+            .map(|summary| summary.rosters.as_slice())
+            .unwrap_or_default();
+        let member = self.registry.membership_of(&caller);
+        let partner = match &member {
+            Some((code, _)) => format!("municipality {code}"),
+            None => format!("with certificate {caller}"),
+        };
+        self.registry.note_unpinned_offers(&partner, heads);
+        let Some((code, fellowships)) = member else {
             // A former member is told it left (so its operator sees it),
             // nothing more.
             let Some((code, fellowships)) = self.registry.former_membership_of(&caller) else {
