@@ -45,15 +45,13 @@
 //!
 //! A batch is validated completely before anything is written; one bad
 //! reading rejects the batch and nothing is stored. An accepted batch is
-//! written as one atomic [`WriteBatch`] of readings plus one of index
-//! updates, then flushed once before [`ReadingStore::ingest_batch`] returns:
-//! acknowledged readings are on disk, and batching is what keeps that
-//! cheap. The [`Store`] trait is atomic per keyspace only, so the index
-//! batch is written first: if the process dies between the two writes the
-//! index may count readings that are not there (a client retry would then
-//! count them again), but no stored reading is ever missing from the index,
-//! so queries stay complete. [`ReadingStore::rebuild_sensor_index`] recounts
-//! from the readings.
+//! written as one atomic write of its readings and its index updates
+//! ([`Store::write_all`]: after a crash both are there or neither), then
+//! flushed once before [`ReadingStore::ingest_batch`] returns: acknowledged
+//! readings are on disk, and batching is what keeps that cheap. Stores
+//! written before the write was atomic may hold an index that counts
+//! readings that are not there; [`ReadingStore::rebuild_sensor_index`]
+//! recounts from the readings.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -397,9 +395,11 @@ impl ReadingStore {
             }
         }
 
-        // 4. Index first (see the module docs), then readings, then one flush.
-        self.store.write(Keyspace::Sensors, index_batch)?;
-        self.store.write(Keyspace::Readings, readings_batch)?;
+        // 4. Index and readings in one atomic write, then one flush.
+        self.store.write_all(vec![
+            (Keyspace::Sensors, index_batch),
+            (Keyspace::Readings, readings_batch),
+        ])?;
         drop(_guard);
         self.store.flush()?;
         Ok(summary)

@@ -1662,8 +1662,12 @@ impl Import<'_> {
             }
             return Ok(());
         }
-        store.write(Keyspace::Rosters, self.rosters)?;
-        store.write(Keyspace::Agreements, self.agreements)?;
+        // A roster and the agreements it settles land together or not at
+        // all.
+        store.write_all(vec![
+            (Keyspace::Rosters, self.rosters),
+            (Keyspace::Agreements, self.agreements),
+        ])?;
         store.flush()?;
         // Settled quarantine entries leave memory with the new roster.
         {

@@ -194,6 +194,11 @@ pub trait Store: Send + Sync + Debug + 'static {
     fn get(&self, space: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies `batch` to `space` atomically (not yet durable).
     fn write(&self, space: Keyspace, batch: WriteBatch) -> Result<(), StoreError>;
+    /// Applies every batch to its keyspace as one atomic write: after a
+    /// crash, all of them are there or none (not yet durable). For data
+    /// kept in two keyspaces that must agree, such as readings and their
+    /// sensor index.
+    fn write_all(&self, batches: Vec<(Keyspace, WriteBatch)>) -> Result<(), StoreError>;
     /// Entries with keys in `range`, in ascending key order.
     fn range(&self, space: Keyspace, range: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> EntryIter<'_>;
     /// Entries whose keys start with `prefix`, in ascending key order.
@@ -344,6 +349,40 @@ mod tests {
             "{err}"
         );
         assert_eq!(listing(&path), before);
+    }
+
+    #[test]
+    fn a_write_to_several_keyspaces_lands_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        let mut readings = WriteBatch::default();
+        readings.put(b"r1".to_vec(), b"v1".to_vec());
+        readings.put(b"r2".to_vec(), b"v2".to_vec());
+        let mut sensors = WriteBatch::default();
+        sensors.put(b"s1".to_vec(), b"2".to_vec());
+        let mut more = WriteBatch::default();
+        more.delete(b"r1".to_vec());
+        store
+            .write_all(vec![
+                (Keyspace::Readings, readings),
+                (Keyspace::Sensors, sensors),
+                (Keyspace::Readings, more),
+            ])
+            .expect("write_all");
+        store.flush().expect("flush");
+        drop(store);
+        let store = SledStore::open(dir.path()).expect("reopen");
+        // Batches for one keyspace apply in order: r1 put, then deleted.
+        assert_eq!(store.get(Keyspace::Readings, b"r1").expect("get"), None);
+        assert_eq!(
+            store.get(Keyspace::Readings, b"r2").expect("get"),
+            Some(b"v2".to_vec())
+        );
+        assert_eq!(
+            store.get(Keyspace::Sensors, b"s1").expect("get"),
+            Some(b"2".to_vec())
+        );
+        store.write_all(Vec::new()).expect("an empty write is fine");
     }
 
     #[test]

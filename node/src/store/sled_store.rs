@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
+use sled::Transactional;
+
 use super::{
     Claim, EntryIter, Keyspace, SCHEMA_VERSION, Store, StoreError, WriteBatch, WriteOp,
     claim_directory,
@@ -147,6 +149,51 @@ impl Store for SledStore {
             }
         }
         self.tree(space)?.apply_batch(sled_batch).map_err(backend)
+    }
+
+    fn write_all(&self, batches: Vec<(Keyspace, WriteBatch)>) -> Result<(), StoreError> {
+        // One sled batch per tree (a keyspace named twice gets one batch,
+        // in order), applied in one multi-tree transaction: sled makes it
+        // atomic across trees and crashes.
+        let mut trees: Vec<sled::Tree> = Vec::new();
+        let mut spaces: Vec<Keyspace> = Vec::new();
+        let mut sled_batches: Vec<sled::Batch> = Vec::new();
+        for (space, batch) in batches {
+            let at = match spaces.iter().position(|s| *s == space) {
+                Some(at) => at,
+                None => {
+                    spaces.push(space);
+                    trees.push(self.tree(space)?);
+                    sled_batches.push(sled::Batch::default());
+                    spaces.len() - 1
+                }
+            };
+            for op in batch.ops {
+                match op {
+                    WriteOp::Put { key, value } => sled_batches[at].insert(key, value),
+                    WriteOp::Delete { key } => sled_batches[at].remove(key),
+                }
+            }
+        }
+        match trees.len() {
+            0 => Ok(()),
+            1 => trees[0]
+                .apply_batch(sled_batches.remove(0))
+                .map_err(backend),
+            _ => trees[..]
+                .transaction(|transactional| {
+                    for (tree, batch) in transactional.iter().zip(&sled_batches) {
+                        tree.apply_batch(batch)?;
+                    }
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|error| match error {
+                    sled::transaction::TransactionError::Storage(e) => backend(e),
+                    sled::transaction::TransactionError::Abort(()) => {
+                        StoreError::Backend("a multi-keyspace write was aborted".to_string())
+                    }
+                }),
+        }
     }
 
     fn range(&self, space: Keyspace, range: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> EntryIter<'_> {
