@@ -45,6 +45,7 @@ pub mod error;
 pub mod federate;
 pub mod fixtures;
 pub mod governance;
+pub mod health;
 pub mod identity;
 pub mod local;
 pub mod partners;

@@ -12,8 +12,9 @@
 //! handshake and idle timeouts) and serve HTTP/2 with bounded streams per
 //! connection, reset-flood protection and bounded headers; calls are
 //! bounded per caller ([`CallLimiter`]). Both serve `grpc.health.v1` and
-//! server reflection so stock clients (grpcurl, grpcio) work. Shutdown
-//! first marks both services NOT_SERVING, then lets in-flight calls finish.
+//! server reflection so stock clients (grpcurl, grpcio) work
+//! ([`crate::health`]). Shutdown first marks both services NOT_SERVING and
+//! ends health watches, then lets in-flight calls finish.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,15 +22,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use samvirke_proto::v1::{
-    FILE_DESCRIPTOR_SET, LOCAL_SERVICE_NAME, ListenerInfo, PEER_SERVICE_NAME,
-    local_server::LocalServer, peer_server::PeerServer,
+    LOCAL_SERVICE_NAME, ListenerInfo, PEER_SERVICE_NAME, local_server::LocalServer,
+    peer_server::PeerServer,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::audit::{AuditError, AuditLog};
 use crate::clock::{SharedClock, SystemClock};
@@ -37,6 +36,7 @@ use crate::config::{Config, Limits};
 use crate::federate::{Federation, ReceiptStore};
 use crate::governance::registry::{ImportError, Registry};
 use crate::governance::sync;
+use crate::health::{ListenerHealth, ReflectionError, reflection};
 use crate::identity::{IdentityError, NodeIdentity};
 use crate::local::LocalService;
 use crate::local::auth::TokenRegistry;
@@ -68,9 +68,6 @@ const PARTNER_CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest request header block, in bytes.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 
-const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.Health";
-const REFLECTION_SERVICE_NAME: &str = "grpc.reflection.v1.ServerReflection";
-
 /// Why a node could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -98,8 +95,8 @@ pub enum NodeError {
         listener: &'static str,
         reason: String,
     },
-    #[error("reflection setup failed: {0}")]
-    Reflection(String),
+    #[error(transparent)]
+    Reflection(#[from] ReflectionError),
     #[error("{listener} listener: {source}")]
     TlsSetup {
         listener: &'static str,
@@ -251,8 +248,12 @@ impl Node {
             },
         ];
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        set_health(&health, ServingStatus::Serving).await;
+        let (peer_health, peer_health_service) = ListenerHealth::new(PEER_SERVICE_NAME);
+        let (local_health, local_health_service) = ListenerHealth::new(LOCAL_SERVICE_NAME);
+        peer_health.serving().await;
+        local_health.serving().await;
+        let (peer_reflection, peer_reflection_v1alpha) = reflection(PEER_SERVICE_NAME)?;
+        let (local_reflection, local_reflection_v1alpha) = reflection(LOCAL_SERVICE_NAME)?;
 
         let peer_limits = self.config.peer.limits;
         let local_limits = self.config.local.limits;
@@ -341,8 +342,9 @@ impl Node {
             // answer limits).
             .timeout(peer_limits.call_timeout)
             .layer(ActivityLayer)
-            .add_service(health_service.clone())
-            .add_service(reflection(PEER_SERVICE_NAME)?)
+            .add_service(peer_health_service)
+            .add_service(peer_reflection)
+            .add_service(peer_reflection_v1alpha)
             .add_service(PeerServer::new(peer_service))
             .serve_with_incoming_shutdown(peer_incoming, stop.clone().cancelled_owned());
 
@@ -369,8 +371,9 @@ impl Node {
                 timeout: local_limits.call_timeout,
                 exempt: &["/samvirke.v1.Local/IngestReadings"],
             })
-            .add_service(health_service)
-            .add_service(reflection(LOCAL_SERVICE_NAME)?)
+            .add_service(local_health_service)
+            .add_service(local_reflection)
+            .add_service(local_reflection_v1alpha)
             .add_service(LocalServer::new(local_service))
             .serve_with_incoming_shutdown(local_incoming, stop.clone().cancelled_owned());
 
@@ -401,13 +404,15 @@ impl Node {
             result = &mut serving => result,
             () = shutdown => {
                 tracing::info!("shutting down: draining in-flight calls");
-                set_health(&health, ServingStatus::NotServing).await;
+                peer_health.stopping().await;
+                local_health.stopping().await;
                 stop.cancel();
                 serving.await
             }
         };
         if served.is_err() {
-            set_health(&health, ServingStatus::NotServing).await;
+            peer_health.stopping().await;
+            local_health.stopping().await;
             stop.cancel();
         }
         if let Err(error) = anti_entropy.await {
@@ -473,32 +478,6 @@ fn answer_limits(limits: &Limits) -> AnswerLimits {
         send_timeout: limits.send_timeout,
         answer_timeout: limits.answer_timeout,
     }
-}
-
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    for service in ["", PEER_SERVICE_NAME, LOCAL_SERVICE_NAME] {
-        health.set_service_status(service, status).await;
-    }
-}
-
-/// A reflection service that lists `service` plus health and reflection:
-/// each listener advertises only what it serves.
-fn reflection(
-    service: &str,
-) -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-    NodeError,
-> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name(service)
-        .with_service_name(HEALTH_SERVICE_NAME)
-        .with_service_name(REFLECTION_SERVICE_NAME)
-        .build_v1()
-        .map_err(|e| NodeError::Reflection(e.to_string()))
 }
 
 /// A node serving in a background task.

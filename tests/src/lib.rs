@@ -450,6 +450,37 @@ pub async fn list_services(channel: Channel) -> Vec<String> {
     }
 }
 
+/// The service names the older reflection protocol
+/// (`grpc.reflection.v1alpha`, what grpcio's client speaks) lists.
+pub async fn list_services_v1alpha(channel: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("v1alpha reflection stream opens")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("v1alpha reflection answers")
+        .expect("v1alpha reflection sends one response per request");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list
+            .service
+            .into_iter()
+            .map(|service| service.name)
+            .collect(),
+        other => panic!("expected a ListServices response, got {other:?}"),
+    }
+}
+
 // ---- Governance ------------------------------------------------------------
 
 /// The fellowship the governance fixtures build documents for.

@@ -7,7 +7,10 @@
 //!   alert a raw rustls client gets; the TLS alert a raw HTTP/2 preface
 //!   gets), and the listener keeps serving its partners afterwards;
 //! - each listener serves only its own API;
-//! - health and reflection on the peer listener.
+//! - health and reflection on both listeners: each reports and lists only
+//!   its own service, in reflection v1 and v1alpha;
+//! - a shutdown with open `Health/Watch` streams ends them and stops
+//!   promptly.
 
 use rustls::AlertDescription;
 use samvirke_node::devnet::DevFederation;
@@ -17,8 +20,9 @@ use samvirke_proto::v1::local_client::LocalClient;
 use samvirke_proto::v1::peer_client::PeerClient;
 use samvirke_tests::{
     BearerToken, RawTlsOutcome, TLS_ALERT_RECORD, client_tls, foreign_certificate, health_status,
-    hello_over, hello_request, is_http2_settings, list_services, node_client_tls,
-    plaintext_channel, raw_plaintext_exchange, raw_tls_exchange, rustls_client_config, tls_channel,
+    hello_over, hello_request, is_http2_settings, list_services, list_services_v1alpha,
+    node_client_tls, plaintext_channel, raw_plaintext_exchange, raw_tls_exchange,
+    rustls_client_config, tls_channel,
 };
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -281,12 +285,121 @@ async fn peer_listener_health_reports_serving() {
             .unwrap_or_else(|e| panic!("health check of `{service}`: {e}"));
         assert_eq!(status, ServingStatus::Serving, "service `{service}`");
     }
-    let unknown = health_status(channel, "samvirke.v1.NoSuchService")
+    let unknown = health_status(channel.clone(), "samvirke.v1.NoSuchService")
         .await
         .expect_err("health does not invent services");
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    // Nor does it report the other listener's API.
+    let local = health_status(channel, "samvirke.v1.Local")
+        .await
+        .expect_err("the peer listener does not serve the local API");
+    assert_eq!(local.code(), Code::NotFound, "{local:?}");
+
+    // And the local listener the other way round.
+    let local_channel = plaintext_channel(&fed.nodes[0].running.local_endpoint())
+        .await
+        .expect("plaintext channel to the local listener");
+    for service in ["", "samvirke.v1.Local"] {
+        let status = health_status(local_channel.clone(), service)
+            .await
+            .unwrap_or_else(|e| panic!("local health check of `{service}`: {e}"));
+        assert_eq!(status, ServingStatus::Serving, "service `{service}`");
+    }
+    let peer = health_status(local_channel, "samvirke.v1.Peer")
+        .await
+        .expect_err("the local listener does not serve the peer API");
+    assert_eq!(peer.code(), Code::NotFound, "{peer:?}");
 
     fed.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_reflection_protocols_list_each_listeners_own_services() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fed = federation(&dir).await;
+    let peer_channel = tls_channel(
+        &fed.nodes[0].running.peer_endpoint(),
+        node_client_tls(&fed.nodes[1].running.identity.tls),
+    )
+    .await
+    .expect("mTLS channel to the peer listener");
+    let local_channel = plaintext_channel(&fed.nodes[0].running.local_endpoint())
+        .await
+        .expect("plaintext channel to the local listener");
+    for (channel, own, other) in [
+        (peer_channel, "samvirke.v1.Peer", "samvirke.v1.Local"),
+        (local_channel, "samvirke.v1.Local", "samvirke.v1.Peer"),
+    ] {
+        let v1 = list_services(channel.clone()).await;
+        let v1alpha = list_services_v1alpha(channel).await;
+        for services in [&v1, &v1alpha] {
+            for name in [
+                own,
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ] {
+                assert!(services.iter().any(|s| s == name), "{name}: {services:?}");
+            }
+            assert!(!services.iter().any(|s| s == other), "{services:?}");
+        }
+    }
+    fed.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_ends_open_health_watches_and_stops_promptly() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fed = federation(&dir).await;
+    let local_channel = plaintext_channel(&fed.nodes[0].running.local_endpoint())
+        .await
+        .expect("plaintext channel to the local listener");
+    let peer_channel = tls_channel(
+        &fed.nodes[0].running.peer_endpoint(),
+        node_client_tls(&fed.nodes[1].running.identity.tls),
+    )
+    .await
+    .expect("mTLS channel to the peer listener");
+    let mut watches = Vec::new();
+    for (channel, service) in [
+        (local_channel.clone(), ""),
+        (local_channel, "samvirke.v1.Local"),
+        (peer_channel, "samvirke.v1.Peer"),
+    ] {
+        let mut stream = HealthClient::new(channel)
+            .watch(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .expect("Health/Watch opens")
+            .into_inner();
+        let first = stream
+            .message()
+            .await
+            .expect("a first status")
+            .expect("the watch is open");
+        assert_eq!(first.status(), ServingStatus::Serving);
+        watches.push(stream);
+    }
+    let started = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(5), fed.shutdown())
+        .await
+        .expect("the nodes stop within 5 s with health watches open")
+        .expect("shutdown");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Each watch heard NOT_SERVING (or was closed) and then ended.
+    for mut stream in watches {
+        let mut statuses = Vec::new();
+        while let Ok(Some(message)) = stream.message().await {
+            statuses.push(message.status());
+        }
+        assert!(
+            statuses.iter().all(|s| *s == ServingStatus::NotServing),
+            "{statuses:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
