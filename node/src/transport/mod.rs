@@ -387,6 +387,39 @@ fn refused(listener: &'static str, address: IpAddr, reason: &str) {
     }
 }
 
+/// Why a TLS handshake failed, in words for the operator; `None` when the
+/// client just closed the connection.
+fn handshake_refusal(error: &io::Error) -> Option<String> {
+    use rustls::{CertificateError, Error as Tls};
+    if error.kind() == io::ErrorKind::UnexpectedEof {
+        return None;
+    }
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Tls>());
+    let reason = match tls {
+        Some(Tls::NoCertificatesPresented) => "TLS handshake: no client certificate".to_string(),
+        Some(Tls::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            "TLS handshake: a certificate from a CA this node does not trust".to_string()
+        }
+        Some(Tls::InvalidCertificate(CertificateError::Expired))
+        | Some(Tls::InvalidCertificate(CertificateError::ExpiredContext { .. })) => {
+            "TLS handshake: the certificate has expired".to_string()
+        }
+        Some(Tls::InvalidCertificate(CertificateError::NotValidYet))
+        | Some(Tls::InvalidCertificate(CertificateError::NotValidYetContext { .. })) => {
+            "TLS handshake: the certificate is not valid yet".to_string()
+        }
+        Some(Tls::InvalidCertificate(CertificateError::Revoked)) => {
+            "TLS handshake: the certificate is revoked".to_string()
+        }
+        Some(Tls::InvalidMessage(_)) => "TLS handshake: not a TLS client (plaintext?)".to_string(),
+        Some(other) => format!("TLS handshake: {other}"),
+        None => format!("TLS handshake: {error}"),
+    };
+    Some(reason)
+}
+
 /// Accepts connections on `listener` within `limits` until `stop`, and
 /// returns the stream of ready connections tonic serves.
 pub fn serve_incoming(
@@ -463,7 +496,17 @@ pub fn serve_incoming(
                     match tokio::time::timeout(limits.handshake_timeout, handshake).await {
                         Ok(Ok(done)) => done,
                         Ok(Err(error)) => {
-                            tracing::debug!(listener = name, %remote, %error, "handshake failed");
+                            match handshake_refusal(&error) {
+                                Some(reason) => refused(name, remote.ip(), &reason),
+                                // The client left before saying anything
+                                // (a TCP probe): nothing was refused.
+                                None => tracing::debug!(
+                                    listener = name,
+                                    %remote,
+                                    %error,
+                                    "connection closed in the handshake"
+                                ),
+                            }
                             return;
                         }
                         Err(_) => {
@@ -651,5 +694,48 @@ where
                 .into_http()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls(error: rustls::Error) -> io::Error {
+        // How tokio-rustls hands rustls errors over.
+        io::Error::new(io::ErrorKind::InvalidData, error)
+    }
+
+    #[test]
+    fn refused_handshakes_say_why_and_probes_are_no_refusal() {
+        use rustls::CertificateError;
+        let cases = [
+            (
+                tls(rustls::Error::NoCertificatesPresented),
+                "no client certificate",
+            ),
+            (
+                tls(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer,
+                )),
+                "a CA this node does not trust",
+            ),
+            (
+                tls(rustls::Error::InvalidCertificate(CertificateError::Expired)),
+                "has expired",
+            ),
+            (
+                tls(rustls::Error::InvalidMessage(
+                    rustls::InvalidMessage::InvalidContentType,
+                )),
+                "not a TLS client",
+            ),
+        ];
+        for (error, expected) in cases {
+            let reason = handshake_refusal(&error).expect("a refusal");
+            assert!(reason.contains(expected), "{reason}");
+        }
+        let probe = io::Error::new(io::ErrorKind::UnexpectedEof, "closed");
+        assert_eq!(handshake_refusal(&probe), None);
     }
 }
