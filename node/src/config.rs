@@ -63,7 +63,30 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "default_cache_mib")]
+    cache_mib: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            cache_mib: default_cache_mib(),
+        }
+    }
+}
+
+/// Small by default: the store's page cache is what makes a node's memory
+/// grow with its data, and reads of recent data stay fast with little.
+fn default_cache_mib() -> u64 {
+    16
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,7 +223,15 @@ pub struct Config {
     pub local: LocalConfig,
     pub governance: GovernanceConfig,
     pub audit: AuditConfig,
+    pub store: StoreConfig,
     pub log: LogConfig,
+}
+
+/// `[store]`: the embedded store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Bytes of page cache the store may hold in memory.
+    pub cache_bytes: u64,
 }
 
 /// `[audit]`: the audit log.
@@ -397,11 +428,21 @@ impl Checker<'_> {
                     1..=86_400,
                 )?,
             },
+            store: StoreConfig {
+                cache_bytes: self.cache_mib(raw.store.cache_mib)?,
+            },
             log: LogConfig {
                 format: raw.log.format,
                 level: raw.log.level.unwrap_or_else(|| "info".to_string()),
             },
         })
+    }
+
+    fn cache_mib(&self, mib: u64) -> Result<u64, ConfigError> {
+        if !(1..=65_536).contains(&mib) {
+            return Err(self.invalid("store.cache_mib", format!("{mib} is outside 1-65536 (MiB)")));
+        }
+        Ok(mib * 1024 * 1024)
     }
 
     fn node(&self, raw: RawNode) -> Result<NodeConfig, ConfigError> {
@@ -740,6 +781,20 @@ roles = ["admin"]
         let bad = text("").replace("127.0.0.1:7443", "not-an-address");
         let err = Config::from_toml(&path, &bad).expect_err("bad address");
         assert!(err.to_string().contains("key `peer.listen`"), "{err}");
+    }
+
+    #[test]
+    fn the_store_cache_is_small_by_default_and_bounded() {
+        let dir = node_dir();
+        let path = dir.path().join("node.toml");
+        let config = Config::from_toml(&path, &text("")).expect("valid");
+        assert_eq!(config.store.cache_bytes, 16 * 1024 * 1024);
+        let sized = format!("{}\n[store]\ncache_mib = 64\n", text(""));
+        let config = Config::from_toml(&path, &sized).expect("valid");
+        assert_eq!(config.store.cache_bytes, 64 * 1024 * 1024);
+        let zero = format!("{}\n[store]\ncache_mib = 0\n", text(""));
+        let err = Config::from_toml(&path, &zero).expect_err("no cache");
+        assert!(err.to_string().contains("key `store.cache_mib`"), "{err}");
     }
 
     #[test]

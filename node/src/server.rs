@@ -153,7 +153,10 @@ impl Node {
     /// Loads the identity and opens the store named in `config`.
     pub fn open(config: Config) -> Result<Node, NodeError> {
         let identity = Arc::new(NodeIdentity::load(&config)?);
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.node.data_dir)?);
+        let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
+            &config.node.data_dir,
+            config.store.cache_bytes,
+        )?);
         Self::assemble(config, identity, store, Arc::new(SystemClock))
     }
 

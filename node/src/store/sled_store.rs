@@ -30,10 +30,16 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens the store in `dir`, creating it if `dir` is missing or empty.
+    /// Opens the store in `dir`, creating it if `dir` is missing or empty,
+    /// with a [`DEFAULT_CACHE_BYTES`] page cache.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store in `dir` with a page cache of `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let claim = claim_directory(dir, "sled")?;
-        let db = open_db(&dir.join(SLED_SUBDIR)).map_err(|e| StoreError::Io {
+        let db = open_db(&dir.join(SLED_SUBDIR), cache_bytes).map_err(|e| StoreError::Io {
             path: dir.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -101,12 +107,20 @@ impl SledStore {
 /// to release sled's file lock.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// The page cache of a store opened without a size (tools and tests); a
+/// node takes `[store] cache_mib` from its config.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Opens the sled database, waiting briefly for a lock its previous holder
 /// is about to release; a store held by a running node still fails.
-fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
     let started = std::time::Instant::now();
     loop {
-        match sled::Config::new().path(path).open() {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
             // sled reports a held lock only in the message text.
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
