@@ -18,8 +18,23 @@ use crate::api::{self, NodeArgs};
 use crate::files;
 use crate::output::{self, ListFormat};
 
+/// The keys every dataset file must have.
+const REQUIRED_KEYS: &[&str] = &[
+    "id",
+    "title",
+    "description",
+    "kind",
+    "owner",
+    "theme",
+    "license",
+    "classification",
+    "schema",
+];
+
 /// An example of the file `--file` reads, shown in `--help`.
-const FILE_EXAMPLE: &str = r#"Dataset file (TOML; keys are the Dataset message's fields):
+const FILE_EXAMPLE: &str = r#"Dataset file (TOML; keys are the Dataset message's fields; all are
+required but keywords, spatial, temporal and, for pilot and procurement
+datasets, update_interval_seconds):
   id = "aarhus-air-quality"
   title = "Air quality sensors, Aarhus"
   description = "Particulates and NO2 from street sensors."
@@ -58,14 +73,19 @@ pub enum DatasetCommand {
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     /// The dataset file (TOML).
-    #[arg(long, value_name = "FILE", required_unless_present = "sensor_kind")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["sensor_kind", "records_kind"])]
     file: Option<PathBuf>,
     /// Instead of a file: the synthetic sensor dataset of this kind
     /// (air-quality, noise, traffic-count, ...), with --code.
-    #[arg(long, conflicts_with = "file", requires = "code")]
+    #[arg(long, conflicts_with_all = ["file", "records_kind"], requires = "code")]
     sensor_kind: Option<String>,
-    /// The owning municipality's code, with --sensor-kind.
-    #[arg(long, requires = "sensor_kind")]
+    /// Instead of a file: the municipality's pilot results (`pilot`,
+    /// `{town}-pilot-results`) or procurement outcomes (`procurement`,
+    /// `{town}-procurement-outcomes`) dataset, with --code.
+    #[arg(long, value_enum, conflicts_with = "file", requires = "code")]
+    records_kind: Option<RecordsKind>,
+    /// The owning municipality's code, with --sensor-kind or --records-kind.
+    #[arg(long)]
     code: Option<u32>,
     #[command(flatten)]
     node: NodeArgs,
@@ -96,7 +116,11 @@ async fn publish(args: PublishArgs, update: bool) -> anyhow::Result<ExitCode> {
             dataset
         }
         (None, Some(kind), Some(code)) => sensor_dataset(kind, code)?,
-        _ => bail!("give --file, or --sensor-kind with --code"),
+        (None, None, Some(code)) => match args.records_kind {
+            Some(kind) => records_dataset(kind, code)?,
+            None => bail!("--code goes with --sensor-kind or --records-kind"),
+        },
+        _ => bail!("give --file, --sensor-kind with --code, or --records-kind with --code"),
     };
     let id = dataset.id.clone();
     let mut client = args.node.connect().await?;
@@ -233,6 +257,23 @@ fn read_file(path: &Path) -> anyhow::Result<Dataset> {
 
 /// Parses a dataset file's text into the message.
 fn parse_file(text: &str) -> anyhow::Result<Dataset> {
+    // Name every missing key at once (serde stops at the first), with the
+    // whole list of required keys.
+    let table: toml::Table = toml::from_str(text)?;
+    let missing: Vec<&str> = REQUIRED_KEYS
+        .iter()
+        .copied()
+        .filter(|key| !table.contains_key(*key))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing required key{} {}; a dataset file needs {} (and, for a sensor dataset, \
+             update_interval_seconds); `samvirke dataset publish --help` shows an example",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", "),
+            REQUIRED_KEYS.join(", ")
+        );
+    }
     let file: DatasetFile = toml::from_str(text)?;
     let time = |key: &str, value: Option<toml::Value>| -> anyhow::Result<_> {
         let text = match value {
@@ -286,6 +327,22 @@ fn parse_file(text: &str) -> anyhow::Result<Dataset> {
 }
 
 /// The synthetic sensor dataset of `kind` for municipality `code`.
+/// A records dataset's kind, as `--records-kind` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecordsKind {
+    Pilot,
+    Procurement,
+}
+
+fn records_dataset(kind: RecordsKind, code: u32) -> anyhow::Result<Dataset> {
+    let kind = match kind {
+        RecordsKind::Pilot => samvirke_node::data::DatasetKind::Pilot,
+        RecordsKind::Procurement => samvirke_node::data::DatasetKind::Procurement,
+    };
+    let dataset = samvirke_node::data::generate::records_dataset(kind, code)?;
+    Ok(wire::dataset_to_proto(&dataset))
+}
+
 fn sensor_dataset(kind: &str, code: u32) -> anyhow::Result<Dataset> {
     let dataset = samvirke_node::data::generate::sensor_dataset(kind, code)?;
     Ok(wire::dataset_to_proto(&dataset))

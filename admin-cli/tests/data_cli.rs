@@ -841,6 +841,66 @@ async fn fixture_records_load_and_filter() {
     fed.shutdown().await.expect("shutdown");
 }
 
+/// The README's steps for records on a fresh node: publish the two records
+/// datasets from templates, load the fixture records, list KMD's tenders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_records_steps_work_on_a_fresh_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fed = aarhus(dir.path()).await;
+    let api = Api::of(&fed.nodes[0]);
+    let pilots = api
+        .ok(&[
+            "dataset",
+            "publish",
+            "--records-kind",
+            "pilot",
+            "--code",
+            "751",
+        ])
+        .await;
+    assert!(pilots.contains("`aarhus-pilot-results`"), "{pilots}");
+    api.ok(&[
+        "dataset",
+        "publish",
+        "--records-kind",
+        "procurement",
+        "--code",
+        "751",
+    ])
+    .await;
+    api.ok(&[
+        "records",
+        "load-fixtures",
+        "--pilots-dataset",
+        "aarhus-pilot-results",
+        "--procurements-dataset",
+        "aarhus-procurement-outcomes",
+    ])
+    .await;
+    let listed = api
+        .ok(&["records", "procurements", "list", "--supplier", "KMD"])
+        .await;
+    assert!(listed.contains("digit-2020-care-system"), "{listed}");
+    assert!(listed.contains("digit-2022-payroll-finance"), "{listed}");
+
+    // A dataset file missing keys names them all, and the required list.
+    let file = dir.path().join("thin.toml");
+    std::fs::write(
+        &file,
+        "id = \"aarhus-thin\"\ntitle = \"Thin\"\nkind = \"sensor\"\nowner = 751\n",
+    )
+    .expect("write");
+    let refused = api
+        .exits(1, &["dataset", "publish", "--file", arg(&file)])
+        .await;
+    let text = stderr(&refused);
+    assert!(
+        text.contains("missing required keys description, theme, license, classification, schema"),
+        "{text}"
+    );
+    fed.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_without_the_ingest_role_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

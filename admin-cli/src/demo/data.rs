@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use samvirke_node::data::record_fixtures::{fixture_pilots, fixture_procurements};
-use samvirke_node::data::{generate, sensor_dataset};
+use samvirke_node::data::{DatasetKind, generate, records_dataset, sensor_dataset};
 use samvirke_node::devnet::{DevFederation, DevNode};
 use samvirke_node::wire;
 use samvirke_proto::v1 as pb;
@@ -91,62 +91,15 @@ pub async fn publish(federation: &DevFederation) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn records_dataset(
-    id: &str,
-    kind: &str,
-    title: &str,
-    fields: &[(&str, &str, &str)],
-) -> pb::Dataset {
-    pb::Dataset {
-        id: id.to_string(),
-        title: title.to_string(),
-        description: format!("{title}, as published in the Danish municipal IT press"),
-        kind: kind.to_string(),
-        owner: 751,
-        theme: "GOVE".to_string(),
-        keywords: vec!["fellowship".to_string(), kind.to_string()],
-        license: "CC-BY-4.0".to_string(),
-        classification: "internal".to_string(),
-        schema: fields
-            .iter()
-            .map(|(name, field_type, unit)| pb::SchemaField {
-                name: name.to_string(),
-                r#type: field_type.to_string(),
-                unit: unit.to_string(),
-                personal: false,
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
 async fn publish_records(aarhus: &DevNode) -> anyhow::Result<()> {
     let mut api = local::connect(&aarhus.running.local_endpoint(), &aarhus.admin_token).await?;
-    api.publish_dataset(records_dataset(
-        PILOTS,
-        "pilot",
-        "Pilot and innovation project results",
-        &[
-            ("title", "text", ""),
-            ("phase", "text", ""),
-            ("findings", "text", ""),
-            ("budget_dkk", "number", "DKK"),
-        ],
-    ))
-    .await
-    .context("publishing the pilots dataset")?;
-    api.publish_dataset(records_dataset(
-        PROCUREMENTS,
-        "procurement",
-        "Joint procurement outcomes",
-        &[
-            ("title", "text", ""),
-            ("suppliers", "text", ""),
-            ("value_dkk", "number", "DKK"),
-        ],
-    ))
-    .await
-    .context("publishing the procurements dataset")?;
+    for kind in [DatasetKind::Pilot, DatasetKind::Procurement] {
+        let dataset = records_dataset(kind, aarhus.running.identity.municipality_code)
+            .context("the records dataset template")?;
+        api.publish_dataset(wire::dataset_to_proto(&dataset))
+            .await
+            .with_context(|| format!("publishing `{}`", dataset.id))?;
+    }
     let pilots = fixture_pilots(PILOTS);
     let procurements = fixture_procurements(PROCUREMENTS);
     let (pilot_count, procurement_count) = (pilots.len(), procurements.len());

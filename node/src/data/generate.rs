@@ -23,7 +23,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::catalog::{
-    Classification, Dataset, DatasetKind, SchemaField, TemporalExtent, check_dataset_id,
+    Classification, Dataset, DatasetKind, FieldType, SchemaField, TemporalExtent, check_dataset_id,
 };
 use super::geo::{Area, EARTH_RADIUS_KM};
 use super::readings::Reading;
@@ -200,6 +200,109 @@ pub fn sensor_dataset(kind: &str, municipality_code: u32) -> Result<Dataset, Gen
             .collect(),
         update_interval_s: spec.interval_s,
     })
+}
+
+/// The catalog entry of municipality `municipality_code`'s pilot results
+/// (`kind` `pilot`: `{town}-pilot-results`) or procurement outcomes
+/// (`procurement`: `{town}-procurement-outcomes`), with the fields records
+/// of that kind carry (an agreement may withhold any of them; who ran a
+/// pilot is marked personal).
+pub fn records_dataset(
+    kind: DatasetKind,
+    municipality_code: u32,
+) -> Result<Dataset, GenerateError> {
+    let town = find_municipality(municipality_code)?;
+    let slug = municipality_slug(&town.name);
+    let place = town
+        .name
+        .strip_suffix(" Kommune")
+        .unwrap_or(&town.name)
+        .to_string();
+    let field = |name: &str, field_type: FieldType, unit: &str, personal: bool| SchemaField {
+        name: name.to_string(),
+        field_type,
+        unit: unit.to_string(),
+        personal,
+    };
+    let (suffix, title, description, theme, schema) = match kind {
+        DatasetKind::Pilot => (
+            "pilot-results",
+            format!("Pilot and innovation project results, {place}"),
+            format!(
+                "Digitalisation and IoT pilots {place} ran or joined: phase, technology, \
+                 municipalities, period, budget, KPIs and findings."
+            ),
+            "digitalisation",
+            vec![
+                field("title", FieldType::Text, "", false),
+                field("owner", FieldType::Text, "", true),
+                field("municipalities", FieldType::Text, "", false),
+                field("phase", FieldType::Text, "", false),
+                field("technology", FieldType::Text, "", false),
+                field("started", FieldType::Timestamp, "", false),
+                field("ended", FieldType::Timestamp, "", false),
+                field("budget_dkk", FieldType::Number, "DKK", false),
+                field("kpis", FieldType::Text, "", false),
+                field("findings", FieldType::Text, "", false),
+            ],
+        ),
+        DatasetKind::Procurement => (
+            "procurement-outcomes",
+            format!("Joint procurement outcomes, {place}"),
+            format!(
+                "Tenders {place} bought in, alone or in a fellowship: buyers, procedure, CPV \
+                 codes, suppliers, value, award, bids and complaints."
+            ),
+            "procurement",
+            vec![
+                field("title", FieldType::Text, "", false),
+                field("buyer_fellowship", FieldType::Text, "", false),
+                field("procedure", FieldType::Text, "", false),
+                field("cpv_codes", FieldType::Text, "", false),
+                field("suppliers", FieldType::Text, "", false),
+                field("value_dkk", FieldType::Number, "DKK", false),
+                field("awarded", FieldType::Timestamp, "", false),
+                field("bids", FieldType::Number, "count", false),
+                field("complaints", FieldType::Number, "count", false),
+                field("status", FieldType::Text, "", false),
+            ],
+        ),
+        DatasetKind::Sensor => {
+            return Err(GenerateError::UnknownKind {
+                kind: "sensor".to_string(),
+                known: "pilot, procurement (sensor datasets: sensor_dataset)".to_string(),
+            });
+        }
+    };
+    let id = format!("{slug}-{suffix}");
+    check_dataset_id("id", &id).map_err(|e| GenerateError::BadId {
+        name: town.name.clone(),
+        kind: suffix.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(Dataset {
+        id,
+        title,
+        description,
+        kind,
+        owner: town.code,
+        theme: theme.to_string(),
+        keywords: vec![kind_keyword(kind).to_string(), "fellowship".to_string()],
+        license: "CC-BY-4.0".to_string(),
+        spatial: None,
+        temporal: TemporalExtent::default(),
+        classification: Classification::Internal,
+        schema,
+        update_interval_s: 0,
+    })
+}
+
+fn kind_keyword(kind: DatasetKind) -> &'static str {
+    match kind {
+        DatasetKind::Sensor => "sensors",
+        DatasetKind::Pilot => "pilots",
+        DatasetKind::Procurement => "procurement",
+    }
 }
 
 /// Synthetic readings of `sensors` sensors of `kind` around municipality
@@ -521,6 +624,35 @@ mod tests {
                 readings.iter().map(|r| r.values[first].to_bits()).collect();
             assert!(distinct.len() > 1, "{} is constant", kind.id);
         }
+    }
+
+    #[test]
+    fn records_datasets_are_valid_and_name_the_record_fields() {
+        let pilots = records_dataset(DatasetKind::Pilot, 751).expect("pilots");
+        assert_eq!(pilots.id, "aarhus-pilot-results");
+        pilots.validate().expect("a valid pilot dataset");
+        let procurements = records_dataset(DatasetKind::Procurement, 630).expect("procurements");
+        assert_eq!(procurements.id, "vejle-procurement-outcomes");
+        procurements
+            .validate()
+            .expect("a valid procurement dataset");
+        // Every schema field is a field of the records (so agreements can
+        // withhold it by name).
+        for field in &pilots.schema {
+            assert!(
+                crate::data::records::PILOT_FIELDS.contains(&field.name.as_str()),
+                "{}",
+                field.name
+            );
+        }
+        for field in &procurements.schema {
+            assert!(
+                crate::data::records::PROCUREMENT_FIELDS.contains(&field.name.as_str()),
+                "{}",
+                field.name
+            );
+        }
+        assert!(records_dataset(DatasetKind::Sensor, 751).is_err());
     }
 
     #[test]

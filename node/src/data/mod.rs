@@ -39,7 +39,9 @@ pub use catalog::{
     Catalog, CatalogEntry, CatalogError, Classification, Dataset, DatasetKind, FieldType,
     SchemaField, TemporalExtent,
 };
-pub use generate::{GenerateError, Generator, SensorKind, generate, sensor_dataset, sensor_kinds};
+pub use generate::{
+    GenerateError, Generator, SensorKind, generate, records_dataset, sensor_dataset, sensor_kinds,
+};
 pub use geo::{Area, BoundingBox};
 pub use query::{Order, QueryError, ReadingIter, ReadingQuery};
 pub use readings::{
