@@ -257,24 +257,32 @@ fn read_file(path: &Path) -> anyhow::Result<Dataset> {
 
 /// Parses a dataset file's text into the message.
 fn parse_file(text: &str) -> anyhow::Result<Dataset> {
-    // Name every missing key at once (serde stops at the first), with the
-    // whole list of required keys.
-    let table: toml::Table = toml::from_str(text)?;
-    let missing: Vec<&str> = REQUIRED_KEYS
-        .iter()
-        .copied()
-        .filter(|key| !table.contains_key(*key))
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "missing required key{} {}; a dataset file needs {} (and, for a sensor dataset, \
-             update_interval_seconds); `samvirke dataset publish --help` shows an example",
-            if missing.len() == 1 { "" } else { "s" },
-            missing.join(", "),
-            REQUIRED_KEYS.join(", ")
-        );
-    }
-    let file: DatasetFile = toml::from_str(text)?;
+    let file: DatasetFile = match toml::from_str(text) {
+        Ok(file) => file,
+        // serde names only the first missing key: name them all, with the
+        // whole list of required keys.
+        Err(error) if error.message().starts_with("missing field") => {
+            let table: toml::Table = toml::from_str(text)?;
+            let missing: Vec<&str> = REQUIRED_KEYS
+                .iter()
+                .copied()
+                .filter(|key| !table.contains_key(*key))
+                .collect();
+            if missing.is_empty() {
+                // A key missing inside a table (a schema field, ...).
+                return Err(error.into());
+            }
+            bail!(
+                "missing required key{} {}; a dataset file needs {} (and, for a sensor \
+                 dataset, update_interval_seconds); `samvirke dataset publish --help` shows an \
+                 example",
+                if missing.len() == 1 { "" } else { "s" },
+                missing.join(", "),
+                REQUIRED_KEYS.join(", ")
+            );
+        }
+        Err(error) => return Err(error.into()),
+    };
     let time = |key: &str, value: Option<toml::Value>| -> anyhow::Result<_> {
         let text = match value {
             None => return Ok(None),
@@ -428,7 +436,7 @@ type = "text"
         );
         let err = parse_file(&FILE.replace("license = \"CC-BY-4.0\"\n", "")).expect_err("missing");
         assert!(
-            format!("{err:#}").contains("missing field `license`"),
+            format!("{err:#}").contains("missing required key license;"),
             "{err:#}"
         );
         let err = parse_file(&FILE.replace("until = \"2027-01-01\"", "until = \"soon\""))
