@@ -257,6 +257,11 @@ impl PartnerPool {
         }
     }
 
+    /// "Now" on this node's clock.
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
+    }
+
     /// A client for the partner at `endpoint` whose certificate must have
     /// fingerprint `expected`. Fails fast while the partner is backing off.
     pub fn client(

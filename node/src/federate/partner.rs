@@ -70,6 +70,10 @@ fn broken_connection(status: &tonic::Status) -> bool {
         || status.message().contains("transport error")
 }
 
+/// How far a receipt's time may be from when this node got the answer
+/// (clocks differ, answers take time).
+const RECEIPT_CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+
 /// What one sub-question brought so far (kept across a timeout).
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
@@ -130,6 +134,10 @@ impl Federation {
                 request_digest: &digest_text(request_digest),
                 response_digest: &digest_text(&sent.finish()),
                 request_nonce: &hex::encode(nonce),
+                rows: sent.rows,
+                bytes: sent.bytes,
+                received_at: self.pool.now(),
+                skew: RECEIPT_CLOCK_SKEW,
             },
         )
         .map_err(|e| bad(e.to_string()))?;
@@ -165,7 +173,8 @@ impl Federation {
         let receipt = answer.take_receipt();
         let mut sent = StreamDigest::default();
         sent.add(&answer);
-        tally.rows = answer.rows() as u64;
+        sent.rows = answer.rows() as u64;
+        tally.rows = sent.rows;
         tally.bytes = sent.bytes;
         tally.receipt_id = self.keep_receipt(
             agreement,
@@ -243,7 +252,8 @@ impl Federation {
                 continue;
             }
             sent.add(&chunk);
-            tally.rows += (chunk.readings.len() + chunk.buckets.len()) as u64;
+            sent.rows += crate::plane::answer::rows_of(&chunk);
+            tally.rows = sent.rows;
             tally.bytes = sent.bytes;
             if !each.take(chunk).await {
                 return Err(Failure::new(

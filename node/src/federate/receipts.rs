@@ -8,7 +8,7 @@
 //! keys.
 
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use samvirke_proto::v1 as pb;
@@ -26,6 +26,11 @@ pub enum ReceiptStoreError {
     BadId(String),
     #[error("receipt {0} is stored damaged")]
     Corrupt(String),
+    #[error(
+        "the partner reused receipt id {0}, which names a receipt kept earlier for another \
+         answer; the earlier receipt is kept, this one is not"
+    )]
+    Reused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -34,6 +39,8 @@ pub enum ReceiptStoreError {
 #[derive(Debug, Clone)]
 pub struct ReceiptStore {
     store: Arc<dyn Store>,
+    /// Serialises the check-then-write of [`ReceiptStore::keep`].
+    writing: Arc<Mutex<()>>,
 }
 
 fn key_of(id: &str) -> Result<[u8; 16], ReceiptStoreError> {
@@ -44,15 +51,31 @@ fn key_of(id: &str) -> Result<[u8; 16], ReceiptStoreError> {
 
 impl ReceiptStore {
     pub fn new(store: Arc<dyn Store>) -> ReceiptStore {
-        ReceiptStore { store }
+        ReceiptStore {
+            store,
+            writing: Arc::default(),
+        }
     }
 
     /// Keeps a checked receipt (made durable with the audit entry of the
-    /// question it answers).
+    /// question it answers). The id is the provider's choice: a receipt
+    /// kept under it before is never replaced (a provider could otherwise
+    /// erase the proof of an earlier answer by reusing its id).
     pub fn keep(&self, receipt: &pb::Receipt) -> Result<(), ReceiptStoreError> {
         let id = receipt.body.as_ref().map(|b| b.id.as_str()).unwrap_or("");
+        let key = key_of(id)?;
+        let encoded = receipt.encode_to_vec();
+        let _writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match self.store.get(Keyspace::Receipts, &key)? {
+            Some(kept) if kept == encoded => return Ok(()),
+            Some(_) => return Err(ReceiptStoreError::Reused(id.to_string())),
+            None => {}
+        }
         let mut batch = WriteBatch::default();
-        batch.put(key_of(id)?.to_vec(), receipt.encode_to_vec());
+        batch.put(key.to_vec(), encoded);
         self.store.write(Keyspace::Receipts, batch)?;
         Ok(())
     }
@@ -99,5 +122,40 @@ impl ReceiptStore {
             out.push(receipt);
         }
         Ok((out, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    fn receipt(id: &str, rows: u64) -> pb::Receipt {
+        pb::Receipt {
+            body: Some(pb::ReceiptBody {
+                id: id.to_string(),
+                provider: 751,
+                consumer: 630,
+                rows,
+                ..Default::default()
+            }),
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn a_kept_receipt_is_never_replaced_by_another_with_its_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let receipts = ReceiptStore::new(store);
+        let id = Uuid::now_v7().to_string();
+        receipts.keep(&receipt(&id, 10)).expect("kept");
+        // The same receipt again is fine (a retry).
+        receipts.keep(&receipt(&id, 10)).expect("kept again");
+        // Another with the same id is refused; the first stays.
+        let error = receipts.keep(&receipt(&id, 0)).expect_err("reused id");
+        assert!(matches!(error, ReceiptStoreError::Reused(_)), "{error}");
+        let kept = receipts.get(&id).expect("get").expect("kept");
+        assert_eq!(kept.body.map(|b| b.rows), Some(10));
     }
 }

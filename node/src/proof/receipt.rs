@@ -79,6 +79,13 @@ pub struct Expected<'a> {
     pub request_digest: &'a str,
     pub response_digest: &'a str,
     pub request_nonce: &'a str,
+    /// Rows and bytes the consumer counted in the answer.
+    pub rows: u64,
+    pub bytes: u64,
+    /// When the consumer got the answer, and how far the provider's clock
+    /// may be from it.
+    pub received_at: time::OffsetDateTime,
+    pub skew: time::Duration,
 }
 
 /// Checks that `body` describes the call the consumer made and the answer
@@ -87,7 +94,7 @@ pub fn check_describes(
     body: &pb::ReceiptBody,
     expected: &Expected<'_>,
 ) -> Result<(), ReceiptError> {
-    let checks: [(&'static str, String, String); 7] = [
+    let checks: [(&'static str, String, String); 9] = [
         (
             "provider",
             body.provider.to_string(),
@@ -119,6 +126,8 @@ pub fn check_describes(
             body.request_nonce.clone(),
             expected.request_nonce.to_string(),
         ),
+        ("rows", body.rows.to_string(), expected.rows.to_string()),
+        ("bytes", body.bytes.to_string(), expected.bytes.to_string()),
     ];
     for (field, stated, actual) in checks {
         if stated != actual {
@@ -128,6 +137,25 @@ pub fn check_describes(
                 actual,
             });
         }
+    }
+    // A receipt dated far from the answer misstates when it was given.
+    let at = body
+        .at
+        .as_ref()
+        .and_then(|at| crate::wire::time_of("at", at).ok());
+    let near = at.is_some_and(|at| (at - expected.received_at).abs() <= expected.skew);
+    if !near {
+        return Err(ReceiptError::Mismatch {
+            field: "at",
+            stated: at
+                .map(crate::governance::body::show_instant)
+                .unwrap_or_else(|| "nothing".to_string()),
+            actual: format!(
+                "within {} s of {}",
+                expected.skew.whole_seconds(),
+                crate::governance::body::show_instant(expected.received_at)
+            ),
+        });
     }
     Ok(())
 }
@@ -317,8 +345,31 @@ mod tests {
             request_digest: &body.request_digest,
             response_digest: &body.response_digest,
             request_nonce: &body.request_nonce,
+            rows: 1200,
+            bytes: 98_000,
+            received_at: time::macros::datetime!(2026-03-01 12:00:01 UTC),
+            skew: time::Duration::minutes(5),
         };
         assert_eq!(check_describes(&body, &expected), Ok(()));
+        // Fewer rows than were sent, or a date far from the answer: no.
+        let err = check_describes(
+            &body,
+            &Expected {
+                rows: 1201,
+                ..expected
+            },
+        )
+        .expect_err("rows");
+        assert!(err.to_string().contains("rows"), "{err}");
+        let err = check_describes(
+            &body,
+            &Expected {
+                received_at: time::macros::datetime!(2026-03-02 12:00 UTC),
+                ..expected
+            },
+        )
+        .expect_err("at");
+        assert!(err.to_string().contains("says at is"), "{err}");
         let other_digest = format!("sha256:{}", "ee".repeat(32));
         let err = check_describes(
             &body,
