@@ -29,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use uuid::Uuid;
 
-use super::combine::{Combined, SourceBuckets};
+use super::combine::{CombineBudget, Combined, SourceBuckets};
 use super::partner::{AsyncChunkSink, Failure, Tally};
 use super::route::{self, Kind};
 use super::{
@@ -65,8 +65,9 @@ struct Question {
     kind: Kind,
     body: Body,
     selector: pb::DatasetSelector,
-    /// Combine aggregates over all sensors across sources.
-    combine: bool,
+    /// Combine aggregates over all sensors across sources, within this
+    /// budget.
+    combine: Option<Arc<CombineBudget>>,
 }
 
 fn check(request: &pb::AskRequest) -> Result<(Question, Duration, Option<Uuid>), FederateError> {
@@ -79,7 +80,7 @@ fn check(request: &pb::AskRequest) -> Result<(Question, Duration, Option<Uuid>),
             ));
         }
         Some(ask_request::Question::Catalog(search)) => {
-            (Kind::Catalog, Body::Catalog(search), false)
+            (Kind::Catalog, Body::Catalog(search), None)
         }
         Some(ask_request::Question::Readings(query)) => {
             // The query is checked as it will be asked of each dataset.
@@ -91,20 +92,21 @@ fn check(request: &pb::AskRequest) -> Result<(Question, Duration, Option<Uuid>),
             }
             wire::query_from_proto(probe).map_err(|e| invalid("readings", e.to_string()))?;
             let aggregate = !query.bucket.is_empty();
-            let combine = aggregate && query.grouping == pb::Grouping::AllSensors as i32;
+            let combine = (aggregate && query.grouping == pb::Grouping::AllSensors as i32)
+                .then(|| CombineBudget::new(&query.measures));
             (Kind::Readings { aggregate }, Body::Readings(query), combine)
         }
         Some(ask_request::Question::Pilots(filter)) => {
             if !filter.dataset_id.is_empty() {
                 selector.ids.push(filter.dataset_id.clone());
             }
-            (Kind::Pilots, Body::Pilots(filter), false)
+            (Kind::Pilots, Body::Pilots(filter), None)
         }
         Some(ask_request::Question::Procurements(filter)) => {
             if !filter.dataset_id.is_empty() {
                 selector.ids.push(filter.dataset_id.clone());
             }
-            (Kind::Procurements, Body::Procurements(filter), false)
+            (Kind::Procurements, Body::Procurements(filter), None)
         }
     };
     let deadline = match request.deadline_ms {
@@ -350,7 +352,7 @@ impl Federation {
         let mut combined = Combined::default();
         let mut statuses = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
-            if question.combine {
+            if question.combine.is_some() {
                 match outcome.buckets {
                     Some(buckets) => combined.add_source(outcome.status.municipality, buckets),
                     None if outcome.status.outcome != PartnerOutcome::NotEntitled as i32 => {
@@ -374,7 +376,7 @@ impl Federation {
             ))
         });
         let out = &job.out;
-        if question.combine && !combined.is_empty() {
+        if question.combine.is_some() && !combined.is_empty() {
             out.send(ask_event::Event::Combined(combined.finish()))
                 .await;
         }
@@ -675,7 +677,10 @@ impl Federation {
         let mut sink = RowsSink {
             out: out.clone(),
             source: source.clone(),
-            buckets: question.combine.then(SourceBuckets::default),
+            buckets: question
+                .combine
+                .as_ref()
+                .map(|budget| SourceBuckets::new(Arc::clone(budget))),
         };
         let asked = tokio::time::timeout_at(until, async {
             let _turn = out.turns.acquire().await;
@@ -985,7 +990,7 @@ mod tests {
         let (question, deadline, _) =
             check(&ask(Some(ask_request::Question::Readings(aggregate)))).expect("fine");
         assert_eq!(question.kind, Kind::Readings { aggregate: true });
-        assert!(question.combine);
+        assert!(question.combine.is_some());
         assert_eq!(
             question.selector.ids,
             vec!["aarhus-air-quality".to_string()]
