@@ -1,6 +1,7 @@
 //! The sled implementation of [`Store`]: one directory, no server. Each
-//! [`Keyspace`] is a sled tree; a [`WriteBatch`] is a sled batch, applied
-//! atomically; [`Store::flush`] is sled's fsync.
+//! [`Keyspace`] is a sled tree; a [`WriteBatch`] of several writes is a sled
+//! batch, applied atomically, and one write a plain insert or remove (atomic
+//! by itself); [`Store::flush`] is sled's fsync.
 
 use std::collections::HashMap;
 use std::ops::Bound;
