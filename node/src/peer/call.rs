@@ -329,11 +329,11 @@ impl Accounts {
         entry.bytes = Some(sent.bytes);
         entry.response = body.response_digest.clone();
         entry.receipt = body.id.clone();
-        // Signing and recording run side by side; neither leaves before
-        // both are done.
-        let (receipt, recorded) = tokio::join!(self.sign(body), self.append(entry));
-        recorded?;
-        receipt
+        // Recorded first, then signed: the calls of one audit group commit
+        // are released together and their receipts share one signature
+        // batch, rather than each taking a signature of its own.
+        self.append(entry).await?;
+        self.sign(body).await
     }
 
     /// The end of a streamed answer: records it (`peer_answer`) and, when
@@ -357,10 +357,10 @@ impl Accounts {
                     return Ok(None);
                 }
                 entry.receipt = body.id.clone();
-                let (receipt, recorded) = tokio::join!(accounts.sign(body), accounts.append(entry));
-                recorded?;
+                accounts.append(entry).await?;
+                let receipt = accounts.sign(body).await?;
                 Ok(Some(pb::ReadingChunk {
-                    receipt: Some(receipt?),
+                    receipt: Some(receipt),
                     ..Default::default()
                 }))
             })

@@ -314,6 +314,10 @@ impl BatchSigner {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while let Some(first) = receiver.recv().await {
                 batch.push(first);
+                // Callers woken together (say, by one audit group commit)
+                // queue their messages within a moment of each other: let
+                // them, so they share this signature.
+                tokio::task::yield_now().await;
                 while batch.len() < MAX_BATCH {
                     match receiver.try_recv() {
                         Ok(next) => batch.push(next),

@@ -42,7 +42,7 @@ use tonic::metadata::{BinaryMetadataValue, MetadataMap};
 use uuid::Uuid;
 
 use super::batch::{self, BatchError, BatchSigner, VerifiedRoots};
-use crate::store::{Keyspace, Store, StoreError, WriteBatch};
+use crate::store::{Keyspace, Store, StoreError, WriteBatch, WriteOp};
 
 const DOMAIN: &[u8] = b"samvirke/request/v1\0";
 /// The batch-signature domain of requests.
@@ -386,14 +386,10 @@ impl Replays {
         if entry.nonces.contains_key(&parts.nonce) {
             return Err(RequestError::Replayed);
         }
-        let mut batch = WriteBatch::default();
+        let mut forgotten = Vec::new();
         if parts.at_ms > entry.high {
             entry.high = parts.at_ms;
-            let mut forgotten = Vec::new();
             entry.forget_before(entry.high - slack, &mut forgotten);
-            for (at, nonce) in forgotten {
-                batch.delete(nonce_key(parts.caller, at, &nonce));
-            }
         }
         if entry.nonces.len() >= MAX_NONCES_PER_CALLER {
             return Err(RequestError::TooMany);
@@ -401,12 +397,27 @@ impl Replays {
         entry.nonces.insert(parts.nonce, parts.at_ms);
         entry.by_time.insert((parts.at_ms, parts.nonce), ());
         drop(callers);
-        batch.put(
-            nonce_key(parts.caller, parts.at_ms, &parts.nonce),
-            Vec::new(),
-        );
-        if let Err(error) = self.store.write(Keyspace::Nonces, batch) {
-            tracing::error!(%error, "a request nonce could not be stored");
+        // One write each, no batch: the new nonce and the removal of the
+        // forgotten ones need not be atomic together (a forgotten nonce
+        // left behind by a crash is dropped when the store is opened), and
+        // a single write costs the store no disk write of its own (see
+        // `SledStore::write`); the audit entry's flush makes them durable.
+        let write = |op: WriteOp| {
+            if let Err(error) = self
+                .store
+                .write(Keyspace::Nonces, WriteBatch { ops: vec![op] })
+            {
+                tracing::error!(%error, "the request nonce memory could not be stored");
+            }
+        };
+        write(WriteOp::Put {
+            key: nonce_key(parts.caller, parts.at_ms, &parts.nonce),
+            value: Vec::new(),
+        });
+        for (at, nonce) in forgotten {
+            write(WriteOp::Delete {
+                key: nonce_key(parts.caller, at, &nonce),
+            });
         }
         Ok(())
     }

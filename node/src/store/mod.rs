@@ -423,6 +423,40 @@ mod tests {
     }
 
     #[test]
+    fn single_writes_and_deletes_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        let one = |op: WriteOp| WriteBatch { ops: vec![op] };
+        {
+            let store = SledStore::open(&path).expect("create");
+            for key in [b"a".to_vec(), b"b".to_vec()] {
+                store
+                    .write(
+                        Keyspace::Nonces,
+                        one(WriteOp::Put {
+                            key,
+                            value: b"v".to_vec(),
+                        }),
+                    )
+                    .expect("put");
+            }
+            store
+                .write(
+                    Keyspace::Nonces,
+                    one(WriteOp::Delete { key: b"a".to_vec() }),
+                )
+                .expect("delete");
+            store.flush().expect("flush");
+        }
+        let store = SledStore::open(&path).expect("reopen");
+        assert_eq!(store.get(Keyspace::Nonces, b"a").expect("get"), None);
+        assert_eq!(
+            store.get(Keyspace::Nonces, b"b").expect("get"),
+            Some(b"v".to_vec())
+        );
+    }
+
+    #[test]
     fn a_first_start_cut_off_after_the_marker_is_completed_on_the_next_start() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("store");

@@ -1,6 +1,7 @@
 //! The sled implementation of [`Store`]: one directory, no server. Each
-//! [`Keyspace`] is a sled tree; a [`WriteBatch`] is a sled batch, applied
-//! atomically; [`Store::flush`] is sled's fsync.
+//! [`Keyspace`] is a sled tree; a [`WriteBatch`] of several writes is a sled
+//! batch, applied atomically, and one write a plain insert or remove (atomic
+//! by itself); [`Store::flush`] is sled's fsync.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -154,7 +155,22 @@ impl Store for SledStore {
             .map(|v| v.to_vec()))
     }
 
-    fn write(&self, space: Keyspace, batch: WriteBatch) -> Result<(), StoreError> {
+    fn write(&self, space: Keyspace, mut batch: WriteBatch) -> Result<(), StoreError> {
+        let tree = self.tree(space)?;
+        // One write is atomic by itself. sled's batches seal and write out
+        // the current log buffer (a disk write and a range sync) to make
+        // several writes atomic, far too dear for the one write a peer
+        // call's replay memory makes; that write becomes durable with the
+        // next flush, like any other.
+        if batch.ops.len() == 1
+            && let Some(op) = batch.ops.pop()
+        {
+            return match op {
+                WriteOp::Put { key, value } => tree.insert(key, value).map(|_| ()),
+                WriteOp::Delete { key } => tree.remove(key).map(|_| ()),
+            }
+            .map_err(backend);
+        }
         let mut sled_batch = sled::Batch::default();
         for op in batch.ops {
             match op {
@@ -162,7 +178,7 @@ impl Store for SledStore {
                 WriteOp::Delete { key } => sled_batch.remove(key),
             }
         }
-        self.tree(space)?.apply_batch(sled_batch).map_err(backend)
+        tree.apply_batch(sled_batch).map_err(backend)
     }
 
     fn write_all(&self, batches: Vec<(Keyspace, WriteBatch)>) -> Result<(), StoreError> {
