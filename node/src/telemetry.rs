@@ -62,6 +62,7 @@ pub fn untrusted(text: &str) -> String {
 #[derive(Debug)]
 pub struct RateLimitedLog {
     callers: std::sync::Mutex<std::collections::HashMap<String, Window>>,
+    per_minute: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,9 +74,7 @@ struct Window {
 
 impl Default for RateLimitedLog {
     fn default() -> Self {
-        RateLimitedLog {
-            callers: std::sync::Mutex::new(std::collections::HashMap::new()),
-        }
+        RateLimitedLog::with_limit(RateLimitedLog::PER_MINUTE)
     }
 }
 
@@ -84,6 +83,14 @@ impl RateLimitedLog {
     pub const PER_MINUTE: u32 = 10;
     /// Callers tracked at once; past this the table starts afresh.
     const MAX_CALLERS: usize = 4_096;
+
+    /// A limiter letting `per_minute` records per caller per minute through.
+    pub fn with_limit(per_minute: u32) -> RateLimitedLog {
+        RateLimitedLog {
+            callers: std::sync::Mutex::new(std::collections::HashMap::new()),
+            per_minute,
+        }
+    }
 
     /// Whether a line about `caller` may be written now; `Some(n)` with the
     /// number of lines suppressed since the last one, `None` to stay quiet.
@@ -108,7 +115,7 @@ impl RateLimitedLog {
             window.started = now;
             window.lines = 0;
         }
-        if window.lines < Self::PER_MINUTE {
+        if window.lines < self.per_minute {
             window.lines += 1;
             Some(std::mem::take(&mut window.suppressed))
         } else {

@@ -13,6 +13,9 @@
 //! - receipts: the receipt of a federated answer, kept by the consumer,
 //!   verifies with the provider's key from the roster; every one-byte
 //!   change of its file is refused;
+//! - an outsider (a certificate of the trusted CA, no member) calling over
+//!   and over is refused every time, but adds at most
+//!   `DENIED_ENTRIES_PER_MINUTE` entries a minute to the audit log;
 //! - the audit log records the operator's publishing of a dataset and
 //!   every call made with an admin token, and
 //!   holds exactly one `peer_call` entry for every allowed
@@ -557,5 +560,42 @@ async fn receipts_verify_with_the_roster_and_the_audit_counts_every_call() {
             "byte {position}: {text}"
         );
     }
+    fx.shutdown().await;
+}
+
+// ---- The audit log cannot be flooded ---------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsider_calling_over_and_over_adds_a_bounded_number_of_entries() {
+    let fx = GovernanceFixture::start(&[AARHUS, VEJLE, SILKEBORG], NOW).await;
+    // Silkeborg holds a certificate of the same CA but is in no roster.
+    fx.import_everywhere(&fx.anchor(DecisionRule::Quorum(1), &[AARHUS, VEJLE]))
+        .await;
+    let limit = samvirke_node::peer::call::DENIED_ENTRIES_PER_MINUTE as usize;
+    let mut outsider = fx.peer(SILKEBORG, AARHUS).await;
+    let calls = limit + 50;
+    for _ in 0..calls {
+        let refused = outsider
+            .client
+            .hello(samvirke_tests::hello_request(None))
+            .await
+            .expect_err("an outsider is refused");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+    }
+    let file = export(&fx, AARHUS).await;
+    let verified = verify_export(&file, &fx.key(AARHUS).verifying_key()).expect("verifies");
+    let outsider_fingerprint = fx
+        .node(SILKEBORG)
+        .running
+        .identity
+        .tls
+        .fingerprint
+        .to_string();
+    let recorded = verified
+        .entries
+        .iter()
+        .filter(|e| e.fingerprint == outsider_fingerprint && e.outcome == "denied")
+        .count();
+    assert_eq!(recorded, limit, "{calls} refusals, {recorded} entries");
     fx.shutdown().await;
 }

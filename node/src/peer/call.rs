@@ -43,7 +43,7 @@ use crate::plane::answer::{AnswerEnd, Ending};
 use crate::proof::batch::{BatchSigner, VerifiedRoots};
 use crate::proof::request::{self, Replays, RequestError, SignedParts};
 use crate::proof::{StreamDigest, digest_text, message_digest, receipt};
-use crate::telemetry::{refusals, untrusted};
+use crate::telemetry::{RateLimitedLog, refusals, untrusted};
 
 use super::PeerAuthError;
 
@@ -167,7 +167,13 @@ pub struct Accounts {
     receipts: BatchSigner,
     own_code: u32,
     clock: SharedClock,
+    /// Bounds the refusal entries one caller can add to the audit log.
+    denied_entries: RateLimitedLog,
 }
+
+/// Refusals of one caller recorded one by one per minute; past this they
+/// are counted into the caller's next entry.
+pub const DENIED_ENTRIES_PER_MINUTE: u32 = 600;
 
 impl Accounts {
     pub fn new(
@@ -181,6 +187,7 @@ impl Accounts {
             audit,
             replays,
             roots: VerifiedRoots::new(VERIFIED_ROOTS),
+            denied_entries: RateLimitedLog::with_limit(DENIED_ENTRIES_PER_MINUTE),
             receipts,
             own_code,
             clock,
@@ -273,8 +280,21 @@ impl Accounts {
                 "peer call refused"
             );
         }
+        // One entry per refusal, up to a rate per caller: past it, refusals
+        // are counted and the count goes into the caller's next entry, so
+        // a caller that only wants to be refused cannot fill the disk.
+        let Some(unrecorded) = self.denied_entries.admit(&caller) else {
+            return status;
+        };
         let mut entry = call.entry("peer_call", "denied");
         entry.detail = crate::audit::chain::bounded(&untrusted(&detail));
+        if unrecorded > 0 {
+            entry.detail = crate::audit::chain::bounded(&format!(
+                "{}; and {unrecorded} earlier refusals of this caller, past \
+                 {DENIED_ENTRIES_PER_MINUTE} a minute, not recorded one by one",
+                entry.detail
+            ));
+        }
         match self.append(entry).await {
             Ok(_) => status,
             Err(unrecorded) => unrecorded,
