@@ -181,6 +181,7 @@ impl From<DisclosureError> for Status {
     fn from(error: DisclosureError) -> Status {
         match error {
             DisclosureError::BudgetSpent { .. } => Status::resource_exhausted(error.to_string()),
+            DisclosureError::TooManyBuckets(_) => Status::invalid_argument(error.to_string()),
             _ => Status::permission_denied(error.to_string()),
         }
     }

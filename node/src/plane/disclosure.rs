@@ -93,6 +93,8 @@ pub struct Disclosure {
 /// Why a granted request still cannot be answered as asked.
 #[derive(Debug, thiserror::Error)]
 pub enum DisclosureError {
+    #[error(transparent)]
+    TooManyBuckets(#[from] super::TooManyBuckets),
     #[error(
         "agreement {agreement} allows only aggregates of `{dataset}`; ask with a bucket \
          (e.g. \"1h\") instead of for raw readings"
@@ -176,7 +178,9 @@ impl DisclosureError {
             | DisclosureError::OffGrid { agreement, .. }
             | DisclosureError::NoNoiseBounds { agreement, .. }
             | DisclosureError::BudgetSpent { agreement, .. } => format!("agreement {agreement}"),
-            DisclosureError::Noise(_) | DisclosureError::Store(_) => "node".to_string(),
+            DisclosureError::TooManyBuckets(_)
+            | DisclosureError::Noise(_)
+            | DisclosureError::Store(_) => "node".to_string(),
         }
     }
 }
@@ -403,6 +407,12 @@ impl Disclosure {
                 terms: None,
             });
         };
+        // Refused here, before anything is recorded as allowed or any
+        // privacy budget is spent, rather than when the answer starts.
+        plane.check_aggregate_size(&ReadingQuestion {
+            query: query.clone(),
+            aggregate: Some((bucket, group)),
+        })?;
         let Some((min_group, terms)) = self.aggregate_only.clone() else {
             // Raw reads are allowed: aggregates of them reveal nothing more.
             return Ok(AnswerPlan {
