@@ -64,6 +64,17 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     log: RawLog,
+    /// Absent: no HTTP API.
+    #[serde(default)]
+    http: Option<RawHttp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+    #[serde(default)]
+    tls: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +212,17 @@ pub struct Config {
     pub governance: GovernanceConfig,
     pub audit: AuditConfig,
     pub log: LogConfig,
+    /// `[http]`: the HTTP API for analysts' tools; `None` when off.
+    pub http: Option<HttpConfig>,
+}
+
+/// `[http]`: the HTTP API for analysts' tools, on a listener of its own.
+/// It takes the local API's tokens and `[local.limits]`.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Serve over TLS with the node's certificate.
+    pub tls: bool,
 }
 
 /// `[audit]`: the audit log.
@@ -400,6 +422,13 @@ impl Checker<'_> {
             log: LogConfig {
                 format: raw.log.format,
                 level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+            },
+            http: match raw.http {
+                None => None,
+                Some(http) => Some(HttpConfig {
+                    listen: self.address("http.listen", &http.listen)?,
+                    tls: http.tls,
+                }),
             },
         })
     }
@@ -721,6 +750,7 @@ roles = ["admin"]
         let text = include_str!("../../deploy/node.example.toml");
         let raw: RawConfig = toml::from_str(text).expect("deploy/node.example.toml parses");
         assert_eq!(raw.local.tokens.len(), 2);
+        assert!(raw.http.is_some(), "the [http] section is documented");
     }
 
     #[test]
