@@ -1,0 +1,536 @@
+//! The HTTP API for analysts' tools, end to end: real nodes on loopback,
+//! the HTTP listener on `127.0.0.1:0`, an HTTP/1.1 client as Excel, Power
+//! BI and Grafana use, and the answers compared with the local gRPC API's
+//! for the same question.
+//!
+//! Covered:
+//! - the catalog as JSON and CSV;
+//! - raw readings as JSON, NDJSON, CSV and GeoJSON, each exactly the
+//!   local gRPC answer (CSV parsed back, values compared bit for bit);
+//! - hourly buckets equal to the gRPC aggregate;
+//! - 401 with `WWW-Authenticate: Bearer` without a token or with an
+//!   unknown one, 403 for an ingest-only token, 400 naming a bad
+//!   parameter, 404 for an unknown dataset, all with a JSON `error`;
+//! - the OpenAPI document parses and lists every route;
+//! - a federated question over two nodes: the partner's rows, tagged, and
+//!   its `ok` status, as JSON and as CSV (`part=status` for the statuses).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use samvirke_node::data::{Reading, generate, sensor_dataset};
+use samvirke_node::governance::{Consumers, DecisionRule, Scope};
+use samvirke_node::pki::DevCa;
+use samvirke_node::wire;
+use samvirke_proto::v1 as pb;
+use samvirke_tests::{
+    GovernanceFixture, ingest, ingest_batches, local_client, local_query, start_node,
+};
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::macros::datetime;
+
+const AARHUS: u32 = 751;
+const VEJLE: u32 = 630;
+const AIR: &str = "aarhus-air-quality";
+const NOW: OffsetDateTime = datetime!(2026-03-10 12:00 UTC);
+const FROM: OffsetDateTime = datetime!(2026-03-01 00:00 UTC);
+const UNTIL: OffsetDateTime = datetime!(2026-03-02 00:00 UTC);
+const RANGE: &str = "from=2026-03-01&until=2026-03-02T00:00:00Z";
+
+/// One HTTP answer.
+#[derive(Debug)]
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Got {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("a JSON body ({e}): {}", String::from_utf8_lossy(&self.body))
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).expect("a UTF-8 body")
+    }
+
+    fn content_type(&self) -> &str {
+        self.headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// Asserts an error status with a JSON body whose `error` contains
+    /// every one of `parts`.
+    fn assert_error(&self, status: StatusCode, parts: &[&str]) {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.content_type(), "application/json");
+        let error = self.json()["error"]
+            .as_str()
+            .expect("an error message")
+            .to_string();
+        for part in parts {
+            assert!(error.contains(part), "`{part}` in {error:?}");
+        }
+    }
+}
+
+/// GET `base` + `path` with `token` as bearer, read to the end (within 30 s).
+async fn get(base: &str, path: &str, token: Option<&str>) -> Got {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = http::Request::get(format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(Empty::new()).expect("a request");
+    let exchange = async {
+        let response = client.request(request).await.expect("an HTTP answer");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("the whole body")
+            .to_bytes();
+        Got {
+            status,
+            headers,
+            body,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} answers within 30 s"))
+}
+
+fn instant(text: &str) -> OffsetDateTime {
+    OffsetDateTime::parse(text, &Rfc3339).unwrap_or_else(|e| panic!("`{text}`: {e}"))
+}
+
+fn at(reading: &pb::Reading) -> OffsetDateTime {
+    let ts = reading.at.expect("a reading has a time");
+    OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos),
+    )
+    .expect("a valid time")
+}
+
+/// Aarhus's air quality: 6 sensors every 10 minutes for a day.
+fn air_readings() -> Vec<Reading> {
+    generate("air-quality", AARHUS, 6, FROM, UNTIL, 0x6874_7470)
+        .expect("generate air quality")
+        .collect()
+}
+
+fn query(bucket: &str) -> pb::ReadingQuery {
+    pb::ReadingQuery {
+        dataset_id: AIR.to_string(),
+        from: Some(wire::timestamp(FROM)),
+        until: Some(wire::timestamp(UNTIL)),
+        bucket: bucket.to_string(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_answers_as_the_local_grpc_api_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = DevCa::generate("HTTP API test CA").expect("CA");
+    let node = start_node(
+        &dir.path().join("aarhus"),
+        &ca,
+        AARHUS,
+        &[("analyst", &["read"]), ("os2iot", &["ingest"])],
+    )
+    .await;
+    let (analyst, feeder) = (node.extra_tokens[0].clone(), node.extra_tokens[1].clone());
+    let base = node.running.http_endpoint().expect("the HTTP API is on");
+    let mut admin = local_client(&node.running.local_endpoint(), Some(&node.admin_token)).await;
+    admin
+        .publish_dataset(wire::dataset_to_proto(
+            &sensor_dataset("air-quality", AARHUS).expect("air-quality dataset"),
+        ))
+        .await
+        .expect("publish");
+    let readings = air_readings();
+    ingest(&mut admin, ingest_batches(AIR, &readings, 500))
+        .await
+        .expect("ingest");
+    let grpc = local_query(&mut admin, query(""))
+        .await
+        .expect("gRPC answer");
+    assert_eq!(grpc.readings.len(), readings.len());
+    let measures = ["pm2_5", "pm10", "no2"];
+
+    // The catalog.
+    let catalog = get(&base, "/api/v1/datasets", Some(&analyst)).await;
+    assert_eq!(catalog.status, StatusCode::OK, "{}", catalog.text());
+    assert_eq!(catalog.content_type(), "application/json");
+    assert_eq!(catalog.json()[0]["id"], AIR);
+    assert_eq!(catalog.json()[0]["kind"], "sensor");
+    let csv_catalog = get(&base, "/api/v1/datasets?format=csv", Some(&analyst)).await;
+    assert!(csv_catalog.content_type().starts_with("text/csv"));
+    assert!(
+        csv_catalog.text().starts_with("id,title,kind,owner,"),
+        "{}",
+        csv_catalog.text()
+    );
+    assert!(csv_catalog.text().contains(AIR));
+
+    // Raw readings as JSON: exactly the gRPC answer, in order.
+    let path = format!("/api/v1/datasets/{AIR}/readings?{RANGE}");
+    let json = get(&base, &path, Some(&analyst)).await;
+    assert_eq!(json.status, StatusCode::OK, "{}", json.text());
+    let rows = json.json();
+    let rows = rows.as_array().expect("a JSON array");
+    assert_eq!(rows.len(), grpc.readings.len());
+    for (row, reading) in rows.iter().zip(&grpc.readings) {
+        assert_eq!(row["sensor_id"], reading.sensor_id.as_str());
+        assert_eq!(instant(row["at"].as_str().expect("at")), at(reading));
+        let values = row["values"].as_object().expect("values");
+        assert_eq!(values.len(), reading.values.len());
+        for (measure, value) in &reading.values {
+            assert_eq!(
+                values[measure].as_f64().map(f64::to_bits),
+                Some(value.to_bits()),
+                "{measure} of {row}"
+            );
+        }
+        match reading.location {
+            Some(l) => assert_eq!(
+                (row["lat"].as_f64(), row["lon"].as_f64()),
+                (Some(l.lat), Some(l.lon))
+            ),
+            None => assert!(row.get("lat").is_none()),
+        }
+    }
+
+    // NDJSON: the same objects, one per line.
+    let ndjson = get(&base, &format!("{path}&format=ndjson"), Some(&analyst)).await;
+    assert_eq!(ndjson.content_type(), "application/x-ndjson");
+    let lines: Vec<Value> = ndjson
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(&lines, rows);
+
+    // CSV (asked for with the Accept header, as Excel's web query does):
+    // parsed back, every cell equals the gRPC answer exactly.
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let response = client
+        .request(
+            http::Request::get(format!("{base}{path}"))
+                .header("authorization", format!("Bearer {analyst}"))
+                .header("accept", "text/csv")
+                .body(Empty::new())
+                .expect("request"),
+        )
+        .await
+        .expect("CSV answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let mut csv = csv::Reader::from_reader(&body[..]);
+    let header: Vec<String> = csv
+        .headers()
+        .expect("a header row")
+        .iter()
+        .map(String::from)
+        .collect();
+    let mut columns = vec!["sensor_id", "timestamp", "lat", "lon"];
+    let schema = samvirke_node::data::sensor_dataset("air-quality", AARHUS).expect("dataset");
+    let known: Vec<String> = schema
+        .schema
+        .iter()
+        .filter(|f| f.field_type == samvirke_node::data::FieldType::Number)
+        .map(|f| f.name.clone())
+        .collect();
+    columns.extend(known.iter().map(String::as_str));
+    assert_eq!(header, columns);
+    let records: Vec<csv::StringRecord> = csv.records().map(|r| r.expect("a CSV row")).collect();
+    assert_eq!(records.len(), grpc.readings.len());
+    for (record, reading) in records.iter().zip(&grpc.readings) {
+        assert_eq!(&record[0], reading.sensor_id.as_str());
+        assert_eq!(instant(&record[1]), at(reading));
+        match reading.location {
+            Some(l) => {
+                assert_eq!(record[2].parse::<f64>().ok(), Some(l.lat));
+                assert_eq!(record[3].parse::<f64>().ok(), Some(l.lon));
+            }
+            None => assert_eq!((&record[2], &record[3]), ("", "")),
+        }
+        for (i, measure) in known.iter().enumerate() {
+            let cell = &record[4 + i];
+            match reading.values.get(measure) {
+                Some(value) => assert_eq!(
+                    cell.parse::<f64>().map(f64::to_bits).ok(),
+                    Some(value.to_bits()),
+                    "{measure} in {record:?}"
+                ),
+                None => assert_eq!(cell, ""),
+            }
+        }
+    }
+    assert!(measures.iter().all(|m| known.iter().any(|k| k == m)));
+
+    // GeoJSON: the located readings as points, lon first.
+    let geo = get(&base, &format!("{path}&format=geojson"), Some(&analyst)).await;
+    assert_eq!(geo.content_type(), "application/geo+json");
+    let geo = geo.json();
+    assert_eq!(geo["type"], "FeatureCollection");
+    let located: Vec<&pb::Reading> = grpc
+        .readings
+        .iter()
+        .filter(|r| r.location.is_some())
+        .collect();
+    let features = geo["features"].as_array().expect("features");
+    assert_eq!(features.len(), located.len());
+    if let (Some(feature), Some(reading)) = (features.first(), located.first()) {
+        let l = reading.location.expect("located");
+        assert_eq!(feature["geometry"]["coordinates"][0].as_f64(), Some(l.lon));
+        assert_eq!(feature["geometry"]["coordinates"][1].as_f64(), Some(l.lat));
+        assert_eq!(
+            feature["properties"]["sensor_id"],
+            reading.sensor_id.as_str()
+        );
+    }
+
+    // Hourly buckets: the gRPC aggregate, bucket by bucket.
+    let grpc_buckets = local_query(&mut admin, query("1h"))
+        .await
+        .expect("gRPC aggregate");
+    assert!(!grpc_buckets.buckets.is_empty());
+    let buckets = get(&base, &format!("{path}&bucket=1h"), Some(&analyst)).await;
+    assert_eq!(buckets.status, StatusCode::OK, "{}", buckets.text());
+    let buckets = buckets.json();
+    let buckets = buckets.as_array().expect("an array of buckets");
+    assert_eq!(buckets.len(), grpc_buckets.buckets.len());
+    for (bucket, expected) in buckets.iter().zip(&grpc_buckets.buckets) {
+        let start = expected.start.expect("a start");
+        assert_eq!(
+            instant(bucket["start"].as_str().expect("start")).unix_timestamp(),
+            start.seconds
+        );
+        assert_eq!(bucket["measure"], expected.measure.as_str());
+        assert_eq!(bucket["count"].as_u64(), Some(expected.count));
+        assert_eq!(
+            bucket["sum"].as_f64().map(f64::to_bits),
+            Some(expected.sum.to_bits())
+        );
+        assert_eq!(
+            bucket["avg"].as_f64().map(f64::to_bits),
+            Some(expected.avg.to_bits())
+        );
+        assert_eq!(bucket["min"].as_f64(), expected.min);
+        assert_eq!(bucket["max"].as_f64(), expected.max);
+        assert!(bucket["sensor_id"].is_null());
+    }
+    let csv_buckets = get(
+        &base,
+        &format!("{path}&bucket=1h&format=csv"),
+        Some(&analyst),
+    )
+    .await;
+    assert!(
+        csv_buckets
+            .text()
+            .starts_with("start,sensor_id,measure,count,min,max,avg,sum,distinct_sensors\n")
+    );
+    assert_eq!(
+        csv_buckets.text().lines().count(),
+        grpc_buckets.buckets.len() + 1
+    );
+
+    // Records (none published): empty lists, not errors.
+    let pilots = get(&base, "/api/v1/pilots?phase=test", Some(&analyst)).await;
+    assert_eq!(
+        (pilots.status, pilots.json()),
+        (StatusCode::OK, Value::Array(Vec::new()))
+    );
+    let procurements = get(&base, "/api/v1/procurements?format=csv", Some(&analyst)).await;
+    assert_eq!(procurements.status, StatusCode::OK);
+    assert!(procurements.text().starts_with("id,dataset_id,title,"));
+
+    // Refusals: JSON errors with the right codes.
+    let none = get(&base, &path, None).await;
+    none.assert_error(StatusCode::UNAUTHORIZED, &["bearer token"]);
+    assert!(
+        none.headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Bearer")),
+        "{:?}",
+        none.headers
+    );
+    let wrong = format!("svk_{}", "0".repeat(64));
+    let unknown = get(&base, &path, Some(&wrong)).await;
+    unknown.assert_error(StatusCode::UNAUTHORIZED, &["unknown"]);
+    assert!(unknown.headers.contains_key("www-authenticate"));
+    get(&base, &path, Some(&feeder))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, &["os2iot", "read"]);
+    get(
+        &base,
+        &format!("/api/v1/datasets/{AIR}/readings?from=yesterday&until=2026-03-02"),
+        Some(&analyst),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, &["`from`", "yesterday"]);
+    get(&base, &format!("{path}&colour=red"), Some(&analyst))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, &["`colour`"]);
+    get(&base, &format!("{path}&measure=ozone"), Some(&analyst))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, &["`measure`", "ozone"]);
+    get(
+        &base,
+        &format!("{path}&bucket=1h&format=geojson"),
+        Some(&analyst),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, &["`format`"]);
+    get(
+        &base,
+        &format!("/api/v1/datasets/nowhere-air/readings?{RANGE}"),
+        Some(&analyst),
+    )
+    .await
+    .assert_error(StatusCode::NOT_FOUND, &["nowhere-air"]);
+    get(&base, "/api/v1/nothing", Some(&analyst))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, &["/api/v1/nothing"]);
+
+    // The OpenAPI document: every route, and it needs no token.
+    let openapi = get(&base, "/api/v1/openapi.json", None).await;
+    assert_eq!(openapi.status, StatusCode::OK);
+    let openapi = openapi.json();
+    assert!(
+        openapi["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    let paths = openapi["paths"].as_object().expect("paths");
+    for route in [
+        "/api/v1/datasets",
+        "/api/v1/datasets/{id}/readings",
+        "/api/v1/pilots",
+        "/api/v1/procurements",
+        "/api/v1/ask/readings",
+        "/api/v1/openapi.json",
+    ] {
+        assert!(paths.contains_key(route), "{route} in {:?}", paths.keys());
+    }
+    assert_eq!(paths.len(), 6, "every route, and only those");
+
+    node.running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_question_over_http_returns_the_partners_rows_and_statuses() {
+    let fx = GovernanceFixture::start(&[AARHUS, VEJLE], NOW).await;
+    let mut aarhus = fx.admin(AARHUS).await;
+    aarhus
+        .publish_dataset(wire::dataset_to_proto(
+            &sensor_dataset("air-quality", AARHUS).expect("air-quality dataset"),
+        ))
+        .await
+        .expect("publish");
+    let readings = air_readings();
+    ingest(&mut aarhus, ingest_batches(AIR, &readings, 500))
+        .await
+        .expect("ingest");
+    fx.import_everywhere(&fx.anchor(DecisionRule::Quorum(1), &[AARHUS, VEJLE]))
+        .await;
+    let mut terms = fx.terms(AARHUS, Consumers::Named(vec![VEJLE]));
+    terms.scope = Scope {
+        datasets: vec![AIR.to_string()],
+        kinds: Vec::new(),
+        keywords: Vec::new(),
+    };
+    terms.valid_from = datetime!(2026-01-01 00:00 UTC);
+    terms.valid_until = datetime!(2027-01-01 00:00 UTC);
+    let agreement = fx.agreement(&terms, &[AARHUS, VEJLE]);
+    for code in [AARHUS, VEJLE] {
+        fx.import_agreement(code, &agreement.to_bytes())
+            .await
+            .unwrap_or_else(|s| panic!("{code} imports the agreement: {s:?}"));
+    }
+    let vejle = fx.node(VEJLE);
+    let base = vejle.running.http_endpoint().expect("the HTTP API is on");
+    let token = vejle.admin_token.to_string();
+    let pm25 = readings
+        .iter()
+        .filter(|r| r.values.contains_key("pm2_5"))
+        .count();
+    let question = format!("/api/v1/ask/readings?partner={AARHUS}&{RANGE}&measure=pm2_5");
+
+    // JSON: one object with the rows, the statuses and the summary.
+    let answer = get(&base, &question, Some(&token)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let answer = answer.json();
+    let rows = answer["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), pm25);
+    for row in rows {
+        assert_eq!(row["municipality"], AARHUS);
+        assert_eq!(row["dataset"], AIR);
+        assert_eq!(row["name"], "Aarhus Kommune");
+        assert_eq!(row["agreement"], agreement.id().to_string());
+        assert!(row["values"]["pm2_5"].is_f64(), "{row}");
+    }
+    let partners = answer["partners"].as_array().expect("partners");
+    assert_eq!(partners.len(), 1, "{partners:?}");
+    assert_eq!(partners[0]["municipality"], AARHUS);
+    assert_eq!(partners[0]["status"], "ok", "{partners:?}");
+    assert_eq!(partners[0]["rows"].as_u64(), Some(pm25 as u64));
+    assert_eq!(answer["summary"]["answered"], 1);
+
+    // CSV: the rows in long form; the statuses as a table of their own.
+    let csv_rows = get(&base, &format!("{question}&format=csv"), Some(&token)).await;
+    assert_eq!(csv_rows.status, StatusCode::OK);
+    let text = csv_rows.text();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("municipality,name,dataset,sensor_id,at,lat,lon,measure,value")
+    );
+    assert_eq!(lines.count(), pm25);
+    let statuses = get(
+        &base,
+        &format!("{question}&format=csv&part=status"),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(statuses.status, StatusCode::OK, "{}", statuses.text());
+    let mut csv = csv::Reader::from_reader(statuses.body.as_ref());
+    assert_eq!(
+        csv.headers()
+            .expect("header")
+            .iter()
+            .take(4)
+            .collect::<Vec<_>>(),
+        vec!["municipality", "name", "dataset", "status"]
+    );
+    let records: Vec<csv::StringRecord> = csv.records().map(|r| r.expect("row")).collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (&records[0][0], &records[0][2], &records[0][3]),
+        ("751", AIR, "ok")
+    );
+
+    fx.shutdown().await;
+}
