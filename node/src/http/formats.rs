@@ -353,7 +353,7 @@ fn join<T: ToString>(items: &[T]) -> String {
         .join(",")
 }
 
-/// A pilot as JSON (the `samvirke pilots list --format json` shape).
+/// A pilot as JSON (the `samvirke records pilots list --format json` shape).
 pub fn pilot_json(pilot: &pb::Pilot) -> Value {
     json!({
         "id": pilot.id,
@@ -411,7 +411,7 @@ fn pilot_cells(pilot: &pb::Pilot) -> Vec<String> {
     ]
 }
 
-/// A procurement as JSON (the `samvirke procurements list --format json`
+/// A procurement as JSON (the `samvirke records procurements list --format json`
 /// shape).
 pub fn procurement_json(p: &pb::Procurement) -> Value {
     json!({

@@ -173,7 +173,7 @@ pub const ASK: &[Param] = &[
     ),
 ];
 
-/// `/api/v1/pilots` (`samvirke pilots list` filters).
+/// `/api/v1/pilots` (`samvirke records pilots list` filters).
 pub const PILOTS: &[Param] = &[
     param("dataset", Kind::Text, "Only records of this dataset."),
     param(
@@ -202,7 +202,7 @@ pub const PILOTS: &[Param] = &[
     FORMAT,
 ];
 
-/// `/api/v1/procurements` (`samvirke procurements list` filters).
+/// `/api/v1/procurements` (`samvirke records procurements list` filters).
 pub const PROCUREMENTS: &[Param] = &[
     param("dataset", Kind::Text, "Only records of this dataset."),
     param(
