@@ -773,6 +773,21 @@ roles = ["admin"]
     }
 
     #[test]
+    fn the_http_api_is_off_unless_configured() {
+        let dir = node_dir();
+        let path = dir.path().join("node.toml");
+        let config = Config::from_toml(&path, &text("")).expect("loads");
+        assert!(config.http.is_none());
+        let on = format!("{}\n[http]\nlisten = \"127.0.0.1:7081\"\n", text(""));
+        let config = Config::from_toml(&path, &on).expect("loads");
+        let http = config.http.expect("on");
+        assert_eq!((http.listen.port(), http.tls), (7081, false));
+        let bad = on.replace("127.0.0.1:7081", "nowhere");
+        let err = Config::from_toml(&path, &bad).expect_err("bad address");
+        assert!(err.to_string().contains("key `http.listen`"), "{err}");
+    }
+
+    #[test]
     fn a_missing_key_file_names_the_key_and_the_file() {
         let dir = node_dir();
         std::fs::remove_file(dir.path().join("node.key")).expect("rm");

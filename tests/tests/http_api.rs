@@ -13,7 +13,8 @@
 //!   parameter, 404 for an unknown dataset, all with a JSON `error`;
 //! - the OpenAPI document parses and lists every route;
 //! - a federated question over two nodes: the partner's rows, tagged, and
-//!   its `ok` status, as JSON and as CSV (`part=status` for the statuses).
+//!   its `ok` status, as JSON, NDJSON, GeoJSON and CSV (`part=status` for
+//!   the statuses).
 
 use std::time::Duration;
 
@@ -498,6 +499,31 @@ async fn a_federated_question_over_http_returns_the_partners_rows_and_statuses()
     assert_eq!(partners[0]["status"], "ok", "{partners:?}");
     assert_eq!(partners[0]["rows"].as_u64(), Some(pm25 as u64));
     assert_eq!(answer["summary"]["answered"], 1);
+
+    // NDJSON: the rows, then one line per partner, then the summary.
+    let ndjson = get(&base, &format!("{question}&format=ndjson"), Some(&token)).await;
+    assert_eq!(ndjson.status, StatusCode::OK, "{}", ndjson.text());
+    let lines: Vec<Value> = ndjson
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), pm25 + 2);
+    assert_eq!(lines[pm25 - 1]["municipality"], AARHUS);
+    assert_eq!(lines[pm25]["partner"]["status"], "ok");
+    assert_eq!(lines[pm25 + 1]["summary"]["answered"], 1);
+
+    // GeoJSON: the located rows as points, the statuses beside them.
+    let geo = get(&base, &format!("{question}&format=geojson"), Some(&token)).await;
+    assert_eq!(geo.status, StatusCode::OK, "{}", geo.text());
+    let geo = geo.json();
+    let located = readings
+        .iter()
+        .filter(|r| r.values.contains_key("pm2_5") && r.location.is_some())
+        .count();
+    assert_eq!(geo["features"].as_array().map(Vec::len), Some(located));
+    assert_eq!(geo["features"][0]["properties"]["municipality"], AARHUS);
+    assert_eq!(geo["partners"][0]["status"], "ok");
 
     // CSV: the rows in long form; the statuses as a table of their own.
     let csv_rows = get(&base, &format!("{question}&format=csv"), Some(&token)).await;
