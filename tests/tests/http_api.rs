@@ -14,7 +14,11 @@
 //! - the OpenAPI document parses and lists every route;
 //! - a federated question over two nodes: the partner's rows, tagged, and
 //!   its `ok` status, as JSON, NDJSON, GeoJSON and CSV (`part=status` for
-//!   the statuses).
+//!   the statuses);
+//! - a token at its call limit (an answer it does not read) gets 429 with
+//!   `Retry-After`, and may call again once that reader has gone;
+//! - with `http.tls = true` the API answers HTTP/1.1 over TLS (the ALPN
+//!   spreadsheet tools offer), verified against the development CA.
 
 use std::time::Duration;
 
@@ -559,4 +563,206 @@ async fn a_federated_question_over_http_returns_the_partners_rows_and_statuses()
     );
 
     fx.shutdown().await;
+}
+
+/// Provisions and starts a node of Aarhus in `dir` with a certificate
+/// from `ca` and `extra` appended to its config; returns it and its admin
+/// token.
+async fn provision(
+    dir: &std::path::Path,
+    ca: &DevCa,
+    extra: &str,
+) -> (samvirke_node::server::RunningNode, String) {
+    use samvirke_node::config::Config;
+    use samvirke_node::pki::loopback_hosts;
+    use samvirke_node::provision::{NodeSpec, init_node_dir, install_dev_certificate};
+    use samvirke_node::server::{Listeners, Node};
+
+    let name = samvirke_node::fixtures::municipality(AARHUS)
+        .expect("a fixture municipality")
+        .name;
+    let made = init_node_dir(
+        dir,
+        &NodeSpec {
+            municipality_code: AARHUS,
+            municipality_name: name.clone(),
+            peer_listen: "127.0.0.1:0".to_string(),
+            local_listen: "127.0.0.1:0".to_string(),
+            advertised_endpoint: None,
+        },
+    )
+    .expect("init");
+    install_dev_certificate(dir, &name, ca, &loopback_hosts()).expect("certificate");
+    let mut text = std::fs::read_to_string(&made.config_path).expect("config");
+    text.push_str(extra);
+    std::fs::write(&made.config_path, text).expect("write config");
+    let config = Config::load(&made.config_path).expect("config loads");
+    let node = Node::open(config.clone()).expect("open");
+    let running = node.spawn(Listeners::bind(&config).await.expect("bind"));
+    (running, made.admin_token.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_over_its_call_limit_gets_429_until_its_answer_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = DevCa::generate("HTTP API limits test CA").expect("CA");
+    let (running, token) = provision(
+        dir.path(),
+        &ca,
+        "\n[local.limits]\nmax_calls_per_caller = 1\n\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    let base = running.http_endpoint().expect("the HTTP API is on");
+    let mut admin = local_client(&running.local_endpoint(), Some(&token)).await;
+    admin
+        .publish_dataset(wire::dataset_to_proto(
+            &sensor_dataset("air-quality", AARHUS).expect("air-quality dataset"),
+        ))
+        .await
+        .expect("publish");
+    // A few megabytes of JSON: more than the sockets and the answer's
+    // chunks in flight hold, so an answer nobody reads stays in progress.
+    let readings: Vec<Reading> = generate(
+        "air-quality",
+        AARHUS,
+        40,
+        FROM,
+        datetime!(2026-03-05 00:00 UTC),
+        0x6c69_6d69,
+    )
+    .expect("generate")
+    .collect();
+    ingest(&mut admin, ingest_batches(AIR, &readings, 2000))
+        .await
+        .expect("ingest");
+    drop(admin);
+
+    // A client that asks and then reads (almost) nothing.
+    let address = running.http_addr.expect("bound");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let mut stalled = socket.connect(address).await.expect("connect");
+    stalled
+        .write_all(
+            format!(
+                "GET /api/v1/datasets/{AIR}/readings?from=2026-03-01&until=2026-03-05 HTTP/1.1\r\n\
+                 host: {address}\r\nauthorization: Bearer {token}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send the request");
+    let mut start = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut start))
+        .await
+        .expect("the answer starts")
+        .expect("read");
+    assert!(
+        start[..read].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&start[..read])
+    );
+
+    // The token's one call is in progress: the next is refused at once.
+    let refused = get(&base, "/api/v1/datasets", Some(&token)).await;
+    refused.assert_error(StatusCode::TOO_MANY_REQUESTS, &["too many calls"]);
+    assert!(refused.headers.contains_key("retry-after"));
+
+    // The reader goes away: its answer ends, and the token may call again.
+    drop(stalled);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = get(&base, "/api/v1/datasets", Some(&token)).await;
+        if again.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(
+            again.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            again.text()
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call limit is released once the reader has gone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_http_api_answers_http_1_1() {
+    use rustls::pki_types::pem::PemObject;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = DevCa::generate("HTTP API TLS test CA").expect("CA");
+    let (running, admin_token) = provision(
+        dir.path(),
+        &ca,
+        "\n[http]\nlisten = \"127.0.0.1:0\"\ntls = true\n",
+    )
+    .await;
+    let endpoint = running.http_endpoint().expect("the HTTP API is on");
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    let address = running.http_addr.expect("bound");
+
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in
+        rustls::pki_types::CertificateDer::pem_slice_iter(ca.certificate_pem().as_bytes())
+    {
+        roots.add(certificate.expect("CA PEM")).expect("a root");
+    }
+    let mut client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(address).await.expect("TCP");
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+            .connect(
+                rustls::pki_types::ServerName::IpAddress(address.ip().into()),
+                tcp,
+            )
+            .await
+            .expect("the TLS handshake succeeds with ALPN http/1.1");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .expect("HTTP/1.1");
+        tokio::spawn(connection);
+        let response = sender
+            .send_request(
+                http::Request::get("/api/v1/datasets")
+                    .header("host", address.to_string())
+                    .header("authorization", format!("Bearer {}", admin_token))
+                    .body(Empty::<Bytes>::new())
+                    .expect("request"),
+            )
+            .await
+            .expect("an answer");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, body)
+    };
+    let (status, body) = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("answers within 30 s");
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(&body[..], b"[]", "an empty catalog");
+    running.shutdown().await.expect("clean shutdown");
 }
