@@ -8,7 +8,7 @@ use std::io;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -65,7 +65,8 @@ fn call<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
     request
 }
 
-/// Refuses a caller without a token holding `role`, before anything else.
+/// Refuses a caller without a token holding the read role, before
+/// anything else.
 fn admit(api: &HttpApi, headers: &HeaderMap, method: &'static str) -> Result<(), ApiError> {
     api.local
         .authenticate(&call(headers, ()), Role::Read, method)
@@ -73,19 +74,23 @@ fn admit(api: &HttpApi, headers: &HeaderMap, method: &'static str) -> Result<(),
         .map_err(ApiError::from)
 }
 
+/// A response of `format` with `body`.
+fn respond(format: Format, body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    // Answers change as data arrives; a proxy or a tool must not replay
+    // an old one (or one made for another token).
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 /// A whole body in `format`.
 fn whole(format: Format, body: Bytes) -> Response {
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(format.content_type()),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        body,
-    )
-        .into_response()
+    respond(format, Body::from(body))
 }
 
 /// A streamed body in `format`: the pieces as they come. An answer cut
@@ -97,7 +102,7 @@ fn streamed(
     pieces: impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
 ) -> Response {
     let pieces = pieces.filter(|piece| std::future::ready(!matches!(piece, Ok(b) if b.is_empty())));
-    whole(format, Bytes::new()).map(|_| Body::from_stream(pieces))
+    respond(format, Body::from_stream(pieces))
 }
 
 fn cut(status: &tonic::Status) -> io::Error {
