@@ -66,6 +66,17 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     log: RawLog,
+    /// Absent: no HTTP API.
+    #[serde(default)]
+    http: Option<RawHttp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+    #[serde(default)]
+    tls: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +236,17 @@ pub struct Config {
     pub audit: AuditConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    /// `[http]`: the HTTP API for analysts' tools; `None` when off.
+    pub http: Option<HttpConfig>,
+}
+
+/// `[http]`: the HTTP API for analysts' tools, on a listener of its own.
+/// It takes the local API's tokens and `[local.limits]`.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Serve over TLS with the node's certificate.
+    pub tls: bool,
 }
 
 /// `[store]`: the embedded store.
@@ -434,6 +456,13 @@ impl Checker<'_> {
             log: LogConfig {
                 format: raw.log.format,
                 level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+            },
+            http: match raw.http {
+                None => None,
+                Some(http) => Some(HttpConfig {
+                    listen: self.address("http.listen", &http.listen)?,
+                    tls: http.tls,
+                }),
             },
         })
     }
@@ -762,6 +791,7 @@ roles = ["admin"]
         let text = include_str!("../../deploy/node.example.toml");
         let raw: RawConfig = toml::from_str(text).expect("deploy/node.example.toml parses");
         assert_eq!(raw.local.tokens.len(), 2);
+        assert!(raw.http.is_some(), "the [http] section is documented");
     }
 
     #[test]
@@ -795,6 +825,21 @@ roles = ["admin"]
         let zero = format!("{}\n[store]\ncache_mib = 0\n", text(""));
         let err = Config::from_toml(&path, &zero).expect_err("no cache");
         assert!(err.to_string().contains("key `store.cache_mib`"), "{err}");
+    }
+
+    #[test]
+    fn the_http_api_is_off_unless_configured() {
+        let dir = node_dir();
+        let path = dir.path().join("node.toml");
+        let config = Config::from_toml(&path, &text("")).expect("loads");
+        assert!(config.http.is_none());
+        let on = format!("{}\n[http]\nlisten = \"127.0.0.1:7081\"\n", text(""));
+        let config = Config::from_toml(&path, &on).expect("loads");
+        let http = config.http.expect("on");
+        assert_eq!((http.listen.port(), http.tls), (7081, false));
+        let bad = on.replace("127.0.0.1:7081", "nowhere");
+        let err = Config::from_toml(&path, &bad).expect_err("bad address");
+        assert!(err.to_string().contains("key `http.listen`"), "{err}");
     }
 
     #[test]

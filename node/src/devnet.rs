@@ -92,8 +92,9 @@ impl DevFederation {
                     path: made.config_path.clone(),
                     source,
                 })?;
+            // Development nodes serve the HTTP API too, on a port of their own.
             text.push_str(&format!(
-                "\n[governance]\nsync_interval_secs = {DEV_SYNC_INTERVAL_SECS}\n"
+                "\n[governance]\nsync_interval_secs = {DEV_SYNC_INTERVAL_SECS}\n\n[http]\nlisten = \"127.0.0.1:0\"\n"
             ));
             std::fs::write(&made.config_path, text).map_err(|source| ConfigError::Read {
                 path: made.config_path.clone(),

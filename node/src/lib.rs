@@ -20,6 +20,8 @@
 //! - [`proof`]: signed requests, replay protection and signed receipts;
 //! - [`audit`]: the hash-chained audit log, checkpoints, offline verification;
 //! - [`local`]: the bearer-token local service for the municipality's own users;
+//! - [`http`]: the same local API as JSON, CSV and GeoJSON over HTTP for
+//!   analysts' tools (optional `[http]` listener);
 //! - [`transport`]: accepting connections within limits, TLS handshakes,
 //!   idle timeouts, and concurrent calls per caller;
 //! - [`server`]: wiring both listeners, health, reflection and shutdown;
@@ -46,6 +48,7 @@ pub mod federate;
 pub mod fixtures;
 pub mod governance;
 pub mod health;
+pub mod http;
 pub mod identity;
 pub mod local;
 pub mod partners;

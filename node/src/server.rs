@@ -1,5 +1,5 @@
 //! Wiring: a [`Node`] opens its identity and store, binds its two
-//! listeners and serves until told to stop.
+//! listeners (three with the HTTP API) and serves until told to stop.
 //!
 //! - The **peer listener** speaks only mutual TLS. The client must present
 //!   a certificate chaining to `peer.trust_roots`; a missing certificate, a
@@ -7,6 +7,9 @@
 //!   before any gRPC code runs.
 //! - The **local listener** serves the municipality's own users and apps
 //!   with bearer tokens (optionally over server-side TLS).
+//! - The optional **HTTP listener** (`[http]`) serves the same local API
+//!   to analysts' tools as JSON and CSV ([`crate::http`]), with the same
+//!   tokens, connection limits and per-token call limits.
 //!
 //! Both listeners accept connections through [`crate::transport`] (limits,
 //! handshake and idle timeouts) and serve HTTP/2 with bounded streams per
@@ -104,11 +107,13 @@ pub enum NodeError {
     },
 }
 
-/// The two bound sockets a node serves on.
+/// The bound sockets a node serves on.
 #[derive(Debug)]
 pub struct Listeners {
     pub peer: TcpListener,
     pub local: TcpListener,
+    /// The HTTP API's, when `[http]` is configured.
+    pub http: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -126,6 +131,10 @@ impl Listeners {
         Ok(Listeners {
             peer: bind("peer", config.peer.listen).await?,
             local: bind("local", config.local.listen).await?,
+            http: match &config.http {
+                Some(http) => Some(bind("http", http.listen).await?),
+                None => None,
+            },
         })
     }
 
@@ -238,7 +247,22 @@ impl Node {
                  or bind it to 127.0.0.1 so bearer tokens do not cross the network in clear"
             );
         }
-        let listener_info = vec![
+        let http_tls = self.config.http.as_ref().is_some_and(|h| h.tls);
+        let http_address = listeners.http.as_ref().map(Listeners::address);
+        if let Some(http) = &listeners.http
+            && !http_tls
+            && !http
+                .local_addr()
+                .map(|a| a.ip().is_loopback())
+                .unwrap_or(false)
+        {
+            tracing::warn!(
+                address = %Listeners::address(http),
+                "HTTP API is plaintext on a non-loopback address; set http.tls = true or bind \
+                 it to 127.0.0.1 so bearer tokens do not cross the network in clear"
+            );
+        }
+        let mut listener_info = vec![
             ListenerInfo {
                 name: "peer".into(),
                 address: peer_address.clone(),
@@ -250,6 +274,18 @@ impl Node {
                 security: local_security.into(),
             },
         ];
+        if let Some(address) = &http_address {
+            listener_info.push(ListenerInfo {
+                name: "http".into(),
+                address: address.clone(),
+                security: if http_tls {
+                    "tls+bearer"
+                } else {
+                    "plaintext+bearer"
+                }
+                .into(),
+            });
+        }
 
         let (peer_health, peer_health_service) = ListenerHealth::new(PEER_SERVICE_NAME);
         let (local_health, local_health_service) = ListenerHealth::new(LOCAL_SERVICE_NAME);
@@ -304,7 +340,7 @@ impl Node {
             answer_limits(&peer_limits),
             accounts,
         );
-        let local_service = LocalService::new(
+        let local_service = Arc::new(LocalService::new(
             Arc::clone(&self.identity),
             Arc::new(TokenRegistry::new(&self.config.local.tokens)),
             Arc::clone(&self.store),
@@ -319,7 +355,7 @@ impl Node {
             answer_limits(&local_limits),
             federation,
             Arc::clone(&self.audit),
-        );
+        ));
         let anti_entropy = tokio::spawn(sync::run(
             Arc::clone(&self.registry),
             partners,
@@ -377,8 +413,39 @@ impl Node {
             .add_service(local_health_service)
             .add_service(local_reflection)
             .add_service(local_reflection_v1alpha)
-            .add_service(LocalServer::new(local_service))
+            .add_service(LocalServer::from_arc(Arc::clone(&local_service)))
             .serve_with_incoming_shutdown(local_incoming, stop.clone().cancelled_owned());
+
+        // The HTTP API calls the same local service in-process, so tokens,
+        // roles, per-token call limits and audit entries are the gRPC ones.
+        let http_server = match listeners.http {
+            None => None,
+            Some(listener) => {
+                let security = if http_tls {
+                    transport::http_tls(&self.identity.tls).map_err(|source| {
+                        NodeError::TlsSetup {
+                            listener: "http",
+                            source,
+                        }
+                    })?
+                } else {
+                    Security::Plaintext
+                };
+                let incoming = transport::serve_incoming(
+                    "http",
+                    listener,
+                    security,
+                    listener_limits(&local_limits, self.config.local.handshake_timeout),
+                    stop.clone(),
+                );
+                Some(crate::http::serve(
+                    incoming,
+                    crate::http::HttpApi::new(Arc::clone(&local_service), local_limits),
+                    self.config.local.handshake_timeout,
+                    stop.clone(),
+                ))
+            }
+        };
 
         tracing::info!(
             municipality = self.identity.municipality_code,
@@ -386,6 +453,7 @@ impl Node {
             node_id = %self.identity.node_id,
             peer = %peer_address,
             local = %local_address,
+            http = %http_address.as_deref().unwrap_or("off"),
             tls_fingerprint = %self.identity.tls.fingerprint,
             "samvirke node serving"
         );
@@ -401,7 +469,17 @@ impl Node {
         // node stops as a whole rather than running half-deaf.
         let peer_server = async { peer_server.await.map_err(serve_error("peer")) };
         let local_server = async { local_server.await.map_err(serve_error("local")) };
-        let serving = async { tokio::try_join!(peer_server, local_server).map(|_| ()) };
+        let http_server = async {
+            match http_server {
+                Some(server) => server.await.map_err(|reason| NodeError::Serve {
+                    listener: "http",
+                    reason,
+                }),
+                None => Ok(()),
+            }
+        };
+        let serving =
+            async { tokio::try_join!(peer_server, local_server, http_server).map(|_| ()) };
         tokio::pin!(serving);
         let served = tokio::select! {
             result = &mut serving => result,
@@ -436,6 +514,8 @@ impl Node {
     pub fn spawn(self, listeners: Listeners) -> RunningNode {
         let peer_addr = listeners.peer.local_addr().ok();
         let local_addr = listeners.local.local_addr().ok();
+        let http_addr = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
+        let http_tls = self.config.http.as_ref().is_some_and(|h| h.tls);
         let identity = Arc::clone(&self.identity);
         let registry = Arc::clone(&self.registry);
         let audit = Arc::clone(&self.audit);
@@ -449,6 +529,8 @@ impl Node {
             registry,
             audit,
             local_tls,
+            http_addr,
+            http_tls,
             stop,
             task,
         }
@@ -492,6 +574,9 @@ pub struct RunningNode {
     pub registry: Arc<Registry>,
     pub audit: Arc<AuditLog>,
     local_tls: bool,
+    /// The HTTP API's bound address, when `[http]` is configured.
+    pub http_addr: Option<SocketAddr>,
+    http_tls: bool,
     stop: CancellationToken,
     task: JoinHandle<Result<(), NodeError>>,
 }
@@ -507,6 +592,13 @@ impl RunningNode {
     pub fn local_endpoint(&self) -> String {
         let scheme = if self.local_tls { "https" } else { "http" };
         format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// The HTTP API's base URL (`http://127.0.0.1:PORT`, or `https://`
+    /// with `http.tls`), when it is on.
+    pub fn http_endpoint(&self) -> Option<String> {
+        let scheme = if self.http_tls { "https" } else { "http" };
+        self.http_addr.map(|a| format!("{scheme}://{a}"))
     }
 
     /// Stops the node and waits until it has drained.

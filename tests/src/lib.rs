@@ -353,7 +353,7 @@ pub struct StartedNode {
 
 /// Provisions a node for `code` in `dir` with a certificate from `ca`, adds
 /// one `[[local.tokens]]` entry per `(name, roles)` in `extra_tokens`, and
-/// starts it on `127.0.0.1:0`.
+/// starts it on `127.0.0.1:0` (with the HTTP API on).
 pub async fn start_node(
     dir: &Path,
     ca: &DevCa,
@@ -388,6 +388,8 @@ pub async fn start_node(
         ));
         secrets.push(token.secret.to_string());
     }
+    // The HTTP API for analysts' tools, on a port of its own.
+    text.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n");
     std::fs::write(dir.join(CONFIG_FILE), text).expect("write node.toml");
 
     let config = Config::load(&made.config_path).expect("the config loads");

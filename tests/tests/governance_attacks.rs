@@ -269,6 +269,7 @@ async fn restart(fx: &mut GovernanceFixture, code: u32) {
         local: tokio::net::TcpListener::bind(local)
             .await
             .expect("local port"),
+        http: None,
     };
     fx.fed.nodes.insert(
         at,

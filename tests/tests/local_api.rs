@@ -161,11 +161,16 @@ async fn status_with_the_admin_token_reports_identity_listeners_and_store() {
             .collect();
         let peer_addr = running.peer_addr.to_string();
         let local_addr = running.local_addr.to_string();
+        let http_addr = running
+            .http_addr
+            .map(|a| a.to_string())
+            .expect("start_node turns the HTTP API on");
         assert_eq!(
             listeners,
             vec![
                 ("peer", peer_addr.as_str(), "mtls"),
                 ("local", local_addr.as_str(), "plaintext+bearer"),
+                ("http", http_addr.as_str(), "plaintext+bearer"),
             ]
         );
         assert_ne!(

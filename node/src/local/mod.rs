@@ -125,6 +125,19 @@ impl LocalService {
             })
     }
 
+    /// Checks the caller's token holds `role` for `method`, without
+    /// taking a place under the call limits (the call itself does): for
+    /// front ends that must refuse a caller before reading its request,
+    /// such as the HTTP API ([`crate::http`]).
+    pub(crate) fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        role: Role,
+        method: &'static str,
+    ) -> Result<Arc<Principal>, Status> {
+        Ok(self.tokens.authorize(request, role, method)?)
+    }
+
     /// Checks the caller's token holds `role` for `method`, and takes the
     /// call's place under the per-token limits. A token holding the
     /// `admin` role leaves an audit entry for every call it makes (calls

@@ -102,7 +102,7 @@ pub fn mutual_tls(tls: &TlsMaterial) -> Result<Security, TlsSetupError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError(e.to_string()))?
         .with_client_cert_verifier(verifier);
-    finish(config, tls)
+    finish(config, tls, &[b"h2"])
 }
 
 /// Server-side TLS without client certificates (the local listener with
@@ -113,12 +113,25 @@ pub fn server_tls(tls: &TlsMaterial) -> Result<Security, TlsSetupError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError(e.to_string()))?
         .with_no_client_auth();
-    finish(config, tls)
+    finish(config, tls, &[b"h2"])
+}
+
+/// Server-side TLS for the HTTP API (`http.tls = true`): like
+/// [`server_tls`], but HTTP/1.1 is offered next to HTTP/2, since
+/// spreadsheet and dashboard tools often speak only HTTP/1.1.
+pub fn http_tls(tls: &TlsMaterial) -> Result<Security, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError(e.to_string()))?
+        .with_no_client_auth();
+    finish(config, tls, &[b"h2", b"http/1.1"])
 }
 
 fn finish(
     config: rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>,
     tls: &TlsMaterial,
+    alpn: &[&[u8]],
 ) -> Result<Security, TlsSetupError> {
     let chain = CertificateDer::pem_slice_iter(tls.certificate_chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -128,7 +141,7 @@ fn finish(
     let mut config = config
         .with_single_cert(chain, key)
         .map_err(|e| TlsSetupError(format!("certificate and key: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Security::Tls(TlsAcceptor::from(Arc::new(config))))
 }
 
