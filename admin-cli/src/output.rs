@@ -13,13 +13,17 @@
 
 use std::io::{self, Write};
 
+/// The JSON shapes of rows, shared with the node's HTTP API so that both
+/// give analysts the same documents.
+pub use samvirke_node::http::formats::{
+    bucket_json, dataset_json, measures, pilot_json, procurement_json, reading_feature,
+    reading_json,
+};
+
 use anyhow::Context;
 use clap::ValueEnum;
-use samvirke_proto::v1::{
-    Bucket, Dataset, PartialDate, Pilot, PilotPhase, Procedure, Procurement, ProcurementStatus,
-    Reading,
-};
-use serde_json::{Map, Value, json};
+use samvirke_proto::v1::{Bucket, PartialDate, Pilot, PilotPhase, Procedure, Procurement, Reading};
+use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -259,53 +263,6 @@ impl<W: Write> ReadingCsv<W> {
     }
 }
 
-/// A JSON number, or null for a value JSON cannot carry (NaN, infinity).
-fn number(value: f64) -> Value {
-    serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
-}
-
-/// A reading in the ingest JSON shape.
-pub fn reading_json(reading: &Reading) -> Value {
-    let mut object = Map::new();
-    object.insert("sensor_id".into(), json!(reading.sensor_id));
-    object.insert("at".into(), json!(show_timestamp(reading.at.as_ref())));
-    object.insert("values".into(), values_json(reading));
-    if let Some(location) = reading.location {
-        object.insert("lat".into(), number(location.lat));
-        object.insert("lon".into(), number(location.lon));
-    }
-    Value::Object(object)
-}
-
-/// A reading's values, sorted by measure name.
-fn values_json(reading: &Reading) -> Value {
-    let mut values: Vec<(&String, &f64)> = reading.values.iter().collect();
-    values.sort_by(|a, b| a.0.cmp(b.0));
-    Value::Object(
-        values
-            .into_iter()
-            .map(|(name, value)| (name.clone(), number(*value)))
-            .collect(),
-    )
-}
-
-/// A reading as a GeoJSON Point feature, if it has a location.
-pub fn reading_feature(reading: &Reading) -> Option<Value> {
-    let location = reading.location?;
-    Some(json!({
-        "type": "Feature",
-        "geometry": {
-            "type": "Point",
-            "coordinates": [number(location.lon), number(location.lat)],
-        },
-        "properties": {
-            "sensor_id": reading.sensor_id,
-            "at": show_timestamp(reading.at.as_ref()),
-            "values": values_json(reading),
-        },
-    }))
-}
-
 /// Columns of the bucket table and CSV.
 pub const BUCKET_COLUMNS: [&str; 9] = [
     "start",
@@ -340,64 +297,7 @@ pub fn bucket_cells(bucket: &Bucket, show: fn(f64) -> String) -> Vec<String> {
     ]
 }
 
-/// A bucket as JSON; `sensor_id` is null when grouped over all sensors.
-pub fn bucket_json(bucket: &Bucket) -> Value {
-    json!({
-        "start": show_timestamp(bucket.start.as_ref()),
-        "sensor_id": if bucket.sensor_id.is_empty() { Value::Null } else { json!(bucket.sensor_id) },
-        "measure": bucket.measure,
-        "count": bucket.count,
-        "min": bucket.min.map(number).unwrap_or(Value::Null),
-        "max": bucket.max.map(number).unwrap_or(Value::Null),
-        "avg": number(bucket.avg),
-        "sum": number(bucket.sum),
-        "distinct_sensors": bucket.distinct_sensors,
-    })
-}
-
 // ---- Catalog and records ---------------------------------------------------------------
-
-/// A dataset's measures: its `number` fields, in schema order.
-pub fn measures(dataset: &Dataset) -> Vec<String> {
-    dataset
-        .schema
-        .iter()
-        .filter(|f| f.r#type == "number")
-        .map(|f| f.name.clone())
-        .collect()
-}
-
-/// A dataset as JSON, with the proto's field names.
-pub fn dataset_json(dataset: &Dataset) -> Value {
-    json!({
-        "id": dataset.id,
-        "title": dataset.title,
-        "description": dataset.description,
-        "kind": dataset.kind,
-        "owner": dataset.owner,
-        "theme": dataset.theme,
-        "keywords": dataset.keywords,
-        "license": dataset.license,
-        "spatial": dataset.spatial.map(|b| json!({
-            "min_lat": number(b.min_lat),
-            "min_lon": number(b.min_lon),
-            "max_lat": number(b.max_lat),
-            "max_lon": number(b.max_lon),
-        })),
-        "temporal": dataset.temporal.as_ref().map(|t| json!({
-            "from": t.from.as_ref().map(|ts| show_timestamp(Some(ts))),
-            "until": t.until.as_ref().map(|ts| show_timestamp(Some(ts))),
-        })),
-        "classification": dataset.classification,
-        "schema": dataset.schema.iter().map(|f| json!({
-            "name": f.name,
-            "type": f.r#type,
-            "unit": f.unit,
-            "personal": f.personal,
-        })).collect::<Vec<_>>(),
-        "update_interval_seconds": dataset.update_interval_seconds,
-    })
-}
 
 /// A partial date as `2023`, `2023-05` or `2023-05-17`; empty when unset.
 pub fn show_date(date: Option<&PartialDate>) -> String {
@@ -409,13 +309,6 @@ pub fn show_date(date: Option<&PartialDate>) -> String {
             (m, 0) => format!("{}-{m:02}", d.year),
             (m, d2) => format!("{}-{m:02}-{d2:02}", d.year),
         },
-    }
-}
-
-fn date_json(date: Option<&PartialDate>) -> Value {
-    match show_date(date) {
-        text if text.is_empty() => Value::Null,
-        text => json!(text),
     }
 }
 
@@ -434,15 +327,6 @@ pub fn procedure_name(procedure: i32) -> String {
         Procedure::try_from(procedure).map(|p| p.as_str_name()),
         "PROCEDURE_",
         procedure,
-    )
-}
-
-/// A procurement status in lowercase words (`in-tender`).
-pub fn status_name(status: i32) -> String {
-    enum_name(
-        ProcurementStatus::try_from(status).map(|s| s.as_str_name()),
-        "PROCUREMENT_STATUS_",
-        status,
     )
 }
 
@@ -493,33 +377,6 @@ pub fn pilot_cells(pilot: &Pilot) -> Vec<String> {
     ]
 }
 
-/// A pilot as JSON, with the proto's field names.
-pub fn pilot_json(pilot: &Pilot) -> Value {
-    json!({
-        "id": pilot.id,
-        "dataset_id": pilot.dataset_id,
-        "title": pilot.title,
-        "owner": pilot.owner,
-        "municipalities": pilot.municipalities,
-        "phase": phase_name(pilot.phase),
-        "technology": pilot.technology,
-        "started": date_json(pilot.started.as_ref()),
-        "ended": date_json(pilot.ended.as_ref()),
-        "budget_dkk": pilot.budget_dkk,
-        "kpis": pilot.kpis.iter().map(|k| json!({
-            "name": k.name,
-            "value": number(k.value),
-            "unit": k.unit,
-        })).collect::<Vec<_>>(),
-        "findings": pilot.findings,
-        "attachments": pilot.attachments.iter().map(|a| json!({
-            "name": a.name,
-            "sha256": a.sha256,
-            "media_type": a.media_type,
-        })).collect::<Vec<_>>(),
-    })
-}
-
 /// Columns of the procurements table.
 pub const PROCUREMENT_COLUMNS: [&str; 8] = [
     "id",
@@ -565,35 +422,6 @@ pub fn procurement_cells(procurement: &Procurement) -> Vec<String> {
         show_date(procurement.awarded.as_ref()),
         procurement.complaints.len().to_string(),
     ]
-}
-
-/// A procurement as JSON, with the proto's field names.
-pub fn procurement_json(procurement: &Procurement) -> Value {
-    json!({
-        "id": procurement.id,
-        "dataset_id": procurement.dataset_id,
-        "title": procurement.title,
-        "buyer_municipalities": procurement.buyer_municipalities,
-        "buyer_fellowship": procurement.buyer_fellowship,
-        "buyer_organisation": procurement.buyer_organisation,
-        "buyer_count": procurement.buyer_count,
-        "procedure": procedure_name(procurement.procedure),
-        "procedure_detail": procurement.procedure_detail,
-        "cpv_codes": procurement.cpv_codes,
-        "suppliers": procurement.suppliers,
-        "value_dkk": procurement.value_dkk,
-        "awarded": date_json(procurement.awarded.as_ref()),
-        "contract_start": date_json(procurement.contract_start.as_ref()),
-        "contract_end": date_json(procurement.contract_end.as_ref()),
-        "bids": procurement.bids,
-        "complaints": procurement.complaints.iter().map(|c| json!({
-            "body": c.body,
-            "summary": c.summary,
-            "outcome": c.outcome,
-        })).collect::<Vec<_>>(),
-        "status": status_name(procurement.status),
-        "notes": procurement.notes,
-    })
 }
 
 #[cfg(test)]
@@ -645,7 +473,6 @@ mod tests {
             procedure_name(Procedure::FrameworkMiniTender as i32),
             "framework-mini-tender"
         );
-        assert_eq!(status_name(ProcurementStatus::InTender as i32), "in-tender");
         assert_eq!(phase_name(99), "unknown(99)");
     }
 }
