@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
 use samvirke_proto::v1::{
-    self as pb, AskRequest, AskRows, AskSource, CombinedBucket, PartnerOutcome, PartnerStatus,
-    ask_event, ask_request,
+    self as pb, AskRequest, AskRows, CombinedBucket, PartnerOutcome, PartnerStatus, ask_event,
+    ask_request,
 };
 use serde_json::{Value, json};
 
@@ -372,17 +372,6 @@ fn rows_of(rows: &AskRows, kind: RowKind, show: fn(f64) -> String) -> Vec<Vec<St
     out
 }
 
-fn source_json(source: &AskSource) -> serde_json::Map<String, Value> {
-    let mut object = serde_json::Map::new();
-    object.insert("municipality".into(), json!(source.municipality));
-    object.insert("name".into(), json!(source.name));
-    object.insert("dataset".into(), json!(source.dataset_id));
-    if !source.agreement_id.is_empty() {
-        object.insert("agreement".into(), json!(source.agreement_id));
-    }
-    object
-}
-
 /// JSON lines of the rows of one event.
 fn json_rows(rows: &AskRows, kind: RowKind) -> Vec<Value> {
     let source = rows.source.clone().unwrap_or_default();
@@ -444,21 +433,8 @@ fn combined_cells(bucket: &CombinedBucket, show: fn(f64) -> String) -> Vec<Strin
     ]
 }
 
-fn combined_json(bucket: &CombinedBucket) -> Value {
-    json!({
-        "combined": true,
-        "municipalities": bucket.municipalities,
-        "start": output::show_timestamp(bucket.start.as_ref()),
-        "measure": bucket.measure,
-        "count": bucket.count,
-        "min": bucket.min,
-        "max": bucket.max,
-        "avg": bucket.avg,
-        "sum": bucket.sum,
-    })
-}
-
 pub use samvirke_node::federate::ask::outcome_word;
+use samvirke_node::http::formats::{combined_json, source_json};
 
 fn status_cells(status: &PartnerStatus) -> Vec<String> {
     vec![

@@ -697,7 +697,7 @@ pub const STATUS_COLUMNS: [&str; 10] = [
     "detail",
 ];
 
-fn source_json(source: &pb::AskSource) -> Map<String, Value> {
+pub fn source_json(source: &pb::AskSource) -> Map<String, Value> {
     let mut object = Map::new();
     object.insert("municipality".into(), json!(source.municipality));
     object.insert("name".into(), json!(source.name));
