@@ -337,6 +337,7 @@ impl PartnerPool {
     pub async fn signed<T: Message>(
         &self,
         method: &str,
+        provider: u32,
         agreement: Uuid,
         message: T,
     ) -> Result<SignedRequest<T>, SignError> {
@@ -347,6 +348,7 @@ impl PartnerPool {
             &self.signer,
             RequestFacts {
                 caller: self.identity.municipality_code,
+                provider,
                 method,
                 digest: &digest,
                 agreement,

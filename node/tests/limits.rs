@@ -232,6 +232,8 @@ fn signed_query(
         key,
         samvirke_node::proof::request::RequestFacts {
             caller: code,
+            // The node under attack, Aarhus.
+            provider: 751,
             method: samvirke_node::peer::QUERY_READINGS,
             digest: &digest,
             agreement: uuid::Uuid::parse_str(agreement).expect("agreement id"),

@@ -162,6 +162,7 @@ impl Target {
                     signer,
                     RequestFacts {
                         caller: peer.code,
+                        provider: peer.provider,
                         method: samvirke_node::peer::CATALOG,
                         digest: &digest,
                         agreement: *agreement,
@@ -466,6 +467,7 @@ fn main() {
                 client: PeerClient::new(to_node.clone()),
                 key: fx.key(code).clone(),
                 code,
+                provider: PROVIDER,
                 clock: fx.clock.clone(),
             };
             let signer = Arc::new(BatchSigner::start(

@@ -986,6 +986,8 @@ pub struct SignedPeer {
     pub client: PeerClient<Channel>,
     pub key: SigningKey,
     pub code: u32,
+    /// The node called (requests are signed for it).
+    pub provider: u32,
     pub clock: SharedClock,
 }
 
@@ -1012,6 +1014,7 @@ impl SignedPeer {
             &self.key,
             samvirke_node::proof::request::RequestFacts {
                 caller: self.code,
+                provider: self.provider,
                 method,
                 digest: &digest,
                 agreement: uuid::Uuid::parse_str(agreement).unwrap_or_default(),
@@ -1129,6 +1132,7 @@ impl GovernanceFixture {
             client,
             key: self.key(caller).clone(),
             code: caller,
+            provider,
             clock: self.clock.clone(),
         }
     }

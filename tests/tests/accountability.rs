@@ -8,7 +8,8 @@
 //!   address the same question is answered;
 //! - signed requests: a replayed request (same signature, same nonce), one
 //!   signed ten minutes ago, one signed as the caller with a key that is
-//!   not the caller's, and one not signed at all are refused (UNAUTHENTICATED), each
+//!   not the caller's, one signed for another provider, and one not signed
+//!   at all are refused (UNAUTHENTICATED), each
 //!   recorded in the provider's audit log with the reason;
 //! - receipts: the receipt of a federated answer, kept by the consumer,
 //!   verifies with the provider's key from the roster; every one-byte
@@ -282,6 +283,7 @@ fn catalog_signed_with(
         key,
         RequestFacts {
             caller: peer.code,
+            provider: peer.provider,
             method: peer::CATALOG,
             digest: &digest,
             agreement: uuid::Uuid::parse_str(agreement).expect("agreement id"),
@@ -340,6 +342,15 @@ async fn replayed_stale_forged_and_unsigned_requests_are_refused_and_audited() {
         &[Code::Unauthenticated],
         &["not valid for the caller's key"],
     );
+    // Signed by Vejle, but for another provider: not a request to Aarhus.
+    let mut elsewhere = vejle.clone();
+    elsewhere.provider = SILKEBORG;
+    let redirected = catalog_signed_with(&elsewhere, &vejle.key, &agreement, fx.clock.now());
+    assert_status(
+        vejle.client.catalog(redirected).await,
+        &[Code::Unauthenticated],
+        &["not valid for the caller's key"],
+    );
     // No signature at all.
     assert_status(
         vejle
@@ -366,10 +377,11 @@ async fn replayed_stale_forged_and_unsigned_requests_are_refused_and_audited() {
     let denied: Vec<&&Entry> = calls.iter().filter(|e| e.outcome == "denied").collect();
     let allowed = calls.iter().filter(|e| e.outcome == "allowed").count();
     assert_eq!(allowed, 2, "{calls:#?}");
-    assert_eq!(denied.len(), 4, "{calls:#?}");
+    assert_eq!(denied.len(), 5, "{calls:#?}");
     for (entry, reason) in denied.iter().zip([
         "replay",
         "away from this node's clock",
+        "not valid for the caller's key",
         "not valid for the caller's key",
         "not signed",
     ]) {

@@ -96,7 +96,7 @@ impl Federation {
         message: T,
     ) -> Result<SignedRequest<T>, Failure> {
         self.pool
-            .signed(method, agreement.id, message)
+            .signed(method, agreement.provider, agreement.id, message)
             .await
             .map_err(|e| Failure::new(PartnerOutcome::Failed, e.to_string()))
     }

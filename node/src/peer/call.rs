@@ -242,6 +242,7 @@ impl Accounts {
             call.method,
             &call.request_digest,
             grant.agreement_id,
+            self.own_code,
             Some(&self.roots),
         )?;
         self.replays.admit(parts, self.clock.now())?;

@@ -7,8 +7,9 @@
 //! `request`, see [`super::batch`]) over the leaf
 //!
 //! ```text
-//! "samvirke/request/v1\0" || method || "\0" || SHA-256(request message)
-//!   || agreement id (16 bytes) || caller code (u32 BE) || time (i64 BE) || nonce
+//! "samvirke/request/v2\0" || method || "\0" || SHA-256(request message)
+//!   || agreement id (16 bytes) || caller code (u32 BE) || provider code (u32 BE)
+//!   || time (i64 BE) || nonce
 //! ```
 //!
 //! The provider recomputes the message digest from the message it decoded,
@@ -44,7 +45,7 @@ use uuid::Uuid;
 use super::batch::{self, BatchError, BatchSigner, VerifiedRoots};
 use crate::store::{Keyspace, Store, StoreError, WriteBatch, WriteOp};
 
-const DOMAIN: &[u8] = b"samvirke/request/v1\0";
+const DOMAIN: &[u8] = b"samvirke/request/v2\0";
 /// The batch-signature domain of requests.
 pub const BATCH_DOMAIN: &str = "request";
 pub const CALLER_HEADER: &str = "samvirke-caller";
@@ -94,22 +95,26 @@ pub struct SignedParts {
     pub signature: pb::BatchSignature,
 }
 
-/// The leaf a request signature covers.
+/// The leaf a request signature covers: also the provider it is sent to,
+/// so a signed request proves whom it was for.
 pub fn signed_message(
     method: &str,
     digest: &[u8; 32],
     agreement: Uuid,
     caller: u32,
+    provider: u32,
     at_ms: i64,
     nonce: &[u8; 16],
 ) -> Vec<u8> {
-    let mut message = Vec::with_capacity(DOMAIN.len() + method.len() + 1 + 32 + 16 + 4 + 8 + 16);
+    let mut message =
+        Vec::with_capacity(DOMAIN.len() + method.len() + 1 + 32 + 16 + 4 + 4 + 8 + 16);
     message.extend_from_slice(DOMAIN);
     message.extend_from_slice(method.as_bytes());
     message.push(0);
     message.extend_from_slice(digest);
     message.extend_from_slice(agreement.as_bytes());
     message.extend_from_slice(&caller.to_be_bytes());
+    message.extend_from_slice(&provider.to_be_bytes());
     message.extend_from_slice(&at_ms.to_be_bytes());
     message.extend_from_slice(nonce);
     message
@@ -119,6 +124,8 @@ pub fn signed_message(
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
     pub caller: u32,
+    /// The node the request is sent to.
+    pub provider: u32,
     pub method: &'a str,
     pub digest: &'a [u8; 32],
     pub agreement: Uuid,
@@ -170,6 +177,7 @@ impl Unsigned {
             facts.digest,
             facts.agreement,
             facts.caller,
+            facts.provider,
             at_ms,
             &nonce,
         );
@@ -262,6 +270,7 @@ pub fn verify(
     method: &str,
     digest: &[u8; 32],
     agreement: Uuid,
+    provider: u32,
     roots: Option<&VerifiedRoots>,
 ) -> Result<(), RequestError> {
     let message = signed_message(
@@ -269,6 +278,7 @@ pub fn verify(
         digest,
         agreement,
         parts.caller,
+        provider,
         parts.at_ms,
         &parts.nonce,
     );
@@ -445,6 +455,7 @@ mod tests {
         let digest = [9u8; 32];
         let facts = RequestFacts {
             caller: 630,
+            provider: 751,
             method: METHOD,
             digest: &digest,
             agreement,
@@ -455,22 +466,24 @@ mod tests {
         assert_eq!(parts.caller, 630);
         let vk = key.verifying_key();
         assert_eq!(
-            verify(&parts, &vk, METHOD, &digest, agreement, None),
+            verify(&parts, &vk, METHOD, &digest, agreement, 751, None),
             Ok(())
         );
+        // Sent to another provider: not this request.
+        assert!(verify(&parts, &vk, METHOD, &digest, agreement, 740, None).is_err());
         for (method, digest, agreement) in [
             ("/samvirke.v1.Peer/ListPilots", digest, agreement),
             (METHOD, [8u8; 32], agreement),
             (METHOD, digest, Uuid::from_u128(8)),
         ] {
-            assert!(verify(&parts, &vk, method, &digest, agreement, None).is_err());
+            assert!(verify(&parts, &vk, method, &digest, agreement, 751, None).is_err());
         }
         let mut other = parts.clone();
         other.caller = 751;
-        assert!(verify(&other, &vk, METHOD, &digest, agreement, None).is_err());
+        assert!(verify(&other, &vk, METHOD, &digest, agreement, 751, None).is_err());
         let mut later = parts.clone();
         later.at_ms += 1;
-        assert!(verify(&later, &vk, METHOD, &digest, agreement, None).is_err());
+        assert!(verify(&later, &vk, METHOD, &digest, agreement, 751, None).is_err());
         let stranger = SigningKey::from_bytes(&[6; 32]);
         assert!(matches!(
             verify(
@@ -479,6 +492,7 @@ mod tests {
                 METHOD,
                 &digest,
                 agreement,
+                751,
                 None
             ),
             Err(RequestError::BadSignature(BatchError::WrongSigner { .. }))
