@@ -133,14 +133,19 @@ pub fn verify_file(file: &std::path::Path, key: &str) -> anyhow::Result<String> 
     match verify_export(&data, &key) {
         Ok(verified) => Ok(format!(
             "OK: entries {}..={} ({} entries) form an unbroken chain; the checkpoint for entry \
-             {} (head {}) is signed by node {} at {}",
+             {} (head {}) is signed by node {} at {}, when its chain held {} entries{}",
             verified.first,
             verified.last,
             verified.entries.len(),
             verified.checkpoint.seq,
             verified.checkpoint.head,
             verified.checkpoint.node,
-            crate::output::rfc3339(verified.checkpoint.at)
+            crate::output::rfc3339(verified.checkpoint.at),
+            verified.checkpoint.chain,
+            match verified.checkpoint.chain - verified.checkpoint.seq {
+                0 => " (the export reaches its end)".to_string(),
+                n => format!(" ({n} later entries are not in this export)"),
+            }
         )),
         Err(error) => bail!("NOT VALID: {}: {error}", file.display()),
     }

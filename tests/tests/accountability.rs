@@ -155,10 +155,15 @@ fn status_of(asked: &Asked, code: u32) -> &pb::PartnerStatus {
 /// The whole audit log of the node of `code`, as `samvirke audit export`
 /// writes it.
 async fn export(fx: &GovernanceFixture, code: u32) -> Vec<u8> {
+    export_range(fx, code, 1, 0).await
+}
+
+/// Entries `from..=to` (0: to the end) of the node of `code`.
+async fn export_range(fx: &GovernanceFixture, code: u32, from: u64, to: u64) -> Vec<u8> {
     let mut stream = fx
         .admin(code)
         .await
-        .export_audit(pb::ExportAuditRequest { from: 1, to: 0 })
+        .export_audit(pb::ExportAuditRequest { from, to })
         .await
         .expect("ExportAudit with the admin token")
         .into_inner();
@@ -555,6 +560,17 @@ async fn receipts_verify_with_the_roster_and_the_audit_counts_every_call() {
         .expect("the provider recorded the receipt it gave");
     assert_eq!(recorded.request, body.request_digest);
     assert_eq!(recorded.response, body.response_digest);
+
+    // A part of the log says, signed, that the chain went on.
+    let part = export_range(&fx, AARHUS, 1, audit_start).await;
+    let partial = verify_export(&part, &key).expect("a partial export verifies");
+    assert_eq!(partial.last, audit_start);
+    assert!(
+        partial.checkpoint.chain > audit_start,
+        "{:?}",
+        partial.checkpoint
+    );
+    assert_eq!(verified.checkpoint.chain, verified.last);
 
     // Every single byte flipped: verification fails and names where.
     for position in 0..file.len() {

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 const ENTRY_DOMAIN: &[u8] = b"samvirke/audit/v1\0";
-const CHECKPOINT_DOMAIN: &[u8] = b"samvirke/audit-checkpoint/v1\0";
+const CHECKPOINT_DOMAIN: &[u8] = b"samvirke/audit-checkpoint/v2\0";
 
 /// Longest text kept in one field of an entry (a reason, a dataset id a
 /// caller sent): entries must stay small whatever a caller sends.
@@ -136,13 +136,17 @@ pub fn encode(entry: &Entry) -> Vec<u8> {
     serde_json::to_vec(entry).unwrap_or_default()
 }
 
-/// A signed statement that the chain up to `seq` has head `head`.
+/// A signed statement that the chain up to `seq` has head `head`, and
+/// that the whole chain then held `chain` entries (more than `seq` when an
+/// export stops before the end: an auditor sees that entries followed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     pub seq: u64,
     /// `sha256:<hex>` of entry `seq`.
     pub head: String,
+    /// Entries in the chain when this was signed.
+    pub chain: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     /// The signing node's municipality code and key.
@@ -159,29 +163,39 @@ struct CheckpointLine {
     checkpoint: Checkpoint,
 }
 
-fn checkpoint_message(node: u32, seq: u64, head: &[u8; 32], at: OffsetDateTime) -> Vec<u8> {
-    let mut message = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 4 + 8 + 32 + 16);
+fn checkpoint_message(
+    node: u32,
+    seq: u64,
+    head: &[u8; 32],
+    chain: u64,
+    at: OffsetDateTime,
+) -> Vec<u8> {
+    let mut message = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 4 + 8 + 32 + 8 + 16);
     message.extend_from_slice(CHECKPOINT_DOMAIN);
     message.extend_from_slice(&node.to_be_bytes());
     message.extend_from_slice(&seq.to_be_bytes());
     message.extend_from_slice(head);
+    message.extend_from_slice(&chain.to_be_bytes());
     message.extend_from_slice(&at.unix_timestamp_nanos().to_be_bytes());
     message
 }
 
 impl Checkpoint {
-    /// Signs that the chain up to `seq` has head `head`, at `at`.
+    /// Signs that the chain up to `seq` has head `head`, and held `chain`
+    /// entries, at `at`.
     pub fn sign(
         key: &SigningKey,
         node: u32,
         seq: u64,
         head: &[u8; 32],
+        chain: u64,
         at: OffsetDateTime,
     ) -> Checkpoint {
-        let signature = key.sign(&checkpoint_message(node, seq, head, at));
+        let signature = key.sign(&checkpoint_message(node, seq, head, chain, at));
         Checkpoint {
             seq,
             head: hash_text(head),
+            chain,
             at,
             node,
             key: crate::identity::signing_key_text(&key.verifying_key()),
@@ -204,7 +218,7 @@ impl Checkpoint {
             return false;
         };
         key.verify_strict(
-            &checkpoint_message(self.node, self.seq, &head, self.at),
+            &checkpoint_message(self.node, self.seq, &head, self.chain, self.at),
             &Signature::from_bytes(&bytes),
         )
         .is_ok()
@@ -347,6 +361,15 @@ pub fn verify_export(text: &[u8], key: &VerifyingKey) -> Result<Verified, Verify
     }
     let checkpoint = checkpoint.ok_or(VerifyError::NoCheckpoint)?;
     let (last, head) = previous.ok_or(VerifyError::Empty)?;
+    if checkpoint.chain < checkpoint.seq {
+        return Err(VerifyError::Unreadable {
+            line: lines.len(),
+            reason: format!(
+                "the checkpoint says the chain held {} entries, fewer than entry {} it covers",
+                checkpoint.chain, checkpoint.seq
+            ),
+        });
+    }
     if checkpoint.seq != last {
         return Err(VerifyError::CheckpointMismatch {
             checkpoint_seq: checkpoint.seq,
@@ -401,6 +424,7 @@ mod tests {
             751,
             count,
             &prev,
+            count,
             time::macros::datetime!(2026-03-01 12:01 UTC),
         );
         out.extend_from_slice(&checkpoint.line());

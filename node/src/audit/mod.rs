@@ -292,6 +292,7 @@ impl AuditLog {
             self.identity.municipality_code,
             head.seq,
             &head.hash,
+            head.seq,
             self.clock.now(),
         );
         let mut batch = WriteBatch::default();
@@ -357,7 +358,8 @@ impl AuditLog {
     /// An export of entries `from..=to` (clamped to the chain), closed by
     /// a checkpoint the node signs now for its last entry.
     pub fn export(&self, from: u64, to: u64) -> Result<Vec<u8>, AuditError> {
-        let to = to.min(self.head().seq);
+        let length = self.head().seq;
+        let to = to.min(length);
         let lines = self.lines(from, to)?;
         let Some(last) = lines.last() else {
             return Err(AuditError::Range(format!("no entries in {from}..{to}")));
@@ -367,6 +369,7 @@ impl AuditLog {
             self.identity.municipality_code,
             to,
             &chain::entry_hash(last),
+            length,
             self.clock.now(),
         );
         let mut out = Vec::new();
