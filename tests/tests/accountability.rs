@@ -441,6 +441,20 @@ async fn receipts_verify_with_the_roster_and_the_audit_counts_every_call() {
     );
     assert_eq!(body.agreement_id, agreement);
 
+    // The consumer's own audit log records that source with the receipt
+    // it kept.
+    let vejle_log = export(&fx, VEJLE).await;
+    let vejle_verified =
+        verify_export(&vejle_log, &fx.key(VEJLE).verifying_key()).expect("Vejle's export");
+    let source = vejle_verified
+        .entries
+        .iter()
+        .find(|e| e.event == "federated_source" && e.caller == Some(AARHUS))
+        .expect("a federated_source entry for Aarhus");
+    assert_eq!(source.receipt, body.id);
+    assert_eq!(source.rows, Some(pm25 as u64));
+    assert_eq!(source.outcome, "ok");
+
     // Offline, with the provider's key as the roster lists it.
     let provider_key = roster.member(AARHUS).expect("Aarhus listed").signing_key;
     let file = receipt::to_file(&kept);

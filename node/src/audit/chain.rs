@@ -37,6 +37,7 @@ pub struct Entry {
     /// `sha256:<hex>` of the previous entry (zeros before the first).
     pub prev: String,
     /// `peer_call`, `peer_answer`, `governance`, `federated_question`,
+    /// `federated_source` (one per source asked), `federated_answer`,
     /// `admin`.
     pub event: String,
     /// `allowed`, `denied`, `completed`, `accepted`, `refused`, ...

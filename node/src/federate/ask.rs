@@ -389,46 +389,45 @@ impl Federation {
             .filter(|s| s.outcome == PartnerOutcome::Ok as i32)
             .count();
         let rows: u64 = statuses.iter().map(|s| s.rows).sum();
-        let summary: Vec<String> = statuses
+        // One entry per source (what it answered, under which agreement,
+        // with which receipt) and one for the whole answer, recorded
+        // together, before the analyst is told: the receipts kept for this
+        // question become durable with them.
+        let mut entries: Vec<Entry> = statuses
             .iter()
-            .map(|s| {
-                format!(
-                    "{} {} {}{}",
-                    s.municipality,
-                    if s.dataset_id.is_empty() {
-                        "-"
-                    } else {
-                        &s.dataset_id
-                    },
-                    outcome_word(s.outcome),
-                    if s.receipt_id.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" receipt {}", s.receipt_id)
-                    }
-                )
+            .map(|s| Entry {
+                event: "federated_source".to_string(),
+                outcome: outcome_word(s.outcome).replace(' ', "_"),
+                token: job.token.clone(),
+                caller: Some(s.municipality),
+                agreement: s.agreement_id.clone(),
+                dataset: bounded(&s.dataset_id),
+                rows: Some(s.rows),
+                bytes: Some(s.bytes),
+                receipt: s.receipt_id.clone(),
+                detail: bounded(&format!("question {}: {}", job.audit_seq, s.detail)),
+                ..Entry::default()
             })
             .collect();
-        for status in statuses {
-            if !out.send(ask_event::Event::Partner(status)).await {
-                break;
-            }
-        }
-        let entry = Entry {
+        entries.push(Entry {
             event: "federated_answer".to_string(),
             outcome: "answered".to_string(),
             token: job.token.clone(),
             rows: Some(rows),
-            detail: bounded(&format!(
-                "question {}: {answered} of {asked} answered in full; {}",
-                job.audit_seq,
-                summary.join("; ")
-            )),
+            detail: format!(
+                "question {}: {answered} of {asked} answered in full",
+                job.audit_seq
+            ),
             ..Entry::default()
-        };
-        // The receipts kept for this question become durable with it.
-        if let Err(error) = self.audit.append(entry).await {
+        });
+        let recorded = join_all(entries.into_iter().map(|entry| self.audit.append(entry))).await;
+        if let Some(Err(error)) = recorded.into_iter().find(|r| r.is_err()) {
             tracing::error!(%error, "the answer to a federated question could not be recorded");
+        }
+        for status in statuses {
+            if !out.send(ask_event::Event::Partner(status)).await {
+                break;
+            }
         }
         out.send(ask_event::Event::Done(pb::AskSummary {
             asked: asked as u32,

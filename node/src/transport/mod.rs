@@ -387,9 +387,10 @@ impl KeyedCounts {
     }
 }
 
-/// Logs a refused connection, at most a few lines per address a minute.
+/// Logs a refused connection, at most a few lines per address a minute
+/// (an IPv6 /64 counts as one address: one host commonly holds all of it).
 fn refused(listener: &'static str, address: IpAddr, reason: &str) {
-    if let Some(suppressed) = refusals().admit(&format!("{listener} {address}")) {
+    if let Some(suppressed) = refusals().admit(&format!("{listener} {}", log_key(address))) {
         tracing::warn!(
             listener,
             %address,
@@ -397,6 +398,18 @@ fn refused(listener: &'static str, address: IpAddr, reason: &str) {
             suppressed_since_last = suppressed,
             "connection refused"
         );
+    }
+}
+
+/// The address a refusal is counted against: the address itself, or its
+/// /64 network for IPv6.
+fn log_key(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
     }
 }
 
@@ -750,5 +763,16 @@ mod tests {
         }
         let probe = io::Error::new(io::ErrorKind::UnexpectedEof, "closed");
         assert_eq!(handshake_refusal(&probe), None);
+    }
+
+    #[test]
+    fn refusals_from_one_ipv6_network_count_as_one_address() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("v6");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("v6");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("v6");
+        assert_eq!(log_key(a), log_key(b));
+        assert_ne!(log_key(a), log_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().expect("v4");
+        assert_eq!(log_key(v4), "192.0.2.7");
     }
 }
