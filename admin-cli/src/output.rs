@@ -16,13 +16,13 @@ use std::io::{self, Write};
 /// The JSON shapes of rows, shared with the node's HTTP API so that both
 /// give analysts the same documents.
 pub use samvirke_node::http::formats::{
-    bucket_json, dataset_json, measures, pilot_json, procurement_json, reading_feature,
-    reading_json,
+    bucket_json, dataset_json, measures, phase_word as phase_name, pilot_json,
+    procedure_word as procedure_name, procurement_json, reading_feature, reading_json,
 };
 
 use anyhow::Context;
 use clap::ValueEnum;
-use samvirke_proto::v1::{Bucket, PartialDate, Pilot, PilotPhase, Procedure, Procurement, Reading};
+use samvirke_proto::v1::{Bucket, PartialDate, Pilot, Procurement, Reading};
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -312,35 +312,6 @@ pub fn show_date(date: Option<&PartialDate>) -> String {
     }
 }
 
-/// A pilot phase in lowercase words (`demonstration`), as `--phase` takes it.
-pub fn phase_name(phase: i32) -> String {
-    enum_name(
-        PilotPhase::try_from(phase).map(|p| p.as_str_name()),
-        "PILOT_PHASE_",
-        phase,
-    )
-}
-
-/// A procedure in lowercase words (`framework-mini-tender`).
-pub fn procedure_name(procedure: i32) -> String {
-    enum_name(
-        Procedure::try_from(procedure).map(|p| p.as_str_name()),
-        "PROCEDURE_",
-        procedure,
-    )
-}
-
-fn enum_name<E>(name: Result<&str, E>, prefix: &str, number: i32) -> String {
-    match name {
-        Ok(name) => name
-            .strip_prefix(prefix)
-            .unwrap_or(name)
-            .to_ascii_lowercase()
-            .replace('_', "-"),
-        Err(_) => format!("unknown({number})"),
-    }
-}
-
 fn join<T: ToString>(items: &[T]) -> String {
     items
         .iter()
@@ -427,6 +398,7 @@ pub fn procurement_cells(procurement: &Procurement) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use samvirke_proto::v1::{PilotPhase, Procedure};
 
     #[test]
     fn times_print_as_rfc3339_utc() {

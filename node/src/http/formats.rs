@@ -315,33 +315,36 @@ fn enum_word(name: Option<&str>, prefix: &str, number: i32) -> String {
     }
 }
 
-fn phase(pilot: &pb::Pilot) -> String {
+/// A pilot phase in lowercase words (`demonstration`).
+pub fn phase_word(phase: i32) -> String {
     enum_word(
-        pb::PilotPhase::try_from(pilot.phase)
+        pb::PilotPhase::try_from(phase)
             .ok()
             .map(|p| p.as_str_name()),
         "PILOT_PHASE_",
-        pilot.phase,
+        phase,
     )
 }
 
-fn procedure(p: &pb::Procurement) -> String {
+/// A procedure in lowercase words (`framework-mini-tender`).
+pub fn procedure_word(procedure: i32) -> String {
     enum_word(
-        pb::Procedure::try_from(p.procedure)
+        pb::Procedure::try_from(procedure)
             .ok()
             .map(|p| p.as_str_name()),
         "PROCEDURE_",
-        p.procedure,
+        procedure,
     )
 }
 
-fn procurement_status(p: &pb::Procurement) -> String {
+/// A procurement status in lowercase words (`in-tender`).
+pub fn status_word(status: i32) -> String {
     enum_word(
-        pb::ProcurementStatus::try_from(p.status)
+        pb::ProcurementStatus::try_from(status)
             .ok()
             .map(|s| s.as_str_name()),
         "PROCUREMENT_STATUS_",
-        p.status,
+        status,
     )
 }
 
@@ -361,7 +364,7 @@ pub fn pilot_json(pilot: &pb::Pilot) -> Value {
         "title": pilot.title,
         "owner": pilot.owner,
         "municipalities": pilot.municipalities,
-        "phase": phase(pilot),
+        "phase": phase_word(pilot.phase),
         "technology": pilot.technology,
         "started": date_json(pilot.started.as_ref()),
         "ended": date_json(pilot.ended.as_ref()),
@@ -402,7 +405,7 @@ fn pilot_cells(pilot: &pb::Pilot) -> Vec<String> {
         pilot.title.clone(),
         pilot.owner.clone(),
         join(&pilot.municipalities),
-        phase(pilot),
+        phase_word(pilot.phase),
         pilot.technology.join(","),
         show_date(pilot.started.as_ref()),
         show_date(pilot.ended.as_ref()),
@@ -422,7 +425,7 @@ pub fn procurement_json(p: &pb::Procurement) -> Value {
         "buyer_fellowship": p.buyer_fellowship,
         "buyer_organisation": p.buyer_organisation,
         "buyer_count": p.buyer_count,
-        "procedure": procedure(p),
+        "procedure": procedure_word(p.procedure),
         "procedure_detail": p.procedure_detail,
         "cpv_codes": p.cpv_codes,
         "suppliers": p.suppliers,
@@ -436,7 +439,7 @@ pub fn procurement_json(p: &pb::Procurement) -> Value {
             "summary": c.summary,
             "outcome": c.outcome,
         })).collect::<Vec<_>>(),
-        "status": procurement_status(p),
+        "status": status_word(p.status),
         "notes": p.notes,
     })
 }
@@ -468,7 +471,7 @@ fn procurement_cells(p: &pb::Procurement) -> Vec<String> {
         join(&p.buyer_municipalities),
         p.buyer_fellowship.clone(),
         p.buyer_organisation.clone(),
-        procedure(p),
+        procedure_word(p.procedure),
         p.cpv_codes.join(","),
         p.suppliers.join(","),
         p.value_dkk.to_string(),
@@ -476,7 +479,7 @@ fn procurement_cells(p: &pb::Procurement) -> Vec<String> {
         show_date(p.contract_start.as_ref()),
         show_date(p.contract_end.as_ref()),
         p.complaints.len().to_string(),
-        procurement_status(p),
+        status_word(p.status),
     ]
 }
 

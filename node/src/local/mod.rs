@@ -138,6 +138,38 @@ impl LocalService {
         Ok(self.tokens.authorize(request, role, method)?)
     }
 
+    /// Records an operator's import of a governance document: refused
+    /// (with the reason), or accepted or unchanged (with `describe` of the
+    /// document); returns the import's outcome.
+    async fn record_import<T, E>(
+        &self,
+        caller: &Principal,
+        method: &str,
+        imported: Result<(Imported, T), E>,
+        describe: impl FnOnce(&T) -> String,
+    ) -> Result<(Imported, T), Status>
+    where
+        E: std::fmt::Display + Into<Status>,
+    {
+        match imported {
+            Ok((imported, document)) => {
+                let outcome = if imported == Imported::Changed {
+                    "accepted"
+                } else {
+                    "unchanged"
+                };
+                self.record(caller, method, outcome, describe(&document))
+                    .await?;
+                Ok((imported, document))
+            }
+            Err(error) => {
+                self.record(caller, method, "refused", error.to_string())
+                    .await?;
+                Err(error.into())
+            }
+        }
+    }
+
     /// Checks the caller's token holds `role` for `method`, and takes the
     /// call's place under the per-token limits. A token holding the
     /// `admin` role leaves an audit entry for every call it makes (calls
@@ -227,42 +259,32 @@ impl Local for LocalService {
             tokio::task::spawn_blocking(move || registry.import_roster(&document.content, mode))
                 .await
                 .map_err(|e| Status::internal(format!("governance task failed: {e}")))?;
-        const METHOD: &str = "samvirke.v1.Local/ImportRoster";
-        let (imported, roster) = match imported {
-            Ok(done) => done,
-            Err(error) => {
-                self.record(&caller, METHOD, "refused", error.to_string())
-                    .await?;
-                return Err(error.into());
-            }
-        };
-        self.record(
-            &caller,
-            METHOD,
-            if imported == Imported::Changed {
-                "accepted"
-            } else {
-                "unchanged"
-            },
-            format!(
-                "roster `{}` serial {} digest {}{}{}{}",
-                roster.fellowship(),
-                roster.serial(),
-                roster.digest(),
-                if mode.trust_anchor {
-                    "; pinned as trust anchor"
-                } else {
-                    ""
+        let (imported, roster) = self
+            .record_import(
+                &caller,
+                "samvirke.v1.Local/ImportRoster",
+                imported,
+                |roster| {
+                    format!(
+                        "roster `{}` serial {} digest {}{}{}{}",
+                        roster.fellowship(),
+                        roster.serial(),
+                        roster.digest(),
+                        if mode.trust_anchor {
+                            "; pinned as trust anchor"
+                        } else {
+                            ""
+                        },
+                        if mode.repin { "; re-pinned" } else { "" },
+                        if mode.accept_own_entry_change {
+                            "; own entry change accepted unsigned"
+                        } else {
+                            ""
+                        }
+                    )
                 },
-                if mode.repin { "; re-pinned" } else { "" },
-                if mode.accept_own_entry_change {
-                    "; own entry change accepted unsigned"
-                } else {
-                    ""
-                }
-            ),
-        )
-        .await?;
+            )
+            .await?;
         tracing::info!(
             token = %caller.name,
             fellowship = roster.fellowship(),
@@ -295,32 +317,22 @@ impl Local for LocalService {
             tokio::task::spawn_blocking(move || registry.import_agreement(&document.content))
                 .await
                 .map_err(|e| Status::internal(format!("governance task failed: {e}")))?;
-        const METHOD: &str = "samvirke.v1.Local/ImportAgreement";
-        let (imported, agreement) = match imported {
-            Ok(done) => done,
-            Err(error) => {
-                self.record(&caller, METHOD, "refused", error.to_string())
-                    .await?;
-                return Err(error.into());
-            }
-        };
-        self.record(
-            &caller,
-            METHOD,
-            if imported == Imported::Changed {
-                "accepted"
-            } else {
-                "unchanged"
-            },
-            format!(
-                "agreement {} of provider {} in `{}` digest {}",
-                agreement.id(),
-                agreement.body().provider,
-                agreement.body().fellowship,
-                agreement.digest()
-            ),
-        )
-        .await?;
+        let (imported, agreement) = self
+            .record_import(
+                &caller,
+                "samvirke.v1.Local/ImportAgreement",
+                imported,
+                |agreement| {
+                    format!(
+                        "agreement {} of provider {} in `{}` digest {}",
+                        agreement.id(),
+                        agreement.body().provider,
+                        agreement.body().fellowship,
+                        agreement.digest()
+                    )
+                },
+            )
+            .await?;
         tracing::info!(
             token = %caller.name,
             agreement = %agreement.id(),
