@@ -128,6 +128,15 @@ impl From<CatalogError> for Status {
     }
 }
 
+impl From<crate::ingest::PipelineError> for Status {
+    fn from(error: crate::ingest::PipelineError) -> Status {
+        match error {
+            crate::ingest::PipelineError::Ingest(inner) => inner.into(),
+            crate::ingest::PipelineError::Task(_) => internal(&error),
+        }
+    }
+}
+
 impl From<IngestError> for Status {
     fn from(error: IngestError) -> Status {
         match error {

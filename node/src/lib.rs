@@ -14,6 +14,8 @@
 //! - [`store`]: the storage trait and its sled implementation;
 //! - [`data`]: the dataset catalog and sensor readings (ingest, queries,
 //!   aggregation) over the store;
+//! - [`ingest`]: the one ingest pipeline every door (gRPC, OS2iot HTTP push,
+//!   MQTT) stores readings through: validate, one atomic durable write, ack;
 //! - [`peer`]: the mutual-TLS peer service;
 //! - [`partners`]: calling partners: pooled channels pinned to the roster's
 //!   certificate fingerprints, signed requests;
@@ -50,6 +52,7 @@ pub mod governance;
 pub mod health;
 pub mod http;
 pub mod identity;
+pub mod ingest;
 pub mod local;
 pub mod partners;
 pub mod peer;

@@ -41,6 +41,7 @@ use crate::governance::registry::{ImportError, Registry};
 use crate::governance::sync;
 use crate::health::{ListenerHealth, ReflectionError, reflection};
 use crate::identity::{IdentityError, NodeIdentity};
+use crate::ingest::Pipeline;
 use crate::local::LocalService;
 use crate::local::auth::TokenRegistry;
 use crate::partners::PartnerPool;
@@ -154,6 +155,7 @@ pub struct Node {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     plane: Arc<DataPlane>,
+    ingest: Arc<Pipeline>,
     audit: Arc<AuditLog>,
     clock: SharedClock,
 }
@@ -189,12 +191,14 @@ impl Node {
             Arc::clone(&clock),
         )?);
         registry.set_audit(Arc::clone(&audit));
+        let ingest = Arc::new(Pipeline::new(Arc::clone(&plane), Arc::clone(&clock)));
         Ok(Node {
             config,
             identity,
             store,
             registry,
             plane,
+            ingest,
             audit,
             clock,
         })
@@ -208,6 +212,11 @@ impl Node {
     /// The node's governance registry (rosters and agreements).
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// The ingest pipeline every door stores readings through.
+    pub fn ingest(&self) -> &Arc<Pipeline> {
+        &self.ingest
     }
 
     /// This node's identity.
