@@ -11,6 +11,7 @@
 //! | malformed roster or agreement | `INVALID_ARGUMENT` |
 //! | valid document not acceptable here and now | `FAILED_PRECONDITION` |
 //! | bad dataset, reading, query or record | `INVALID_ARGUMENT`, naming the field |
+//! | ingest batch out of order in its session | `FAILED_PRECONDITION`, with the next one |
 //! | unknown dataset | `NOT_FOUND` |
 //! | dataset id already published | `ALREADY_EXISTS` |
 //! | answer an agreement does not disclose | `PERMISSION_DENIED` |
@@ -132,7 +133,23 @@ impl From<crate::ingest::PipelineError> for Status {
     fn from(error: crate::ingest::PipelineError) -> Status {
         match error {
             crate::ingest::PipelineError::Ingest(inner) => inner.into(),
+            crate::ingest::PipelineError::Session(inner) => inner.into(),
             crate::ingest::PipelineError::Task(_) => internal(&error),
+        }
+    }
+}
+
+impl From<crate::ingest::session::SessionError> for Status {
+    fn from(error: crate::ingest::session::SessionError) -> Status {
+        use crate::ingest::session::SessionError;
+        match &error {
+            SessionError::BadId(_) | SessionError::ZeroSequence => {
+                Status::invalid_argument(error.to_string())
+            }
+            SessionError::WrongDataset { .. } | SessionError::OutOfOrder { .. } => {
+                Status::failed_precondition(error.to_string())
+            }
+            SessionError::Corrupt { .. } | SessionError::Store(_) => internal(&error),
         }
     }
 }

@@ -101,6 +101,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Reflection(#[from] ReflectionError),
+    #[error("start-up check of the sensor index failed: {0}")]
+    Recovery(#[from] crate::ingest::recovery::RecoveryError),
     #[error("{listener} listener: {source}")]
     TlsSetup {
         listener: &'static str,
@@ -168,7 +170,11 @@ impl Node {
             &config.node.data_dir,
             config.store.cache_bytes,
         )?);
-        Self::assemble(config, identity, store, Arc::new(SystemClock))
+        let node = Self::assemble(config, identity, store, Arc::new(SystemClock))?;
+        // Before anything is served: after an unclean stop, make the
+        // sensor index agree with the readings again.
+        crate::ingest::recovery::on_open(node.store.as_ref(), &node.plane.readings)?;
+        Ok(node)
     }
 
     fn assemble(
@@ -355,6 +361,7 @@ impl Node {
             Arc::clone(&self.store),
             Arc::clone(&self.registry),
             Arc::clone(&self.plane),
+            Arc::clone(&self.ingest),
             Arc::clone(&self.clock),
             listener_info,
             Arc::new(CallLimiter::new(
@@ -417,7 +424,10 @@ impl Node {
             .layer(ActivityLayer)
             .layer(CallTimeoutLayer {
                 timeout: local_limits.call_timeout,
-                exempt: &["/samvirke.v1.Local/IngestReadings"],
+                exempt: &[
+                    "/samvirke.v1.Local/IngestReadings",
+                    "/samvirke.v1.Local/IngestBatches",
+                ],
             })
             .add_service(local_health_service)
             .add_service(local_reflection)
@@ -515,6 +525,10 @@ impl Node {
         }
         // Whatever was acknowledged is already durable; this catches the rest.
         store.flush()?;
+        // Every write is complete: the next start need not check the index.
+        if served.is_ok() {
+            crate::ingest::recovery::mark_clean_stop(store.as_ref())?;
+        }
         tracing::info!("samvirke node stopped");
         served
     }

@@ -45,5 +45,6 @@ pub use generate::{
 pub use geo::{Area, BoundingBox};
 pub use query::{Order, QueryError, ReadingIter, ReadingQuery};
 pub use readings::{
-    IngestError, IngestSummary, Reading, ReadingProblem, ReadingStore, SensorInfo, strip_fields,
+    IndexCheck, IngestError, IngestSummary, Reading, ReadingProblem, ReadingStore, SensorInfo,
+    strip_fields,
 };

@@ -200,6 +200,17 @@ pub struct ReadingStore {
     ingest_lock: Mutex<()>,
 }
 
+/// A checked batch, ready to be written.
+struct PreparedBatch<'a> {
+    /// The dataset's catalog number.
+    number: u32,
+    /// The batch's sensors, in order of first appearance.
+    sensor_ids: Vec<&'a str>,
+    /// The readings to write (the later of two with the same key only).
+    prepared: Vec<Prepared>,
+    summary: IngestSummary,
+}
+
 /// A reading prepared for writing.
 struct Prepared {
     key: Vec<u8>,
@@ -210,6 +221,11 @@ struct Prepared {
 }
 
 impl ReadingStore {
+    /// The store the readings are kept in.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
     /// The catalog this store looks datasets up in. The node shares this one
     /// instance, so catalog writes and reading lookups go through one lock.
     pub fn catalog(&self) -> &Catalog {
@@ -235,6 +251,58 @@ impl ReadingStore {
         readings: &[Reading],
         now: OffsetDateTime,
     ) -> Result<IngestSummary, IngestError> {
+        self.ingest_batch_with(dataset_id, readings, now, |_| Ok::<_, IngestError>(None))
+    }
+
+    /// [`ReadingStore::ingest_batch`], with one more write decided by
+    /// `also` and made in the same atomic write as the readings and their
+    /// index: after a crash, the batch and that write are both there or
+    /// neither. `also` runs under the ingest lock, after the batch passed
+    /// validation, so what it reads cannot change before the write; an
+    /// error from it stores nothing. This is how an ingest session's
+    /// progress marker stays exactly in step with the readings it counts.
+    pub fn ingest_batch_with<E>(
+        &self,
+        dataset_id: &str,
+        readings: &[Reading],
+        now: OffsetDateTime,
+        also: impl FnOnce(&dyn Store) -> Result<Option<(Keyspace, WriteBatch)>, E>,
+    ) -> Result<IngestSummary, E>
+    where
+        E: From<IngestError>,
+    {
+        let prepared = self.prepare(dataset_id, readings, now)?;
+        let mut summary = prepared.summary;
+        let _guard = self
+            .ingest_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut writes = self.index_and_readings(dataset_id, prepared, &mut summary)?;
+        if let Some(extra) = also(self.store.as_ref())? {
+            writes.push(extra);
+        }
+        if writes.is_empty() {
+            return Ok(summary);
+        }
+        // 4. Index, readings (and `also`'s write) in one atomic write, then
+        // one flush.
+        self.store
+            .write_all(writes)
+            .map_err(|e| E::from(IngestError::Store(e)))?;
+        drop(_guard);
+        self.store
+            .flush()
+            .map_err(|e| E::from(IngestError::Store(e)))?;
+        Ok(summary)
+    }
+
+    /// Checks a batch completely, before anything is locked or written.
+    fn prepare<'a>(
+        &self,
+        dataset_id: &str,
+        readings: &'a [Reading],
+        now: OffsetDateTime,
+    ) -> Result<PreparedBatch<'a>, IngestError> {
         let entry = self
             .catalog
             .entry(dataset_id)?
@@ -307,9 +375,6 @@ impl ReadingStore {
             sensors: sensor_ids.len(),
             ..IngestSummary::default()
         };
-        if prepared.is_empty() {
-            return Ok(summary);
-        }
 
         // 2. The same (sensor, time) twice in one batch: the later one wins.
         let mut by_key: HashMap<&[u8], usize> = HashMap::with_capacity(prepared.len());
@@ -320,23 +385,45 @@ impl ReadingStore {
                 summary.duplicates_in_batch += 1;
             }
         }
+        drop(by_key);
+        let prepared = prepared
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(p, keep)| keep.then_some(p))
+            .collect();
+        Ok(PreparedBatch {
+            number: entry.number,
+            sensor_ids,
+            prepared,
+            summary,
+        })
+    }
 
+    /// The writes of a checked batch: its readings and the updated index
+    /// entries of its sensors. Runs under the ingest lock (index updates
+    /// are read-modify-write).
+    fn index_and_readings(
+        &self,
+        dataset_id: &str,
+        batch: PreparedBatch<'_>,
+        summary: &mut IngestSummary,
+    ) -> Result<Vec<(Keyspace, WriteBatch)>, IngestError> {
+        if batch.prepared.is_empty() {
+            return Ok(Vec::new());
+        }
         let corrupt = |source: CodecError| IngestError::Corrupt {
             dataset: dataset_id.to_string(),
             source,
         };
-        let _guard = self
-            .ingest_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-
+        let number = batch.number;
         // 3. Index entries of the sensors in the batch, updated in memory.
-        let mut index_entries: Vec<Option<SensorEntry>> = Vec::with_capacity(sensor_ids.len());
-        let mut known_span: Vec<Option<(i64, i64)>> = Vec::with_capacity(sensor_ids.len());
-        for id in &sensor_ids {
+        let mut index_entries: Vec<Option<SensorEntry>> =
+            Vec::with_capacity(batch.sensor_ids.len());
+        let mut known_span: Vec<Option<(i64, i64)>> = Vec::with_capacity(batch.sensor_ids.len());
+        for id in &batch.sensor_ids {
             let existing = self
                 .store
-                .get(Keyspace::Sensors, &keys::sensor_prefix(entry.number, id))?
+                .get(Keyspace::Sensors, &keys::sensor_prefix(number, id))?
                 .map(|bytes| keys::decode_sensor(&bytes))
                 .transpose()
                 .map_err(corrupt)?;
@@ -344,11 +431,8 @@ impl ReadingStore {
             index_entries.push(existing);
         }
         let mut readings_batch = WriteBatch::default();
-        readings_batch.ops.reserve(prepared.len());
-        for (p, keep) in prepared.into_iter().zip(keep) {
-            if !keep {
-                continue;
-            }
+        readings_batch.ops.reserve(batch.prepared.len());
+        for p in batch.prepared {
             // The index's span is never narrower than the stored readings,
             // so a reading outside it is new without a lookup (the usual
             // case: sensors report forward in time).
@@ -386,23 +470,15 @@ impl ReadingStore {
             readings_batch.put(p.key, p.value);
         }
         let mut index_batch = WriteBatch::default();
-        for (id, e) in sensor_ids.iter().zip(&index_entries) {
+        for (id, e) in batch.sensor_ids.iter().zip(&index_entries) {
             if let Some(e) = e {
-                index_batch.put(
-                    keys::sensor_prefix(entry.number, id),
-                    keys::encode_sensor(e),
-                );
+                index_batch.put(keys::sensor_prefix(number, id), keys::encode_sensor(e));
             }
         }
-
-        // 4. Index and readings in one atomic write, then one flush.
-        self.store.write_all(vec![
+        Ok(vec![
             (Keyspace::Sensors, index_batch),
             (Keyspace::Readings, readings_batch),
-        ])?;
-        drop(_guard);
-        self.store.flush()?;
-        Ok(summary)
+        ])
     }
 
     /// Readings stored for dataset `dataset_id` (from the sensor index).
@@ -443,6 +519,25 @@ impl ReadingStore {
     /// interrupted write, see the module docs). Returns the reading count.
     pub fn rebuild_sensor_index(&self, dataset_id: &str) -> Result<u64, IngestError> {
         let entry = self.sensor_dataset(dataset_id)?;
+        let _guard = self
+            .ingest_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rebuilt = self.recount(dataset_id, entry.number)?;
+        self.replace_index(entry.number, &rebuilt)?;
+        drop(_guard);
+        self.store.flush()?;
+        Ok(rebuilt.values().map(|e| e.count).sum())
+    }
+
+    /// Checks a dataset's sensor index against its stored readings and, if
+    /// they disagree, rebuilds the index from the readings (what a node
+    /// does on start after an unclean stop). An index entry agrees when it
+    /// counts exactly the sensor's readings and its time span and location
+    /// box hold them all (they may be wider: replacing a reading never
+    /// narrows them). Reads every reading of the dataset.
+    pub fn check_sensor_index(&self, dataset_id: &str) -> Result<IndexCheck, IngestError> {
+        let entry = self.sensor_dataset(dataset_id)?;
         let corrupt = |source: CodecError| IngestError::Corrupt {
             dataset: dataset_id.to_string(),
             source,
@@ -451,10 +546,55 @@ impl ReadingStore {
             .ingest_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rebuilt = self.recount(dataset_id, entry.number)?;
+        let mut indexed: BTreeMap<String, SensorEntry> = BTreeMap::new();
+        for item in self
+            .store
+            .scan_prefix(Keyspace::Sensors, &keys::dataset_prefix(entry.number))
+        {
+            let (key, value) = item?;
+            let (_, sensor_id) = keys::decode_sensor_key(&key).map_err(corrupt)?;
+            indexed.insert(sensor_id, keys::decode_sensor(&value).map_err(corrupt)?);
+        }
+        let mut check = IndexCheck {
+            readings: rebuilt.values().map(|e| e.count).sum(),
+            indexed: indexed.values().map(|e| e.count).sum(),
+            sensors_repaired: 0,
+        };
+        let sensors: std::collections::BTreeSet<&String> =
+            rebuilt.keys().chain(indexed.keys()).collect();
+        for sensor in sensors {
+            let agrees = match (indexed.get(sensor), rebuilt.get(sensor)) {
+                (Some(have), Some(truth)) => index_holds(have, truth),
+                _ => false,
+            };
+            if !agrees {
+                check.sensors_repaired += 1;
+            }
+        }
+        if check.sensors_repaired > 0 {
+            self.replace_index(entry.number, &rebuilt)?;
+            drop(_guard);
+            self.store.flush()?;
+        }
+        Ok(check)
+    }
+
+    /// Index entries recounted from the stored readings of dataset `number`.
+    /// The caller holds the ingest lock.
+    fn recount(
+        &self,
+        dataset_id: &str,
+        number: u32,
+    ) -> Result<BTreeMap<String, SensorEntry>, IngestError> {
+        let corrupt = |source: CodecError| IngestError::Corrupt {
+            dataset: dataset_id.to_string(),
+            source,
+        };
         let mut rebuilt: BTreeMap<String, SensorEntry> = BTreeMap::new();
         for item in self
             .store
-            .scan_prefix(Keyspace::Readings, &keys::dataset_prefix(entry.number))
+            .scan_prefix(Keyspace::Readings, &keys::dataset_prefix(number))
         {
             let (key, value) = item?;
             let key = keys::decode_reading_key(&key).map_err(corrupt)?;
@@ -477,25 +617,31 @@ impl ReadingStore {
                 );
             }
         }
+        Ok(rebuilt)
+    }
+
+    /// Replaces dataset `number`'s whole index with `rebuilt` in one write
+    /// (not yet durable). The caller holds the ingest lock.
+    fn replace_index(
+        &self,
+        number: u32,
+        rebuilt: &BTreeMap<String, SensorEntry>,
+    ) -> Result<(), IngestError> {
         let mut batch = WriteBatch::default();
         for item in self
             .store
-            .scan_prefix(Keyspace::Sensors, &keys::dataset_prefix(entry.number))
+            .scan_prefix(Keyspace::Sensors, &keys::dataset_prefix(number))
         {
             batch.delete(item?.0);
         }
-        let mut total = 0;
-        for (sensor_id, e) in &rebuilt {
-            total += e.count;
+        for (sensor_id, e) in rebuilt {
             batch.put(
-                keys::sensor_prefix(entry.number, sensor_id),
+                keys::sensor_prefix(number, sensor_id),
                 keys::encode_sensor(e),
             );
         }
         self.store.write(Keyspace::Sensors, batch)?;
-        drop(_guard);
-        self.store.flush()?;
-        Ok(total)
+        Ok(())
     }
 
     /// The catalog entry of a sensor dataset.
@@ -546,6 +692,35 @@ impl ReadingStore {
             .map(|bytes| keys::decode_sensor(&bytes))
             .transpose()?)
     }
+}
+
+/// What [`ReadingStore::check_sensor_index`] found in one dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexCheck {
+    /// Readings stored (counted from the readings themselves).
+    pub readings: u64,
+    /// Readings the index counted before the check.
+    pub indexed: u64,
+    /// Sensors whose index entry was wrong or missing, or listed a sensor
+    /// without readings; 0 when the index agreed and was left alone.
+    pub sensors_repaired: u64,
+}
+
+/// Whether an index entry `have` serves queries over the readings whose
+/// recount is `truth`: the same count, and a span and box holding them.
+fn index_holds(have: &SensorEntry, truth: &SensorEntry) -> bool {
+    let holds_box = match (have.bounds, truth.bounds) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(have), Some(truth)) => {
+            have.contains((truth.min_lat, truth.min_lon))
+                && have.contains((truth.max_lat, truth.max_lon))
+        }
+    };
+    have.count == truth.count
+        && have.first_ms <= truth.first_ms
+        && have.last_ms >= truth.last_ms
+        && holds_box
 }
 
 /// Failures reading the sensor index.

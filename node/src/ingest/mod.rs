@@ -8,13 +8,23 @@
 //!
 //! Doors differ only in how they get readings out of their sender's bytes
 //! and whom they answer; validation, durability and counting are here.
+//!
+//! - [`session`]: resumable ingest sessions, whose progress is written in
+//!   the same atomic write as each batch ([`Pipeline::store_with_progress`]);
+//! - [`recovery`]: the start-up check of the sensor index after an
+//!   unclean stop, and the clean-stop marker that makes it unnecessary.
+
+pub mod recovery;
+pub mod session;
 
 use std::fmt;
 use std::sync::Arc;
 
 use crate::clock::SharedClock;
-use crate::data::readings::{IngestError, IngestSummary, Reading};
+use crate::data::readings::{IngestError, IngestSummary, Reading, to_ms};
 use crate::plane::DataPlane;
+use crate::store::Keyspace;
+use session::{Progress, SessionError, SessionState};
 
 /// Which door a batch came in by (for logs and metrics).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -60,8 +70,18 @@ impl fmt::Display for Source {
 pub enum PipelineError {
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
     #[error("the storage task failed: {0}")]
     Task(String),
+}
+
+/// A batch stored by [`Pipeline::store_with_progress`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub summary: IngestSummary,
+    /// The session after this batch, when the batch was part of one.
+    pub session: Option<SessionState>,
 }
 
 /// Validates and durably stores batches of readings.
@@ -98,5 +118,60 @@ impl Pipeline {
             tracing::debug!(%source, dataset, error = %e, "batch refused");
         }
         Ok(result?)
+    }
+
+    /// [`Pipeline::store`] for a batch numbered in a resumable session:
+    /// the batch is stored only if it is the session's next one, and the
+    /// session's new position is written in the same atomic write as the
+    /// readings, so it never claims a batch that is not on disk. Without
+    /// `progress` this is [`Pipeline::store`].
+    pub async fn store_with_progress(
+        &self,
+        source: &Source,
+        dataset: &str,
+        readings: Vec<Reading>,
+        progress: Option<Progress>,
+    ) -> Result<Stored, PipelineError> {
+        let plane = Arc::clone(&self.plane);
+        let now = self.clock.now();
+        let dataset_id = dataset.to_string();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut session = None;
+            let summary = plane.readings.ingest_batch_with(
+                &dataset_id,
+                &readings,
+                now,
+                |store| -> Result<_, PipelineError> {
+                    let Some(progress) = &progress else {
+                        return Ok(None);
+                    };
+                    let (write, state) =
+                        session::advance(store, progress, &dataset_id, to_ms(now))?;
+                    session = Some(state);
+                    Ok(Some((Keyspace::IngestSessions, write)))
+                },
+            )?;
+            Ok::<_, PipelineError>(Stored { summary, session })
+        })
+        .await
+        .map_err(|e| PipelineError::Task(e.to_string()))?;
+        if let Err(e) = &result {
+            tracing::debug!(%source, dataset, error = %e, "batch refused");
+        }
+        result
+    }
+
+    /// The session `session` of `token`, if the node has it.
+    pub async fn session(
+        &self,
+        token: &str,
+        session: &str,
+    ) -> Result<Option<SessionState>, PipelineError> {
+        let plane = Arc::clone(&self.plane);
+        let (token, session) = (token.to_string(), session.to_string());
+        tokio::task::spawn_blocking(move || session::get(plane.readings.store(), &token, &session))
+            .await
+            .map_err(|e| PipelineError::Task(e.to_string()))?
+            .map_err(PipelineError::from)
     }
 }

@@ -12,6 +12,7 @@ use super::auth::Role;
 use crate::data::aggregate::AggregateSpec;
 use crate::data::catalog::widening_changes;
 use crate::data::records::Stored;
+use crate::ingest::Source;
 use crate::plane::answer::{self, AnswerStream, blocking};
 use crate::plane::disclosure::AnswerPlan;
 use crate::wire;
@@ -161,22 +162,21 @@ impl LocalService {
                         stored_so_far(&totals)
                     ))
                 })?;
-            let dataset = batch.dataset_id;
-            let now = self.clock.now();
-            let summary = blocking(&self.plane, move |plane| {
-                plane.readings.ingest_batch(&dataset, &readings, now)
-            })
-            .await
-            .map_err(|status| {
-                Status::new(
-                    status.code(),
-                    format!(
-                        "batch {number}: {}{}",
-                        status.message(),
-                        stored_so_far(&totals)
-                    ),
-                )
-            })?;
+            let summary = self
+                .ingest
+                .store(&Source::Grpc, &batch.dataset_id, readings)
+                .await
+                .map_err(Status::from)
+                .map_err(|status| {
+                    Status::new(
+                        status.code(),
+                        format!(
+                            "batch {number}: {}{}",
+                            status.message(),
+                            stored_so_far(&totals)
+                        ),
+                    )
+                })?;
             totals.batches = number;
             totals.readings += summary.received as u64;
             totals.inserted += summary.new;

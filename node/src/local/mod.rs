@@ -6,6 +6,7 @@
 //! an admin-only RPC are recorded in the audit log with the token.
 //!
 //! - [`data`]: catalog, readings and records;
+//! - [`ingest`]: readings acknowledged batch by batch, resumable sessions;
 //! - [`ask`]: questions to the fellowship, its catalog, partners, receipts;
 //! - [`audit`]: tailing and exporting the audit log.
 
@@ -13,6 +14,7 @@ pub mod ask;
 pub mod audit;
 pub mod auth;
 pub mod data;
+pub mod ingest;
 
 use std::sync::Arc;
 
@@ -31,6 +33,7 @@ use crate::clock::SharedClock;
 use crate::federate::Federation;
 use crate::governance::registry::{Imported, ListCursor, Registry, RosterImport};
 use crate::identity::NodeIdentity;
+use crate::ingest::Pipeline;
 use crate::plane::DataPlane;
 use crate::plane::answer::AnswerLimits;
 use crate::store::Store;
@@ -55,6 +58,7 @@ pub struct LocalService {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     plane: Arc<DataPlane>,
+    ingest: Arc<Pipeline>,
     clock: SharedClock,
     started_at: OffsetDateTime,
     listeners: Vec<ListenerInfo>,
@@ -73,6 +77,7 @@ impl LocalService {
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
         plane: Arc<DataPlane>,
+        ingest: Arc<Pipeline>,
         clock: SharedClock,
         listeners: Vec<ListenerInfo>,
         calls: Arc<CallLimiter>,
@@ -87,6 +92,7 @@ impl LocalService {
             store,
             registry,
             plane,
+            ingest,
             clock,
             started_at,
             listeners,
@@ -413,6 +419,22 @@ impl Local for LocalService {
         request: Request<tonic::Streaming<pb::IngestReadingsRequest>>,
     ) -> Result<Response<pb::IngestReadingsResponse>, Status> {
         self.ingest_readings_rpc(request).await
+    }
+
+    type IngestBatchesStream = ingest::AckStream;
+
+    async fn ingest_batches(
+        &self,
+        request: Request<tonic::Streaming<pb::IngestBatch>>,
+    ) -> Result<Response<Self::IngestBatchesStream>, Status> {
+        self.ingest_batches_rpc(request).await
+    }
+
+    async fn ingest_session(
+        &self,
+        request: Request<pb::IngestSessionRequest>,
+    ) -> Result<Response<pb::IngestSessionResponse>, Status> {
+        self.ingest_session_rpc(request).await
     }
 
     type QueryReadingsStream = crate::plane::answer::AnswerStream;

@@ -108,12 +108,17 @@ pub enum Keyspace {
     /// cannot occur in an id, so one prefix scan lists exactly one kind in id
     /// order. See `data::records`.
     Records,
+    /// Resumable ingest sessions: `token name length (u16 BE) | token name |
+    /// session id` -> how far the session's numbered batches are stored
+    /// (JSON), written in the same atomic write as each batch's readings.
+    /// See `ingest::session`.
+    IngestSessions,
 }
 
 impl Keyspace {
     /// The name the backend stores this keyspace under.
     /// Every keyspace, so a backend can open them all up front.
-    pub const ALL: [Keyspace; 13] = [
+    pub const ALL: [Keyspace; 14] = [
         Keyspace::Meta,
         Keyspace::Rosters,
         Keyspace::Agreements,
@@ -127,6 +132,7 @@ impl Keyspace {
         Keyspace::Sensors,
         Keyspace::Readings,
         Keyspace::Records,
+        Keyspace::IngestSessions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -144,6 +150,7 @@ impl Keyspace {
             Keyspace::Sensors => "sensors",
             Keyspace::Readings => "readings",
             Keyspace::Records => "records",
+            Keyspace::IngestSessions => "ingest_sessions",
         }
     }
 }
