@@ -5,11 +5,18 @@
 //! the same rules the node applies (sensor id, time, location, known and
 //! finite measures), so one bad row is skipped and reported with its line
 //! number instead of making the node refuse a whole batch. Good rows go in
-//! batches over one `IngestReadings` stream; the node stores each batch
-//! whole and durably before reading the next.
+//! numbered batches over one `IngestBatches` stream; the node stores each
+//! batch whole and durably and acknowledges it before reading the next, so
+//! the report says exactly which batches are stored, even when the call
+//! breaks.
+//!
+//! A file (not standard input) is ingested as a resumable session named by
+//! a digest of the file, the dataset and the batch size: `--resume` asks
+//! the node how many batches of it are stored, checks they are this file's
+//! first batches (by their chain of digests), and sends only the rest.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -22,7 +29,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
 use samvirke_node::data::geo::{check_lat, check_lon};
 use samvirke_node::data::readings::{EARLIEST, FUTURE_ALLOWANCE, check_sensor_id};
-use samvirke_proto::v1::{IngestReadingsRequest, IngestReadingsResponse, Location, Reading};
+use samvirke_node::ingest::session::{self, Digest32};
+use samvirke_proto::v1::{IngestBatch, IngestSessionRequest, Location, Reading};
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -44,8 +52,8 @@ const EXIT_CODES: &str = "\
 Exit status:
   0  every row was valid and the node stored every reading
   1  the node refused a batch (its message names the reading), could not
-     be reached, or the file could not be read to the end; batches the
-     node accepted before that stay stored
+     be reached, or the file could not be read to the end; the report says
+     which batches are stored, and --resume sends only the others
   2  the command line was wrong (as for every samvirke command)
   3  some rows were invalid: they were skipped (not sent) and are listed
      with their line numbers; every row sent was stored";
@@ -85,6 +93,11 @@ pub struct IngestArgs {
     /// Readings per batch (each batch is stored whole or not at all).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch_size: u32,
+    /// Ask the node which batches of this file it already stored (by an
+    /// earlier run of the same command that was cut off) and send only the
+    /// rest. The file, dataset and batch size must be the same as then.
+    #[arg(long)]
+    resume: bool,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -730,11 +743,22 @@ fn json_reading(value: &Value, validator: &Validator) -> Result<Reading, String>
 
 // ---- Sending -----------------------------------------------------------------------
 
+/// One batch as the reading side cuts it.
+#[derive(Debug)]
+struct Batch {
+    /// From 1, in file order.
+    sequence: u64,
+    readings: Vec<Reading>,
+    /// [`session::batch_digest`] of the readings.
+    digest: Digest32,
+}
+
 /// What the reading side did.
 #[derive(Debug, Default)]
 struct Produced {
     rows: u64,
-    sent: u64,
+    /// Good rows, put into batches.
+    batched: u64,
     batches: u64,
     rejected: Vec<Rejected>,
     rejected_total: u64,
@@ -742,28 +766,32 @@ struct Produced {
     fatal: Option<anyhow::Error>,
 }
 
-/// Reads rows, keeps the bad ones aside and sends the good ones in batches.
+/// Reads rows, keeps the bad ones aside and cuts the good ones into
+/// numbered batches. The same file, dataset and batch size always give
+/// the same batches, which is what lets `--resume` skip some.
 fn produce(
     rows: impl Iterator<Item = anyhow::Result<Row>>,
     dataset_id: &str,
     batch_size: usize,
-    tx: &mpsc::Sender<IngestReadingsRequest>,
+    tx: &mpsc::Sender<Batch>,
     progress: &ProgressBar,
 ) -> Produced {
     let mut produced = Produced::default();
     let mut batch: Vec<Reading> = Vec::with_capacity(batch_size);
     let mut batch_bytes = 0usize;
-    let send = |batch: Vec<Reading>, produced: &mut Produced| -> bool {
-        let n = batch.len() as u64;
-        let request = IngestReadingsRequest {
-            dataset_id: dataset_id.to_string(),
-            readings: batch,
+    let send = |readings: Vec<Reading>, produced: &mut Produced| -> bool {
+        let n = readings.len() as u64;
+        let batch = Batch {
+            sequence: produced.batches + 1,
+            digest: session::batch_digest(dataset_id, &readings),
+            readings,
         };
-        if tx.blocking_send(request).is_err() {
-            // The call ended (the node refused a batch); its answer says why.
+        if tx.blocking_send(batch).is_err() {
+            // The sending side stopped (the node refused a batch or
+            // could not be reached); it reports why.
             return false;
         }
-        produced.sent += n;
+        produced.batched += n;
         produced.batches += 1;
         true
     };
@@ -803,7 +831,7 @@ fn produce(
             }
         }
     }
-    if !batch.is_empty() {
+    if !batch.is_empty() && produced.fatal.is_none() {
         send(batch, &mut produced);
     }
     produced
@@ -835,7 +863,180 @@ fn progress_bar(size: Option<u64>) -> ProgressBar {
     bar
 }
 
+/// Where the node's session for this file stands, as far as the CLI is
+/// concerned.
+#[derive(Debug, Clone, Default)]
+struct Resume {
+    /// The session id (none for standard input).
+    session: Option<String>,
+    /// Batches the node had stored before this run (skipped, not sent).
+    acked: u64,
+    /// Their chain of digests, as the node computed it.
+    chain: Digest32,
+}
+
+/// What the sending side did.
+#[derive(Debug, Default)]
+struct Sent {
+    /// Batches (and their readings) skipped because the node had them.
+    skipped_batches: u64,
+    skipped_readings: u64,
+    /// Batches the node acknowledged in this run: the first and the last.
+    first_acked: Option<u64>,
+    last_acked: Option<u64>,
+    acked_readings: u64,
+    inserted: u64,
+    replaced: u64,
+    /// Batches handed to the connection and not acknowledged (number,
+    /// readings), in order.
+    unacknowledged: Vec<(u64, u64)>,
+    /// Why the node ended the call, if it did so early.
+    failure: Option<tonic::Status>,
+    /// The resuming check failed: the node's session is not this file's.
+    mismatch: Option<String>,
+}
+
+impl Sent {
+    fn acked_batches(&self) -> u64 {
+        match (self.first_acked, self.last_acked) {
+            (Some(first), Some(last)) => last + 1 - first,
+            _ => 0,
+        }
+    }
+
+    /// The last batch of the file known to be stored.
+    fn stored_through(&self) -> u64 {
+        self.last_acked.unwrap_or(self.skipped_batches)
+    }
+}
+
+/// Batches the CLI hands to the connection ahead of their
+/// acknowledgement: one being stored while the next travels.
+const WINDOW: usize = 2;
+
+/// Skips the batches the node has, then sends the rest over one
+/// `IngestBatches` call, keeping account of every acknowledgement.
+async fn send(
+    client: &mut crate::local::Local,
+    dataset_id: &str,
+    resume: &Resume,
+    mut batches: mpsc::Receiver<Batch>,
+) -> Sent {
+    let mut sent = Sent::default();
+    let mut chain = [0u8; 32];
+    // 1. Batches the node has: check they are the ones it stored.
+    let first = loop {
+        let Some(batch) = batches.recv().await else {
+            if sent.skipped_batches < resume.acked || chain != resume.chain {
+                sent.mismatch = Some(format!(
+                    "the node has {} batches of this session stored, but the file gives {} \
+                     that do not match them",
+                    resume.acked, sent.skipped_batches
+                ));
+            }
+            return sent;
+        };
+        if batch.sequence > resume.acked {
+            break batch;
+        }
+        chain = session::chain_next(&chain, &batch.digest);
+        sent.skipped_batches += 1;
+        sent.skipped_readings += batch.readings.len() as u64;
+    };
+    if chain != resume.chain {
+        sent.mismatch = Some(format!(
+            "the node's first {} batches of this session are not the file's first {} batches",
+            resume.acked, resume.acked
+        ));
+        return sent;
+    }
+
+    // 2. The rest, acknowledged one by one.
+    let (requests, rx) = mpsc::channel::<IngestBatch>(WINDOW);
+    let request = |batch: Batch| IngestBatch {
+        dataset_id: dataset_id.to_string(),
+        sequence: batch.sequence,
+        session_id: resume.session.clone().unwrap_or_default(),
+        // A run that does not resume starts the session over.
+        restart: resume.acked == 0 && batch.sequence == 1,
+        readings: batch.readings,
+    };
+    let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
+    pending.push_back((first.sequence, first.readings.len() as u64));
+    // The channel holds WINDOW requests and at most WINDOW are pending,
+    // so this never waits.
+    let _ = requests.send(request(first)).await;
+    let mut requests = Some(requests);
+    let mut acks = match client.ingest_batches(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            sent.unacknowledged = pending.into_iter().collect();
+            sent.failure = Some(status);
+            return sent;
+        }
+    };
+    loop {
+        let more = requests.is_some() && pending.len() < WINDOW;
+        tokio::select! {
+            ack = acks.message() => match ack {
+                Ok(Some(ack)) => {
+                    match pending.pop_front() {
+                        Some((sequence, _)) if sequence == ack.sequence => {}
+                        other => {
+                            if let Some(other) = other {
+                                pending.push_front(other);
+                            }
+                            sent.failure = Some(tonic::Status::internal(format!(
+                                "the node acknowledged batch {} out of turn",
+                                ack.sequence
+                            )));
+                            break;
+                        }
+                    }
+                    sent.first_acked.get_or_insert(ack.sequence);
+                    sent.last_acked = Some(ack.sequence);
+                    sent.acked_readings += ack.readings;
+                    sent.inserted += ack.inserted;
+                    sent.replaced += ack.replaced;
+                }
+                Ok(None) => {
+                    if requests.is_some() || !pending.is_empty() {
+                        sent.failure = Some(tonic::Status::unknown(
+                            "the node ended the call before acknowledging every batch",
+                        ));
+                    }
+                    break;
+                }
+                Err(status) => {
+                    sent.failure = Some(status);
+                    break;
+                }
+            },
+            batch = batches.recv(), if more => match batch {
+                Some(batch) => {
+                    pending.push_back((batch.sequence, batch.readings.len() as u64));
+                    if let Some(requests) = &requests {
+                        let _ = requests.send(request(batch)).await;
+                    }
+                }
+                // The file is read: end the stream; the node ends the call
+                // after the last acknowledgement.
+                None => requests = None,
+            },
+        }
+    }
+    sent.unacknowledged = pending.into_iter().collect();
+    sent
+}
+
 async fn ingest(args: IngestArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let stdin = args.file == Path::new("-");
+    if args.resume && stdin {
+        bail!(
+            "--resume needs a file: standard input cannot be read again to find the batches \
+             the node already has"
+        );
+    }
     let mut client = args.node.connect().await?;
     let dataset = args.node.dataset(&mut client, &args.dataset).await?;
     if dataset.kind != "sensor" {
@@ -844,6 +1045,34 @@ async fn ingest(args: IngestArgs, format: Format) -> anyhow::Result<ExitCode> {
             dataset.id,
             dataset.kind
         );
+    }
+    // The session: a digest of the file and how it is cut into batches.
+    let mut resume = Resume::default();
+    if !stdin {
+        let kind = match format {
+            Format::Csv => "csv",
+            Format::Json => "json",
+        };
+        let (input, _) = open(&args.file)?;
+        let id = session::file_session_id(kind, &dataset.id, args.batch_size, input)
+            .with_context(|| format!("reading {}", args.file.display()))?;
+        if args.resume {
+            let state = client
+                .ingest_session(IngestSessionRequest {
+                    session_id: id.clone(),
+                })
+                .await
+                .map_err(|status| {
+                    args.node
+                        .refused("say how far this file is stored", &status)
+                })?
+                .into_inner();
+            if state.found {
+                resume.acked = state.acked;
+                resume.chain = <Digest32>::try_from(state.chain.as_slice()).unwrap_or_default();
+            }
+        }
+        resume.session = Some(id);
     }
     let validator = Validator::new(output::measures(&dataset), OffsetDateTime::now_utc());
     let (input, size) = open(&args.file)?;
@@ -863,35 +1092,47 @@ async fn ingest(args: IngestArgs, format: Format) -> anyhow::Result<ExitCode> {
     let reader = tokio::task::spawn_blocking(move || {
         produce(rows, &dataset_id, batch_size, &tx, &reader_progress)
     });
-    let answer = client.ingest_readings(ReceiverStream::new(rx)).await;
+    let sent = send(&mut client, &dataset.id, &resume, rx).await;
     let produced = reader
         .await
         .context("the file reader stopped unexpectedly")?;
     progress.finish_and_clear();
     let elapsed = started.elapsed();
 
-    let answer = answer.map(tonic::Response::into_inner);
     print!(
         "{}",
-        summary(&args.file, &produced, answer.as_ref().ok(), elapsed)
+        summary(&args.file, &produced, &resume, &sent, elapsed)
     );
-    if let Err(status) = answer {
-        let refused = args.node.refused("store the readings", &status);
+    if let Some(mismatch) = sent.mismatch {
+        bail!(
+            "cannot resume: {mismatch} (the rows this command accepts may have changed, for \
+             instance readings that were too far in the future); nothing was sent. Ingest the \
+             file without --resume to send it all again (re-sent readings replace, never \
+             duplicate)"
+        );
+    }
+    if let Some(status) = &sent.failure {
+        let refused = args.node.refused("store the readings", status);
         return Err(if status.code() == tonic::Code::InvalidArgument {
             refused.context(
-                "fix the reading named and ingest the file again (re-sent readings replace, \
-                 never duplicate)",
+                "fix the reading named and ingest the file again with --resume (batches the \
+                 node acknowledged are not sent again)",
             )
-        } else {
+        } else if stdin {
             refused
+        } else {
+            refused.context(
+                "run the same command with --resume to send only the batches the node does \
+                 not have",
+            )
         });
     }
     if let Some(fatal) = produced.fatal {
         return Err(fatal.context(format!(
-            "stopped reading {} after {} rows; the {} readings sent before that are stored",
+            "stopped reading {} after {} rows; batches 1..={} of it are stored",
             args.file.display(),
             produced.rows,
-            produced.sent
+            sent.stored_through()
         )));
     }
     Ok(if produced.rejected_total > 0 {
@@ -901,11 +1142,22 @@ async fn ingest(args: IngestArgs, format: Format) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The report printed at the end.
+/// `batch a` or `batches a..=b`, and whether that is one batch.
+fn batches_named(first: u64, last: u64) -> (String, bool) {
+    if first == last {
+        (format!("batch {first}"), true)
+    } else {
+        (format!("batches {first}..={last}"), false)
+    }
+}
+
+/// The report printed at the end: what was read, skipped, acknowledged,
+/// and, if the call failed, exactly which batches are stored.
 fn summary(
     file: &Path,
     produced: &Produced,
-    answer: Option<&IngestReadingsResponse>,
+    resume: &Resume,
+    sent: &Sent,
     elapsed: Duration,
 ) -> String {
     let seconds = elapsed.as_secs_f64();
@@ -919,16 +1171,77 @@ fn summary(
         produced.rows,
         file.display()
     );
-    match answer {
-        Some(answer) => text.push_str(&format!(
-            "ingested {} readings in {} batches: {} new, {} replaced\n",
-            answer.readings, answer.batches, answer.inserted, answer.replaced
-        )),
-        None => text.push_str(&format!(
-            "the node ended the call after {} readings in {} batches were queued; \
-             only batches it stored before ending it are kept\n",
-            produced.sent, produced.batches
-        )),
+    if sent.skipped_batches > 0 {
+        text.push_str(&format!(
+            "skipped {} batches ({} readings) the node had already stored (session {})\n",
+            sent.skipped_batches,
+            sent.skipped_readings,
+            resume.session.as_deref().unwrap_or("-")
+        ));
+    }
+    if sent.mismatch.is_some() {
+        return text;
+    }
+    text.push_str(&format!(
+        "ingested {} readings in {} batches: {} new, {} replaced\n",
+        sent.acked_readings,
+        sent.acked_batches(),
+        sent.inserted,
+        sent.replaced
+    ));
+    if let Some(status) = &sent.failure {
+        let through = sent.stored_through();
+        if through == 0 {
+            text.push_str("no batch of the file is stored\n");
+        } else {
+            let (named, one) = batches_named(1, through);
+            let verb = if one { "is" } else { "are" };
+            text.push_str(&format!(
+                "{named} of the file {verb} stored (acknowledged by the node)\n"
+            ));
+        }
+        if let (Some(&(first, _)), Some(&(last, _))) =
+            (sent.unacknowledged.first(), sent.unacknowledged.last())
+        {
+            let readings: u64 = sent.unacknowledged.iter().map(|(_, n)| n).sum();
+            let (named, one) = batches_named(first, last);
+            // The node answered with a refusal: it stores nothing of the
+            // refused batch and reads nothing after it.
+            let refused = matches!(
+                status.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::NotFound
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
+                    | tonic::Code::ResourceExhausted
+            );
+            text.push_str(&match (refused, one) {
+                (true, true) => {
+                    format!("{named} ({readings} readings) is not stored: the node refused it\n")
+                }
+                (true, false) => format!(
+                    "{named} ({readings} readings) are not stored: the node refused batch \
+                     {first} and read none after it\n"
+                ),
+                (false, true) => format!(
+                    "{named} ({readings} readings) was sent but not acknowledged: it is stored \
+                     whole or not at all, and --resume asks the node which\n"
+                ),
+                (false, false) => format!(
+                    "{named} ({readings} readings) were sent but not acknowledged: each is \
+                     stored whole or not at all, and --resume asks the node which\n"
+                ),
+            });
+        }
+        match sent
+            .unacknowledged
+            .last()
+            .map_or(through, |&(last, _)| last)
+        {
+            0 => text.push_str("no batch was sent\n"),
+            last => text.push_str(&format!("batches after {last} were not sent\n")),
+        }
     }
     if produced.rejected_total > 0 {
         text.push_str(&format!(
@@ -1227,13 +1540,19 @@ not json
         let produced = produce(rows, "aarhus-air-quality", 10, &tx, &ProgressBar::hidden());
         drop(tx);
         let mut sizes = Vec::new();
+        let mut numbers = Vec::new();
         while let Ok(batch) = rx.try_recv() {
-            assert_eq!(batch.dataset_id, "aarhus-air-quality");
+            assert_eq!(
+                batch.digest,
+                session::batch_digest("aarhus-air-quality", &batch.readings)
+            );
+            numbers.push(batch.sequence);
             sizes.push(batch.readings.len());
         }
         assert_eq!(sizes, vec![10, 10, 2]);
+        assert_eq!(numbers, vec![1, 2, 3]);
         assert_eq!(
-            (produced.rows, produced.sent, produced.batches),
+            (produced.rows, produced.batched, produced.batches),
             (25, 22, 3)
         );
         assert_eq!(produced.rejected_total, 3);
@@ -1241,7 +1560,13 @@ not json
             produced.rejected.iter().map(|r| r.line).collect::<Vec<_>>(),
             vec![5, 15, 25]
         );
-        let text = summary(Path::new("r.csv"), &produced, None, Duration::from_secs(1));
+        let text = summary(
+            Path::new("r.csv"),
+            &produced,
+            &Resume::default(),
+            &Sent::default(),
+            Duration::from_secs(1),
+        );
         assert!(text.contains("read 25 rows from r.csv"), "{text}");
         assert!(
             text.contains("rejected 3 rows (not sent):\n  line 5: timestamp:"),
@@ -1260,7 +1585,7 @@ not json
     fn the_summary_lists_twenty_rejections_then_counts() {
         let produced = Produced {
             rows: 100,
-            sent: 70,
+            batched: 70,
             batches: 1,
             rejected: (1..=20)
                 .map(|line| Rejected {
@@ -1271,22 +1596,108 @@ not json
             rejected_total: 30,
             fatal: None,
         };
-        let answer = IngestReadingsResponse {
-            batches: 1,
-            readings: 70,
+        let sent = Sent {
+            first_acked: Some(1),
+            last_acked: Some(1),
+            acked_readings: 70,
             inserted: 60,
             replaced: 10,
+            ..Sent::default()
         };
         let text = summary(
             Path::new("x.json"),
             &produced,
-            Some(&answer),
+            &Resume::default(),
+            &sent,
             Duration::from_secs(2),
         );
         assert!(text.contains("(50 rows/s)"), "{text}");
         assert!(text.contains("ingested 70 readings in 1 batches: 60 new, 10 replaced"));
         assert!(
             text.contains("  line 20: bad\n  ... and 10 more\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_failed_call_reports_exactly_which_batches_are_stored() {
+        let produced = Produced {
+            rows: 50,
+            batched: 50,
+            batches: 10,
+            ..Produced::default()
+        };
+        let resume = Resume {
+            session: Some("file-abc".to_string()),
+            acked: 3,
+            chain: [0; 32],
+        };
+        // Batches 1..=3 skipped, 4..=6 acknowledged, 7 and 8 in flight
+        // when the connection broke.
+        let broken = Sent {
+            skipped_batches: 3,
+            skipped_readings: 15,
+            first_acked: Some(4),
+            last_acked: Some(6),
+            acked_readings: 15,
+            inserted: 15,
+            unacknowledged: vec![(7, 5), (8, 5)],
+            failure: Some(tonic::Status::unavailable("connection reset")),
+            ..Sent::default()
+        };
+        let text = summary(
+            Path::new("r.csv"),
+            &produced,
+            &resume,
+            &broken,
+            Duration::from_secs(1),
+        );
+        for expected in [
+            "skipped 3 batches (15 readings) the node had already stored (session file-abc)\n",
+            "ingested 15 readings in 3 batches: 15 new, 0 replaced\n",
+            "batches 1..=6 of the file are stored (acknowledged by the node)\n",
+            "batches 7..=8 (10 readings) were sent but not acknowledged: each is stored whole or \
+             not at all",
+            "batches after 8 were not sent\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert!(!text.contains("queued"), "{text}");
+
+        // A refusal: the refused batch and everything after are not stored.
+        let refused = Sent {
+            unacknowledged: vec![(7, 5)],
+            failure: Some(tonic::Status::invalid_argument("batch 7: reading[0] ...")),
+            ..broken
+        };
+        let text = summary(
+            Path::new("r.csv"),
+            &produced,
+            &resume,
+            &refused,
+            Duration::from_secs(1),
+        );
+        assert!(
+            text.contains("batch 7 (5 readings) is not stored: the node refused it\n"),
+            "{text}"
+        );
+
+        // Nothing acknowledged and nothing skipped.
+        let nothing = Sent {
+            unacknowledged: vec![(1, 5)],
+            failure: Some(tonic::Status::unavailable("down")),
+            ..Sent::default()
+        };
+        let text = summary(
+            Path::new("r.csv"),
+            &produced,
+            &Resume::default(),
+            &nothing,
+            Duration::from_secs(1),
+        );
+        assert!(text.contains("no batch of the file is stored\n"), "{text}");
+        assert!(
+            text.contains("batch 1 (5 readings) was sent but not acknowledged"),
             "{text}"
         );
     }

@@ -29,7 +29,8 @@ use session::{Progress, SessionError, SessionState};
 /// Which door a batch came in by (for logs and metrics).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Source {
-    /// The local gRPC `IngestReadings` stream (also `samvirke ingest`).
+    /// The local gRPC ingest streams (`IngestBatches`, `samvirke ingest`,
+    /// and `IngestReadings`).
     Grpc,
     /// An OS2iot HTTP-push endpoint, by its configured name.
     Http(String),
