@@ -1182,13 +1182,24 @@ fn summary(
     if sent.mismatch.is_some() {
         return text;
     }
-    text.push_str(&format!(
-        "ingested {} readings in {} batches: {} new, {} replaced\n",
-        sent.acked_readings,
-        sent.acked_batches(),
-        sent.inserted,
-        sent.replaced
-    ));
+    if sent.failure.is_none() {
+        text.push_str(&format!(
+            "ingested {} readings in {} batches: {} new, {} replaced\n",
+            sent.acked_readings,
+            sent.acked_batches(),
+            sent.inserted,
+            sent.replaced
+        ));
+    } else if sent.acked_batches() > 0 {
+        text.push_str(&format!(
+            "before the call failed, the node acknowledged {} readings in {} batches: {} new, \
+             {} replaced\n",
+            sent.acked_readings,
+            sent.acked_batches(),
+            sent.inserted,
+            sent.replaced
+        ));
+    }
     if let Some(status) = &sent.failure {
         let through = sent.stored_through();
         if through == 0 {
@@ -1654,7 +1665,8 @@ not json
         );
         for expected in [
             "skipped 3 batches (15 readings) the node had already stored (session file-abc)\n",
-            "ingested 15 readings in 3 batches: 15 new, 0 replaced\n",
+            "before the call failed, the node acknowledged 15 readings in 3 batches: 15 new, 0 \
+             replaced\n",
             "batches 1..=6 of the file are stored (acknowledged by the node)\n",
             "batches 7..=8 (10 readings) were sent but not acknowledged: each is stored whole or \
              not at all",
@@ -1696,6 +1708,7 @@ not json
             Duration::from_secs(1),
         );
         assert!(text.contains("no batch of the file is stored\n"), "{text}");
+        assert!(!text.contains("acknowledged 0"), "{text}");
         assert!(
             text.contains("batch 1 (5 readings) was sent but not acknowledged"),
             "{text}"

@@ -331,6 +331,64 @@ async fn ingest_until_killed(
     last
 }
 
+/// (sensor, second) of every reading of batches `1..=n`.
+fn expected(batches: &[Vec<pb::Reading>], n: usize) -> HashSet<(String, i64)> {
+    batches[..n]
+        .iter()
+        .flatten()
+        .map(|r| (r.sensor_id.clone(), r.at.as_ref().map_or(0, |t| t.seconds)))
+        .collect()
+}
+
+/// What the checks after a restart compare against.
+struct Facts {
+    token: String,
+    dataset: String,
+    session: String,
+    /// Readings in batches `1..=n`, by `n`.
+    prefix: Vec<u64>,
+    batches: Vec<Vec<pb::Reading>>,
+}
+
+/// The checks after a node killed with SIGKILL is restarted, with the
+/// client having seen batches `1..=acked_seen` acknowledged; returns the
+/// number of batches stored.
+async fn verify_after_kill(node: &RunningNode, facts: &Facts, label: &str, acked_seen: u64) -> u64 {
+    assert!(
+        node.startup
+            .iter()
+            .any(|line| line.contains("sensor index was checked against the readings and agrees")),
+        "{label}: after kill -9 the node checks its index: {:#?}",
+        node.startup
+    );
+    let (count, rows) = stored(node, &facts.token, &facts.dataset).await;
+    assert_eq!(
+        count,
+        rows.len() as u64,
+        "{label}: CountReadings equals the rows stored"
+    );
+    let n = facts
+        .prefix
+        .iter()
+        .position(|&p| p == count)
+        .unwrap_or_else(|| panic!("{label}: {count} readings is not a whole number of batches"))
+        as u64;
+    assert!(
+        n >= acked_seen && n <= acked_seen + WINDOW as u64,
+        "{label}: {n} batches stored; the client saw 1..={acked_seen} acknowledged"
+    );
+    assert!(
+        rows == expected(&facts.batches, n as usize),
+        "{label}: the stored readings are exactly batches 1..={n}"
+    );
+    assert_eq!(
+        session_acked(node, &facts.token, &facts.session).await,
+        n,
+        "{label}: the session's progress is written with its batches"
+    );
+    n
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_batches_survive_kill_9_and_resume_sends_only_the_rest() {
     let seed = std::env::var("SAMVIRKE_CRASH_SEED")
@@ -373,14 +431,6 @@ async fn acknowledged_batches_survive_kill_9_and_resume_sends_only_the_rest() {
             Some(*sum)
         }))
         .collect();
-    let expected = |n: usize| -> HashSet<(String, i64)> {
-        batches[..n]
-            .iter()
-            .flatten()
-            .map(|r| (r.sensor_id.clone(), r.at.as_ref().map_or(0, |t| t.seconds)))
-            .collect()
-    };
-
     let mut node = start(&config);
     let dataset = sensor_dataset("air-quality", 751).expect("dataset");
     let dataset_id = dataset.id.clone();
@@ -401,6 +451,13 @@ async fn acknowledged_batches_survive_kill_9_and_resume_sends_only_the_rest() {
     )
     .expect("session id");
 
+    let facts = Facts {
+        token: token.clone(),
+        dataset: dataset_id.clone(),
+        session: session_id.clone(),
+        prefix: prefix.clone(),
+        batches: batches.clone(),
+    };
     let started = Instant::now();
     let mut acked_seen = 0u64;
     let mut stored_batches = 0u64;
@@ -429,47 +486,89 @@ async fn acknowledged_batches_survive_kill_9_and_resume_sends_only_the_rest() {
         }
 
         node = start(&config);
-        assert!(
-            node.startup
-                .iter()
-                .any(|line| line
-                    .contains("sensor index was checked against the readings and agrees")),
-            "round {round}: after kill -9 the node checks its index: {:#?}",
-            node.startup
-        );
-        let (count, rows) = stored(&node, &token, &dataset_id).await;
-        assert_eq!(
-            count,
-            rows.len() as u64,
-            "round {round}: CountReadings equals the rows stored"
-        );
-        let n = prefix.iter().position(|&p| p == count).unwrap_or_else(|| {
-            panic!("round {round}: {count} readings is not a whole number of batches")
-        });
-        assert!(
-            n as u64 >= acked_seen && n as u64 <= acked_seen + WINDOW as u64,
-            "round {round}: {n} batches stored; the client saw 1..={acked_seen} acknowledged"
-        );
-        assert!(
-            rows == expected(n),
-            "round {round}: the stored readings are exactly batches 1..={n}"
-        );
-        assert_eq!(
-            session_acked(&node, &token, &session_id).await,
-            n as u64,
-            "round {round}: the session's progress is written with its batches"
-        );
+        let n = verify_after_kill(&node, &facts, &format!("round {round}"), acked_seen).await;
         eprintln!(
             "round {round}: killed {kill_delay:?} after {kill_after} acknowledgements; \
              acknowledged 1..={acked_seen}, stored 1..={n}"
         );
-        stored_batches = n as u64;
+        stored_batches = n;
         // The session is the truth from here on.
         acked_seen = stored_batches;
     }
     assert!(
         (stored_batches as usize) < batches.len(),
         "the rounds leave work for --resume"
+    );
+
+    // The CLI itself is cut off by kill -9: its report says exactly which
+    // batches are stored.
+    {
+        let target = stored_batches + 1 + rng.below(3);
+        let kill_delay = Duration::from_micros(rng.below(30_000));
+        let mut run = Command::new(&cli)
+            .args(["ingest", "csv"])
+            .arg(&file)
+            .args(["--dataset", &dataset_id, "--batch-size"])
+            .arg(BATCH.to_string())
+            .args(["--resume", "--node", &node.local, "--token", &token])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run samvirke ingest");
+        let deadline = Instant::now() + TIMEOUT;
+        while session_acked(&node, &token, &session_id).await < target {
+            assert!(Instant::now() < deadline, "the CLI made no progress");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(kill_delay).await;
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(node.child.id().to_string())
+            .status();
+        node.child.wait().expect("wait for the killed node");
+        let output = tokio::task::spawn_blocking(move || {
+            let _ = run.stdin.take();
+            run.wait_with_output()
+        })
+        .await
+        .expect("CLI task")
+        .expect("CLI output");
+        let report = String::from_utf8_lossy(&output.stdout).into_owned();
+        let errors = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(1), "{report}{errors}");
+        assert!(
+            errors.contains("run the same command with --resume"),
+            "{errors}"
+        );
+        // "batches 1..=K of the file are stored (acknowledged by the node)"
+        let told: u64 = report
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("batches 1..=").and_then(|rest| {
+                    rest.strip_suffix(" of the file are stored (acknowledged by the node)")
+                })
+            })
+            .and_then(|k| k.parse().ok())
+            .unwrap_or_else(|| panic!("no stored batches in the report:\n{report}{errors}"));
+        assert!(told >= target, "{report}");
+        assert!(
+            report.contains(&format!(
+                "skipped {stored_batches} batches ({} readings)",
+                prefix[stored_batches as usize]
+            )),
+            "{report}"
+        );
+        node = start(&config);
+        let n = verify_after_kill(&node, &facts, "the CLI round", told).await;
+        eprintln!(
+            "the CLI round: killed {kill_delay:?} after batch {target} was stored; the CLI \
+             reported 1..={told} stored, stored 1..={n}"
+        );
+        stored_batches = n;
+    }
+    assert!(
+        (stored_batches as usize) < batches.len(),
+        "the CLI round leaves work for --resume"
     );
 
     // The CLI completes the file, sending only what the node lacks.
@@ -519,7 +618,10 @@ async fn acknowledged_batches_survive_kill_9_and_resume_sends_only_the_rest() {
     );
     let (count, rows) = stored(&node, &token, &dataset_id).await;
     assert_eq!(count, total);
-    assert!(rows == expected(batches.len()), "the whole file is stored");
+    assert!(
+        rows == expected(&batches, batches.len()),
+        "the whole file is stored"
+    );
     assert_eq!(
         session_acked(&node, &token, &session_id).await,
         batches.len() as u64
