@@ -56,9 +56,10 @@ pub enum SessionError {
         given: String,
     },
     #[error(
-        "batch {sequence} of session `{session}` is out of order: the node has batches \
-         1..={acked} of it stored, so the next batch is {}; ask the node (IngestSession) and \
-         resume from there, or send batch 1 with restart to start the session over",
+        "out of order in session `{session}`: the node has {} stored, so the next batch is \
+         {}; ask the node (IngestSession) and resume from there, or send batch 1 with restart \
+         to start the session over",
+        stored_batches(*acked),
         acked + 1
     )]
     OutOfOrder {
@@ -72,6 +73,14 @@ pub enum SessionError {
     Corrupt { session: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn stored_batches(acked: u64) -> String {
+    match acked {
+        0 => "no batch of it".to_string(),
+        1 => "batch 1 of it".to_string(),
+        n => format!("batches 1..={n} of it"),
+    }
 }
 
 /// What the node keeps for one session.
@@ -373,7 +382,7 @@ mod tests {
 
         // A gap, a repeat and batch 0 are refused and change nothing.
         for (sequence, text) in [
-            (4, "batch 4 of session `s1` is out of order"),
+            (4, "out of order in session `s1`"),
             (2, "batches 1..=2 of it stored, so the next batch is 3"),
         ] {
             let err = advance(store, &progress("s1", sequence), "air", 3).expect_err("order");
@@ -397,7 +406,11 @@ mod tests {
         other.token = "intruder".to_string();
         assert_eq!(get(store, "intruder", "s1").expect("get"), None);
         let err = advance(store, &other, "air", 3).expect_err("not theirs");
-        assert!(err.to_string().contains("next batch is 1"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("the node has no batch of it stored, so the next batch is 1"),
+            "{err}"
+        );
         // A token whose name starts like another's has its own sessions.
         assert_eq!(get(store, "loade", "rs1").expect("get"), None);
 
