@@ -9,6 +9,8 @@
 //! Doors differ only in how they get readings out of their sender's bytes
 //! and whom they answer; validation, durability and counting are here.
 
+pub mod mapping;
+
 use std::fmt;
 use std::sync::Arc;
 
