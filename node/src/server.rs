@@ -42,6 +42,8 @@ use crate::governance::sync;
 use crate::health::{ListenerHealth, ReflectionError, reflection};
 use crate::identity::{IdentityError, NodeIdentity};
 use crate::ingest::Pipeline;
+use crate::ingest::http_push::PushEndpoints;
+use crate::ingest::mqtt::MqttStates;
 use crate::local::LocalService;
 use crate::local::auth::TokenRegistry;
 use crate::partners::PartnerPool;
@@ -101,6 +103,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Reflection(#[from] ReflectionError),
+    #[error(transparent)]
+    Mqtt(#[from] crate::ingest::mqtt::MqttError),
     #[error("{listener} listener: {source}")]
     TlsSetup {
         listener: &'static str,
@@ -156,6 +160,7 @@ pub struct Node {
     registry: Arc<Registry>,
     plane: Arc<DataPlane>,
     ingest: Arc<Pipeline>,
+    mqtt: MqttStates,
     audit: Arc<AuditLog>,
     clock: SharedClock,
 }
@@ -192,6 +197,7 @@ impl Node {
         )?);
         registry.set_audit(Arc::clone(&audit));
         let ingest = Arc::new(Pipeline::new(Arc::clone(&plane), Arc::clone(&clock)));
+        let mqtt = MqttStates::new(&config.ingest.mqtt);
         Ok(Node {
             config,
             identity,
@@ -199,6 +205,7 @@ impl Node {
             registry,
             plane,
             ingest,
+            mqtt,
             audit,
             clock,
         })
@@ -447,14 +454,29 @@ impl Node {
                     listener_limits(&local_limits, self.config.local.handshake_timeout),
                     stop.clone(),
                 );
+                let push = Arc::new(PushEndpoints::new(
+                    &self.config.ingest.http,
+                    Arc::clone(&self.ingest),
+                    Arc::clone(&self.clock),
+                ));
                 Some(crate::http::serve(
                     incoming,
-                    crate::http::HttpApi::new(Arc::clone(&local_service), local_limits),
+                    crate::http::HttpApi::new(Arc::clone(&local_service), local_limits)
+                        .with_push(push),
                     self.config.local.handshake_timeout,
                     stop.clone(),
                 ))
             }
         };
+
+        // MQTT subscriptions store through the same pipeline.
+        let mqtt_tasks = crate::ingest::mqtt::spawn_all(
+            &self.config.ingest.mqtt,
+            &self.ingest,
+            &self.clock,
+            &self.mqtt,
+            &stop,
+        )?;
 
         tracing::info!(
             municipality = self.identity.municipality_code,
@@ -505,6 +527,11 @@ impl Node {
             local_health.stopping().await;
             stop.cancel();
         }
+        for task in mqtt_tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "MQTT ingest task failed");
+            }
+        }
         if let Err(error) = anti_entropy.await {
             tracing::error!(%error, "anti-entropy task failed");
         }
@@ -529,6 +556,7 @@ impl Node {
         let registry = Arc::clone(&self.registry);
         let audit = Arc::clone(&self.audit);
         let local_tls = self.config.local.tls;
+        let mqtt = self.mqtt.clone();
         let stop = CancellationToken::new();
         let task = tokio::spawn(self.run(listeners, stop.clone().cancelled_owned()));
         RunningNode {
@@ -540,6 +568,7 @@ impl Node {
             local_tls,
             http_addr,
             http_tls,
+            mqtt,
             stop,
             task,
         }
@@ -586,6 +615,8 @@ pub struct RunningNode {
     /// The HTTP API's bound address, when `[http]` is configured.
     pub http_addr: Option<SocketAddr>,
     http_tls: bool,
+    /// Whether each `[[ingest.mqtt]]` subscription is subscribed.
+    pub mqtt: MqttStates,
     stop: CancellationToken,
     task: JoinHandle<Result<(), NodeError>>,
 }

@@ -8,8 +8,17 @@
 //!
 //! Doors differ only in how they get readings out of their sender's bytes
 //! and whom they answer; validation, durability and counting are here.
+//!
+//! - [`config`]: the `[ingest]` config section (push endpoints, MQTT
+//!   subscriptions) and its checks;
+//! - [`mapping`]: where the readings are in a pushed JSON body;
+//! - [`http_push`]: the OS2iot HTTP-push door on the `[http]` listener;
+//! - [`mqtt`]: the MQTT door (persistent session, QoS 1, acks after storing).
 
+pub mod config;
+pub mod http_push;
 pub mod mapping;
+pub mod mqtt;
 
 use std::fmt;
 use std::sync::Arc;
