@@ -69,6 +69,9 @@ struct RawConfig {
     /// Absent: no HTTP API.
     #[serde(default)]
     http: Option<RawHttp>,
+    /// OS2iot HTTP push and MQTT ingest.
+    #[serde(default)]
+    ingest: crate::ingest::config::RawIngest,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +241,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[http]`: the HTTP API for analysts' tools; `None` when off.
     pub http: Option<HttpConfig>,
+    /// `[ingest]`: OS2iot HTTP-push endpoints and MQTT subscriptions.
+    pub ingest: crate::ingest::config::IngestConfig,
 }
 
 /// `[http]`: the HTTP API for analysts' tools, on a listener of its own.
@@ -437,6 +442,13 @@ impl Checker<'_> {
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let ingest = crate::ingest::config::check(
+            raw.ingest,
+            &|path| self.resolve(path),
+            raw.http.is_some(),
+            raw.node.municipality_code,
+        )
+        .map_err(|(key, reason)| self.invalid(&key, reason))?;
         Ok(Config {
             source: self.path.to_path_buf(),
             node: self.node(raw.node)?,
@@ -464,6 +476,7 @@ impl Checker<'_> {
                     tls: http.tls,
                 }),
             },
+            ingest,
         })
     }
 

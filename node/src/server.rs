@@ -42,6 +42,8 @@ use crate::governance::sync;
 use crate::health::{ListenerHealth, ReflectionError, reflection};
 use crate::identity::{IdentityError, NodeIdentity};
 use crate::ingest::Pipeline;
+use crate::ingest::http_push::PushEndpoints;
+use crate::ingest::mqtt::MqttStates;
 use crate::local::LocalService;
 use crate::local::auth::TokenRegistry;
 use crate::partners::PartnerPool;
@@ -103,6 +105,8 @@ pub enum NodeError {
     Reflection(#[from] ReflectionError),
     #[error("start-up check of the sensor index failed: {0}")]
     Recovery(#[from] crate::ingest::recovery::RecoveryError),
+    #[error(transparent)]
+    Mqtt(#[from] crate::ingest::mqtt::MqttError),
     #[error("{listener} listener: {source}")]
     TlsSetup {
         listener: &'static str,
@@ -158,6 +162,7 @@ pub struct Node {
     registry: Arc<Registry>,
     plane: Arc<DataPlane>,
     ingest: Arc<Pipeline>,
+    mqtt: MqttStates,
     audit: Arc<AuditLog>,
     clock: SharedClock,
 }
@@ -198,6 +203,7 @@ impl Node {
         )?);
         registry.set_audit(Arc::clone(&audit));
         let ingest = Arc::new(Pipeline::new(Arc::clone(&plane), Arc::clone(&clock)));
+        let mqtt = MqttStates::new(&config.ingest.mqtt);
         Ok(Node {
             config,
             identity,
@@ -205,6 +211,7 @@ impl Node {
             registry,
             plane,
             ingest,
+            mqtt,
             audit,
             clock,
         })
@@ -457,14 +464,29 @@ impl Node {
                     listener_limits(&local_limits, self.config.local.handshake_timeout),
                     stop.clone(),
                 );
+                let push = Arc::new(PushEndpoints::new(
+                    &self.config.ingest.http,
+                    Arc::clone(&self.ingest),
+                    Arc::clone(&self.clock),
+                ));
                 Some(crate::http::serve(
                     incoming,
-                    crate::http::HttpApi::new(Arc::clone(&local_service), local_limits),
+                    crate::http::HttpApi::new(Arc::clone(&local_service), local_limits)
+                        .with_push(push),
                     self.config.local.handshake_timeout,
                     stop.clone(),
                 ))
             }
         };
+
+        // MQTT subscriptions store through the same pipeline.
+        let mqtt_tasks = crate::ingest::mqtt::spawn_all(
+            &self.config.ingest.mqtt,
+            &self.ingest,
+            &self.clock,
+            &self.mqtt,
+            &stop,
+        )?;
 
         tracing::info!(
             municipality = self.identity.municipality_code,
@@ -515,6 +537,11 @@ impl Node {
             local_health.stopping().await;
             stop.cancel();
         }
+        for task in mqtt_tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "MQTT ingest task failed");
+            }
+        }
         if let Err(error) = anti_entropy.await {
             tracing::error!(%error, "anti-entropy task failed");
         }
@@ -543,6 +570,7 @@ impl Node {
         let registry = Arc::clone(&self.registry);
         let audit = Arc::clone(&self.audit);
         let local_tls = self.config.local.tls;
+        let mqtt = self.mqtt.clone();
         let stop = CancellationToken::new();
         let task = tokio::spawn(self.run(listeners, stop.clone().cancelled_owned()));
         RunningNode {
@@ -554,6 +582,7 @@ impl Node {
             local_tls,
             http_addr,
             http_tls,
+            mqtt,
             stop,
             task,
         }
@@ -600,6 +629,8 @@ pub struct RunningNode {
     /// The HTTP API's bound address, when `[http]` is configured.
     pub http_addr: Option<SocketAddr>,
     http_tls: bool,
+    /// Whether each `[[ingest.mqtt]]` subscription is subscribed.
+    pub mqtt: MqttStates,
     stop: CancellationToken,
     task: JoinHandle<Result<(), NodeError>>,
 }

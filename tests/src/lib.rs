@@ -360,6 +360,18 @@ pub async fn start_node(
     code: u32,
     extra_tokens: &[(&str, &[&str])],
 ) -> StartedNode {
+    start_node_with(dir, ca, code, extra_tokens, "").await
+}
+
+/// Like [`start_node`], with `extra_config` (TOML tables such as
+/// `[[ingest.http]]`) appended to the node's config file.
+pub async fn start_node_with(
+    dir: &Path,
+    ca: &DevCa,
+    code: u32,
+    extra_tokens: &[(&str, &[&str])],
+    extra_config: &str,
+) -> StartedNode {
     let name = samvirke_node::fixtures::municipality(code)
         .expect("a fixture municipality")
         .name;
@@ -390,6 +402,7 @@ pub async fn start_node(
     }
     // The HTTP API for analysts' tools, on a port of its own.
     text.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n");
+    text.push_str(extra_config);
     std::fs::write(dir.join(CONFIG_FILE), text).expect("write node.toml");
 
     let config = Config::load(&made.config_path).expect("the config loads");
@@ -402,6 +415,15 @@ pub async fn start_node(
         extra_tokens: secrets,
         running: node.spawn(listeners),
     }
+}
+
+/// Starts the node whose directory is `dir` again (after its
+/// [`RunningNode::shutdown`]), with the config file as it is, on new ports.
+pub async fn restart_node(dir: &Path) -> RunningNode {
+    let config = Config::load(&dir.join(CONFIG_FILE)).expect("the config loads");
+    let node = Node::open(config.clone()).expect("open node");
+    let listeners = Listeners::bind(&config).await.expect("bind listeners");
+    node.spawn(listeners)
 }
 
 /// The permission bits (`& 0o777`) of `path`.

@@ -15,6 +15,11 @@
 //! | store or audit log unavailable | `UNAVAILABLE` | 503 |
 //! | answer did not start within the call timeout | `DEADLINE_EXCEEDED` | 503 |
 //! | storage failure | `INTERNAL` | 500 (details logged, not sent) |
+//!
+//! The OS2iot HTTP-push door ([`crate::ingest::http_push`]) adds: a wrong
+//! or missing push token 401, an unknown push endpoint 404, a body that
+//! is not JSON 415 or too large 413, a body that does not map 400 naming
+//! the element, field and reason.
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
@@ -41,6 +46,24 @@ pub enum ApiError {
     /// The local service refused or failed the call.
     #[error("{}", .0.message())]
     Call(Status),
+    /// A push without the endpoint's token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// No push endpoint of that name.
+    #[error("no ingest endpoint `{0}` on this node; check the URL's last part")]
+    NoEndpoint(String),
+    /// A push body declared as something other than JSON.
+    #[error("content type `{0}` is not accepted; send application/json")]
+    MediaType(String),
+    /// A push body over the endpoint's limit, in bytes.
+    #[error("the body is larger than this endpoint's limit of {0} bytes")]
+    TooLarge(usize),
+    /// A push body that does not map to readings.
+    #[error("{0}; nothing of the body was stored")]
+    BadBody(String),
+    /// A push endpoint called with another method than POST.
+    #[error("ingest endpoints take POST")]
+    PostOnly,
 }
 
 impl ApiError {
@@ -52,10 +75,20 @@ impl ApiError {
         }
     }
 
+    /// A push body that does not map, for `reason`.
+    pub fn bad_body(reason: impl Into<String>) -> ApiError {
+        ApiError::BadBody(reason.into())
+    }
+
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadParameter { .. } | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NoEndpoint(_) => StatusCode::NOT_FOUND,
+            ApiError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PostOnly => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnknownDataset(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,

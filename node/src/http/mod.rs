@@ -63,12 +63,26 @@ const MAX_HEADER_LIST: u32 = 64 * 1024;
 pub struct HttpApi {
     local: Arc<LocalService>,
     limits: Limits,
+    /// The OS2iot HTTP-push endpoints served beside the API, if any.
+    push: Option<Arc<crate::ingest::http_push::PushEndpoints>>,
 }
 
 impl HttpApi {
     /// The HTTP API over `local`, within the local listener's `limits`.
     pub fn new(local: Arc<LocalService>, limits: Limits) -> HttpApi {
-        HttpApi { local, limits }
+        HttpApi {
+            local,
+            limits,
+            push: None,
+        }
+    }
+
+    /// Also serves the OS2iot HTTP-push endpoints `push` (under `/ingest/`).
+    pub fn with_push(mut self, push: Arc<crate::ingest::http_push::PushEndpoints>) -> HttpApi {
+        if !push.is_empty() {
+            self.push = Some(push);
+        }
+        self
     }
 }
 

@@ -33,7 +33,8 @@ pub const OPENAPI: &str = "/api/v1/openapi.json";
 
 /// The API's routes over `api`.
 pub fn router(api: HttpApi) -> Router {
-    Router::new()
+    let push = api.push.clone();
+    let router = Router::new()
         .route(DATASETS, get(datasets))
         .route(READINGS, get(readings))
         .route(PILOTS, get(pilots))
@@ -42,7 +43,13 @@ pub fn router(api: HttpApi) -> Router {
         .route(OPENAPI, get(openapi))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(api)
+        .with_state(api);
+    // The OS2iot HTTP-push door shares the listener; it has its own
+    // token per endpoint.
+    match push {
+        Some(push) => router.merge(crate::ingest::http_push::router(push)),
+        None => router,
+    }
 }
 
 async fn no_route(uri: Uri) -> ApiError {

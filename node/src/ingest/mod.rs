@@ -12,8 +12,17 @@
 //! - [`session`]: resumable ingest sessions, whose progress is written in
 //!   the same atomic write as each batch ([`Pipeline::store_with_progress`]);
 //! - [`recovery`]: the start-up check of the sensor index after an
-//!   unclean stop, and the clean-stop marker that makes it unnecessary.
+//!   unclean stop, and the clean-stop marker that makes it unnecessary;
+//! - [`config`]: the `[ingest]` config section (push endpoints, MQTT
+//!   subscriptions) and its checks;
+//! - [`mapping`]: where the readings are in a pushed JSON body;
+//! - [`http_push`]: the OS2iot HTTP-push door on the `[http]` listener;
+//! - [`mqtt`]: the MQTT door (persistent session, QoS 1, acks after storing).
 
+pub mod config;
+pub mod http_push;
+pub mod mapping;
+pub mod mqtt;
 pub mod recovery;
 pub mod session;
 
