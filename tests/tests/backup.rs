@@ -315,6 +315,7 @@ async fn refusals(fx: &GovernanceFixture, good: &Path, work: &Path) {
 
     // Into a directory that holds something: refused before asking.
     let request = BackupRequest {
+        include_keys: false,
         to: good.to_path_buf(),
         token: vejle.admin_token.clone(),
         ..request
@@ -323,6 +324,29 @@ async fn refusals(fx: &GovernanceFixture, good: &Path, work: &Path) {
         .await
         .expect_err("a non-empty target");
     assert!(matches!(err, BackupError::TargetNotEmpty { .. }), "{err}");
+
+    // With --include-keys the keys come along, 0600, exactly as they are.
+    let with_keys = work.join("with-keys");
+    let request = BackupRequest {
+        to: with_keys.clone(),
+        include_keys: true,
+        ..request
+    };
+    let manifest = backup::fetch(&vejle.config, &request)
+        .await
+        .expect("a backup with keys");
+    assert!(manifest.keys_included);
+    for (file, source) in [
+        ("keys/signing.pem", &vejle.config.node.signing_key),
+        ("keys/tls.key", &vejle.config.peer.tls_key),
+    ] {
+        let path = with_keys.join(file);
+        assert_eq!(file_mode(&path), 0o600, "{file}");
+        assert_eq!(
+            std::fs::read(&path).expect("key"),
+            std::fs::read(source).expect("source")
+        );
+    }
 
     // A restore into a data directory that is not empty: refused, untouched.
     let busy = work.join("busy");
