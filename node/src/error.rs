@@ -19,6 +19,7 @@
 //! | audit log cannot record | `UNAVAILABLE` (nothing answered) |
 //! | bad question to the fellowship | `INVALID_ARGUMENT`, naming the field |
 //! | storage failure | `INTERNAL` (details logged, not sent) |
+//! | a backup while another runs | `RESOURCE_EXHAUSTED` |
 
 use tonic::Status;
 
@@ -110,6 +111,21 @@ impl From<StoreError> for Status {
         // Paths and backend details help the operator, not the caller.
         tracing::error!(error = %error, "storage failure while serving a call");
         Status::internal("storage failure on the serving node; its operator has the details")
+    }
+}
+
+impl From<crate::backup::BackupError> for Status {
+    fn from(error: crate::backup::BackupError) -> Status {
+        use crate::backup::BackupError;
+        match &error {
+            BackupError::Busy => Status::resource_exhausted(error.to_string()),
+            BackupError::Unavailable => Status::failed_precondition(error.to_string()),
+            // Paths and backend details help the operator, not the caller.
+            _ => {
+                tracing::error!(error = %error, "a backup failed");
+                Status::internal("the backup failed on the node; its operator has the details")
+            }
+        }
     }
 }
 

@@ -41,6 +41,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod data;

@@ -1,11 +1,14 @@
-//! `samvirke-node --config FILE`: runs one municipality's Samvirke node.
-//! Everything but argument parsing and exit codes lives in the library.
+//! `samvirke-node --config FILE`: runs one municipality's Samvirke node;
+//! `samvirke-node backup` and `restore` back it up while it runs and bring
+//! a backup back (see `samvirke_node::backup`). Everything but argument
+//! parsing and exit codes lives in the library.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use samvirke_node::backup;
 use samvirke_node::config::{Config, LogFormat};
 use samvirke_node::server::{Listeners, Node, NodeError};
 use samvirke_node::store::StoreError;
@@ -17,19 +20,82 @@ const EXIT_CONFIG: u8 = 64;
 /// Runs a Samvirke node: the mutual-TLS peer listener for partner
 /// municipalities and the local listener for this municipality's own users.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
     /// Path to the node's TOML config (see deploy/node.example.toml).
     #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Log format; overrides `log.format` in the config.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Back up the running node of `--config` into a new or empty directory:
+    /// a consistent snapshot of its store (taken by the node over its local
+    /// API with an admin token, without stopping it), its config and
+    /// certificates, and a manifest of counts and digests. Private keys are
+    /// left out unless `--include-keys`.
+    Backup {
+        /// The node's config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The backup directory (created 0700; must be new or empty).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Also copy the signing key and TLS key (0600). They are secrets:
+        /// keep such a backup as safe as the node itself.
+        #[arg(long)]
+        include_keys: bool,
+        /// The node's local API (default: from the config's `local.listen`).
+        #[arg(long, value_name = "URL")]
+        node: Option<String>,
+        /// An admin token of the node.
+        #[arg(long, env = "SAMVIRKE_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Restore a backup into a new or empty data directory, after checking
+    /// every digest, count and the audit chain; then point `node.data_dir`
+    /// of the node's config at it and start the node.
+    Restore {
+        /// The backup directory.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The data directory to fill (must be missing or empty).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The node's public signing key, `ed25519:<hex>` as the roster
+        /// lists it: refuse a backup made under another key.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(&args.config) {
+    match args.command {
+        Some(Command::Backup {
+            config,
+            to,
+            include_keys,
+            node,
+            token,
+        }) => return backup(&config, to, include_keys, node, token),
+        Some(Command::Restore {
+            from,
+            data_dir,
+            key,
+        }) => return restore(&from, &data_dir, key.as_deref()),
+        None => {}
+    }
+    let Some(config_path) = args.config else {
+        eprintln!("samvirke-node: --config FILE is required");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let config = match Config::load(&config_path) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("samvirke-node: {error}");
@@ -59,6 +125,95 @@ fn main() -> ExitCode {
                 | NodeError::Store(StoreError::NotADirectory { .. }) => ExitCode::from(EXIT_CONFIG),
                 _ => ExitCode::FAILURE,
             }
+        }
+    }
+}
+
+fn backup(
+    config_path: &std::path::Path,
+    to: PathBuf,
+    include_keys: bool,
+    node: Option<String>,
+    token: String,
+) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("samvirke-node: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let request = backup::BackupRequest {
+        endpoint: node.unwrap_or_else(|| backup::local_endpoint(&config)),
+        token: zeroize::Zeroizing::new(token),
+        to,
+        include_keys,
+    };
+    let fetched = tokio::runtime::Runtime::new()
+        .map_err(|e| backup::BackupError::Node(format!("cannot start the async runtime: {e}")))
+        .and_then(|runtime| runtime.block_on(backup::fetch(&config, &request)));
+    match fetched {
+        Ok(manifest) => {
+            println!(
+                "backup of node {} (municipality {}) taken at {} in {}: {} bytes of store, {} \
+                 readings, {} audit entries, {} receipts; private keys {}",
+                manifest.node_id,
+                manifest.municipality_code,
+                manifest.taken_at,
+                request.to.display(),
+                manifest.store.bytes,
+                entries(&manifest, "readings"),
+                manifest.store.audit_entries,
+                entries(&manifest, "receipts"),
+                if manifest.keys_included {
+                    "included (0600)"
+                } else {
+                    "not included"
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("samvirke-node backup: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn entries(manifest: &backup::Manifest, keyspace: &str) -> u64 {
+    manifest
+        .store
+        .keyspaces
+        .get(keyspace)
+        .map_or(0, |k| k.entries)
+}
+
+fn restore(from: &std::path::Path, data_dir: &std::path::Path, key: Option<&str>) -> ExitCode {
+    match backup::restore(from, data_dir, key) {
+        Ok(restored) => {
+            println!(
+                "restored node {} (municipality {}, backup of {}) into {}: {} readings, {} \
+                 receipts, audit chain of {} entries verified with {}",
+                restored.manifest.node_id,
+                restored.manifest.municipality_code,
+                restored.manifest.taken_at,
+                data_dir.display(),
+                restored.entries.get("readings").copied().unwrap_or(0),
+                restored.entries.get("receipts").copied().unwrap_or(0),
+                restored.audit_verified,
+                restored.manifest.signing_key,
+            );
+            println!(
+                "config and certificates are in {}/config; set node.data_dir to {} and start \
+                 the node",
+                from.display(),
+                data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("samvirke-node restore: {error}");
+            ExitCode::FAILURE
         }
     }
 }

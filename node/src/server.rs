@@ -362,23 +362,26 @@ impl Node {
             answer_limits(&peer_limits),
             accounts,
         );
-        let local_service = Arc::new(LocalService::new(
-            Arc::clone(&self.identity),
-            Arc::new(TokenRegistry::new(&self.config.local.tokens)),
-            Arc::clone(&self.store),
-            Arc::clone(&self.registry),
-            Arc::clone(&self.plane),
-            Arc::clone(&self.ingest),
-            Arc::clone(&self.clock),
-            listener_info,
-            Arc::new(CallLimiter::new(
-                local_limits.max_calls_per_caller,
-                local_limits.max_calls,
-            )),
-            answer_limits(&local_limits),
-            federation,
-            Arc::clone(&self.audit),
-        ));
+        let local_service = Arc::new(
+            LocalService::new(
+                Arc::clone(&self.identity),
+                Arc::new(TokenRegistry::new(&self.config.local.tokens)),
+                Arc::clone(&self.store),
+                Arc::clone(&self.registry),
+                Arc::clone(&self.plane),
+                Arc::clone(&self.ingest),
+                Arc::clone(&self.clock),
+                listener_info,
+                Arc::new(CallLimiter::new(
+                    local_limits.max_calls_per_caller,
+                    local_limits.max_calls,
+                )),
+                answer_limits(&local_limits),
+                federation,
+                Arc::clone(&self.audit),
+            )
+            .with_backup_dir(self.config.node.data_dir.clone()),
+        );
         let anti_entropy = tokio::spawn(sync::run(
             Arc::clone(&self.registry),
             partners,

@@ -8,11 +8,13 @@
 //! - [`data`]: catalog, readings and records;
 //! - [`ingest`]: readings acknowledged batch by batch, resumable sessions;
 //! - [`ask`]: questions to the fellowship, its catalog, partners, receipts;
-//! - [`audit`]: tailing and exporting the audit log.
+//! - [`audit`]: tailing and exporting the audit log;
+//! - [`backup`]: a consistent snapshot of the store for backups.
 
 pub mod ask;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod data;
 pub mod ingest;
 
@@ -66,6 +68,11 @@ pub struct LocalService {
     answers: AnswerLimits,
     federation: Arc<Federation>,
     audit: Arc<AuditLog>,
+    /// Where backups spool their snapshot (the data directory); `None`:
+    /// no backups.
+    backup_dir: Option<std::path::PathBuf>,
+    /// Held while a backup runs: one at a time.
+    backup_running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl LocalService {
@@ -100,7 +107,16 @@ impl LocalService {
             answers,
             federation,
             audit,
+            backup_dir: None,
+            backup_running: Arc::new(tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// Lets `Local/Backup` spool its snapshot in `dir` (the node's data
+    /// directory: on the same disk as the store, and as private).
+    pub fn with_backup_dir(mut self, dir: std::path::PathBuf) -> LocalService {
+        self.backup_dir = Some(dir);
+        self
     }
 
     /// Records what a local token did (an `admin` entry); the action's
@@ -532,5 +548,14 @@ impl Local for LocalService {
         request: Request<pb::ExportAuditRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
         self.export_audit_rpc(request).await
+    }
+
+    type BackupStream = backup::BackupStream;
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        self.backup_rpc(request).await
     }
 }

@@ -212,7 +212,17 @@ pub trait Store: Send + Sync + Debug + 'static {
     fn scan_prefix(&self, space: Keyspace, prefix: &[u8]) -> EntryIter<'_>;
     /// Makes every write so far durable on disk.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Calls `visit` for every entry of every keyspace (in [`Keyspace::ALL`]
+    /// order, keys ascending) as the store stands at one instant: writes
+    /// wait until it returns, so the snapshot never holds half of a
+    /// [`Store::write_all`] or an audit entry without the batch it records.
+    /// Reads go on. Keep `visit` fast (write to a local file, not a
+    /// network): every writer waits for it. See `backup`.
+    fn snapshot(&self, visit: &mut SnapshotVisitor<'_>) -> Result<(), StoreError>;
 }
+
+/// What [`Store::snapshot`] calls for each entry: keyspace, key, value.
+pub type SnapshotVisitor<'a> = dyn FnMut(Keyspace, &[u8], &[u8]) -> Result<(), StoreError> + 'a;
 
 /// What the marker file holds.
 #[derive(Debug, Serialize, Deserialize)]

@@ -28,6 +28,10 @@ pub struct SledStore {
     /// and a lookup, too much to repeat on every read.
     trees: HashMap<Keyspace, sled::Tree>,
     schema: u32,
+    /// Writers hold it shared, [`Store::snapshot`] exclusively: sled 0.34
+    /// has no point-in-time snapshots across trees, so a consistent copy
+    /// is taken by letting no write in while it is made.
+    gate: std::sync::RwLock<()>,
 }
 
 impl SledStore {
@@ -53,6 +57,7 @@ impl SledStore {
             db,
             trees,
             schema: SCHEMA_VERSION,
+            gate: std::sync::RwLock::new(()),
         };
         let stored = store
             .get(Keyspace::Meta, SCHEMA_KEY)?
@@ -93,6 +98,14 @@ impl SledStore {
     /// The directory this store lives in.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Holds off [`Store::snapshot`] while a write is applied. A poisoned
+    /// lock (a writer panicked) guards no data of its own, so it is taken anyway.
+    fn open_gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn tree(&self, space: Keyspace) -> Result<sled::Tree, StoreError> {
@@ -157,6 +170,7 @@ impl Store for SledStore {
 
     fn write(&self, space: Keyspace, mut batch: WriteBatch) -> Result<(), StoreError> {
         let tree = self.tree(space)?;
+        let _gate = self.open_gate();
         // One write is atomic by itself. sled's batches seal and write out
         // the current log buffer (a disk write and a range sync) to make
         // several writes atomic, far too dear for the one write a peer
@@ -188,6 +202,7 @@ impl Store for SledStore {
         let mut trees: Vec<sled::Tree> = Vec::new();
         let mut spaces: Vec<Keyspace> = Vec::new();
         let mut sled_batches: Vec<sled::Batch> = Vec::new();
+        let _gate = self.open_gate();
         for (space, batch) in batches {
             let at = match spaces.iter().position(|s| *s == space) {
                 Some(at) => at,
@@ -242,5 +257,19 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(backend)
+    }
+
+    fn snapshot(&self, visit: &mut super::SnapshotVisitor<'_>) -> Result<(), StoreError> {
+        let _closed = self
+            .gate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for space in Keyspace::ALL {
+            for item in self.tree(space)?.iter() {
+                let (key, value) = item.map_err(backend)?;
+                visit(space, &key, &value)?;
+            }
+        }
+        Ok(())
     }
 }
