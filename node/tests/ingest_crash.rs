@@ -296,32 +296,28 @@ async fn ingest_until_killed(
     let mut requests = Some(requests);
     let mut last = None;
     let mut seen = 0;
-    loop {
-        match acks.message().await {
-            Ok(Some(ack)) => {
-                assert_eq!(ack.sequence, from + seen, "acknowledged in order");
-                assert_eq!(ack.session_acked, ack.sequence);
-                last = Some(ack.sequence);
-                seen += 1;
-                if seen == kill_after {
-                    std::thread::spawn(move || {
-                        std::thread::sleep(kill_delay);
-                        kill();
-                    });
-                }
-                if next as usize <= batches.len() {
-                    if let Some(queue) = &requests
-                        && queue.send(request(next)).await.is_err()
-                    {
-                        break;
-                    }
-                    next += 1;
-                } else {
-                    // No batch left: end the stream.
-                    requests = None;
-                }
+    // The call ends when the node dies (or the batches run out).
+    while let Ok(Some(ack)) = acks.message().await {
+        assert_eq!(ack.sequence, from + seen, "acknowledged in order");
+        assert_eq!(ack.session_acked, ack.sequence);
+        last = Some(ack.sequence);
+        seen += 1;
+        if seen == kill_after {
+            std::thread::spawn(move || {
+                std::thread::sleep(kill_delay);
+                kill();
+            });
+        }
+        if next as usize <= batches.len() {
+            if let Some(queue) = &requests
+                && queue.send(request(next)).await.is_err()
+            {
+                break;
             }
-            Ok(None) | Err(_) => break,
+            next += 1;
+        } else {
+            // No batch left: end the stream.
+            requests = None;
         }
     }
     if seen < kill_after {
