@@ -454,7 +454,9 @@ mod tests {
         let text = include_str!("../../../deploy/node.example.toml");
         let example: Example = toml::from_str(
             // Only the [ingest] tables (the rest is checked by crate::config).
-            &text[text.find("\n[[ingest.http]]").expect("an [[ingest.http]] example")..],
+            &text[text
+                .find("\n[[ingest.http]]")
+                .expect("an [[ingest.http]] example")..],
         )
         .expect("the [ingest] example parses");
         // Its files, stood in for by one private file.
@@ -463,7 +465,8 @@ mod tests {
         std::fs::write(&file, "x\n").expect("write");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let config = check(example.ingest, &|_| file.clone(), true, 751).expect("the example checks");
+        let config =
+            check(example.ingest, &|_| file.clone(), true, 751).expect("the example checks");
         assert_eq!((config.http.len(), config.mqtt.len()), (1, 1));
         assert_eq!(config.mqtt[0].port, 8883);
     }
