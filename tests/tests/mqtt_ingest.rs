@@ -39,7 +39,24 @@ const PASSWORD: &str = "mqtt-test-password";
 /// A mosquitto process, killed when dropped.
 struct Broker {
     child: Child,
+    /// The plaintext listener.
     port: u16,
+    /// The TLS listener, when asked for.
+    tls_port: Option<u16>,
+}
+
+/// A broker certificate and key, and the CA that issued it.
+struct BrokerTls {
+    certificate: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca: std::path::PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 impl Drop for Broker {
@@ -57,9 +74,10 @@ fn mosquitto() -> Option<std::path::PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Starts mosquitto on a free loopback port with a password file and
-/// persistence in `dir`; returns once it logs that it is running.
-fn start_broker(binary: &Path, dir: &Path) -> Broker {
+/// Starts mosquitto on a free loopback port (and a TLS one with `tls`)
+/// with a password file and persistence in `dir`; returns once it logs
+/// that it is running.
+fn start_broker(binary: &Path, dir: &Path, tls: Option<&BrokerTls>) -> Broker {
     let passwords = dir.join("passwd");
     let made = Command::new("mosquitto_passwd")
         .args(["-b", "-c"])
@@ -68,21 +86,25 @@ fn start_broker(binary: &Path, dir: &Path) -> Broker {
         .status()
         .expect("mosquitto_passwd runs (Debian package mosquitto)");
     assert!(made.success(), "mosquitto_passwd made the password file");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
+    let tls_port = tls.map(|_| free_port());
+    let mut text = format!(
+        "user root\nallow_anonymous false\npassword_file {}\n\
+         persistence true\npersistence_location {}/\nlog_dest stderr\nlog_type all\n\
+         listener {port} 127.0.0.1\n",
+        passwords.display(),
+        dir.display()
+    );
+    if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
+        text.push_str(&format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            tls.ca.display(),
+            tls.certificate.display(),
+            tls.key.display()
+        ));
+    }
     let config = dir.join("mosquitto.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "user root\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
-             persistence true\npersistence_location {}/\nlog_dest stderr\nlog_type all\n",
-            passwords.display(),
-            dir.display()
-        ),
-    )
-    .expect("write mosquitto.conf");
+    std::fs::write(&config, text).expect("write mosquitto.conf");
     let mut child = Command::new(binary)
         .arg("-c")
         .arg(&config)
@@ -105,7 +127,11 @@ fn start_broker(binary: &Path, dir: &Path) -> Broker {
             }
         }
     });
-    let broker = Broker { child, port };
+    let broker = Broker {
+        child,
+        port,
+        tls_port,
+    };
     ready_rx
         .recv_timeout(Duration::from_secs(10))
         .expect("mosquitto says it is running within 10 s");
@@ -187,25 +213,34 @@ async fn until_count(client: &mut samvirke_tests::TokenLocalClient, want: u64) {
     }
 }
 
+/// The broker binary; `None` (skip) only when it is missing and
+/// `SAMVIRKE_SKIP_MQTT` is set; otherwise a missing broker fails the test.
+fn broker_or_skip() -> Option<std::path::PathBuf> {
+    if let Some(binary) = mosquitto() {
+        return Some(binary);
+    }
+    if std::env::var_os("SAMVIRKE_SKIP_MQTT").is_some() {
+        eprintln!(
+            "\n*** SKIPPED: mosquitto is not installed and SAMVIRKE_SKIP_MQTT is set; \
+             the MQTT ingest test did not run ***\n"
+        );
+        return None;
+    }
+    panic!(
+        "mosquitto is not installed: `apt-get install mosquitto` (as .ci/run does), \
+         or set SAMVIRKE_SKIP_MQTT=1 to skip this test"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_readings_are_stored_and_survive_the_node_being_down() {
-    let Some(binary) = mosquitto() else {
-        if std::env::var_os("SAMVIRKE_SKIP_MQTT").is_some() {
-            eprintln!(
-                "\n*** SKIPPED: mosquitto is not installed and SAMVIRKE_SKIP_MQTT is set; \
-                 the MQTT ingest test did not run ***\n"
-            );
-            return;
-        }
-        panic!(
-            "mosquitto is not installed: `apt-get install mosquitto` (as .ci/run does), \
-             or set SAMVIRKE_SKIP_MQTT=1 to skip this test"
-        );
+    let Some(binary) = broker_or_skip() else {
+        return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let broker_dir = dir.path().join("broker");
     std::fs::create_dir(&broker_dir).expect("broker dir");
-    let broker = start_broker(&binary, &broker_dir);
+    let broker = start_broker(&binary, &broker_dir, None);
 
     let node_dir = dir.path().join("aarhus");
     std::fs::create_dir(&node_dir).expect("node dir");
@@ -316,5 +351,100 @@ measures = {{ temperature = "temperature", humidity = "humidity" }}
     assert_eq!(temperature, Some(52.0));
 
     running.shutdown().await.expect("clean shutdown");
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_tls_trusts_only_the_configured_ca() {
+    let Some(binary) = broker_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker_dir = dir.path().join("broker");
+    std::fs::create_dir(&broker_dir).expect("broker dir");
+    let broker_ca = DevCa::generate("Broker CA").expect("CA");
+    let tls = BrokerTls {
+        certificate: broker_dir.join("broker.crt"),
+        key: broker_dir.join("broker.key"),
+        ca: broker_dir.join("ca.crt"),
+    };
+    broker_ca
+        .issue_node("mqtt broker", &samvirke_node::pki::loopback_hosts())
+        .expect("broker certificate")
+        .write(&tls.certificate, &tls.key)
+        .expect("write broker certificate");
+    std::fs::write(&tls.ca, broker_ca.certificate_pem()).expect("write CA");
+    let broker = start_broker(&binary, &broker_dir, Some(&tls));
+    let tls_port = broker.tls_port.expect("a TLS listener");
+
+    let node_dir = dir.path().join("aarhus");
+    std::fs::create_dir(&node_dir).expect("node dir");
+    std::fs::write(node_dir.join("broker-ca.crt"), broker_ca.certificate_pem()).expect("CA");
+    // Another CA the broker's certificate does not chain to.
+    let stranger = DevCa::generate("Some other CA").expect("CA");
+    std::fs::write(node_dir.join("other-ca.crt"), stranger.certificate_pem()).expect("CA");
+    let password_file = node_dir.join("mqtt-password");
+    std::fs::write(&password_file, PASSWORD).expect("password file");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod 600");
+    let subscription = |name: &str, ca: &str| {
+        format!(
+            r#"
+[[ingest.mqtt]]
+name = "{name}"
+dataset = "{CLIMATE}"
+host = "127.0.0.1"
+port = {tls_port}
+tls = true
+ca_file = "{ca}"
+username = "{USER}"
+password_file = "mqtt-password"
+topics = ["device/+/+/+"]
+[ingest.mqtt.mapping]
+sensor_id_topic_segment = 3
+time = "time"
+measures = {{ temperature = "temperature", humidity = "humidity" }}
+"#
+        )
+    };
+    let extra = format!(
+        "{}{}",
+        subscription("trusted", "broker-ca.crt"),
+        subscription("untrusted", "other-ca.crt")
+    );
+    let ca = DevCa::generate("MQTT TLS test CA").expect("CA");
+    let node = start_node_with(&node_dir, &ca, AARHUS, &[], &extra).await;
+    let mut admin = local_client(&node.running.local_endpoint(), Some(&node.admin_token)).await;
+    admin
+        .publish_dataset(wire::dataset_to_proto(
+            &sensor_dataset("indoor-climate", AARHUS).expect("indoor climate dataset"),
+        ))
+        .await
+        .expect("publish");
+    let mut trusted = node
+        .running
+        .mqtt
+        .subscribed("trusted")
+        .expect("subscription");
+    until_state(&mut trusted, true, "the node subscribes over TLS").await;
+    let batch: Vec<_> = (0..5)
+        .map(|i| reading("tls-sensor", i, 20.0 + f64::from(i)))
+        .collect();
+    publish(broker.port, &batch).await;
+    until_count(&mut admin, 5).await;
+    // The subscription that trusts another CA never got through the
+    // handshake, however long the trusted one has been working.
+    let untrusted = node
+        .running
+        .mqtt
+        .subscribed("untrusted")
+        .expect("subscription");
+    assert!(
+        !*untrusted.borrow(),
+        "a broker certificate from an unknown CA is refused"
+    );
+
+    node.running.shutdown().await.expect("clean shutdown");
     drop(broker);
 }
