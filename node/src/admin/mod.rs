@@ -333,3 +333,33 @@ pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken)
     graceful.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    #[test]
+    fn ready_only_when_serving_with_the_audit_writer_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(&dir.path().join("data")).expect("store");
+        let readiness = Readiness::default();
+        let reason = readiness.not_ready(&store).expect("not ready at first");
+        assert!(reason.contains("listeners"), "{reason}");
+        readiness.serving.store(true, Ordering::Release);
+        let reason = readiness.not_ready(&store).expect("no audit writer yet");
+        assert!(reason.contains("audit writer"), "{reason}");
+        readiness.audit_writer.store(true, Ordering::Release);
+        assert_eq!(readiness.not_ready(&store), None);
+        // Stopping: not ready again, before anything else stops.
+        readiness.serving.store(false, Ordering::Release);
+        assert!(readiness.not_ready(&store).is_some());
+    }
+
+    #[test]
+    fn agreement_statuses_map_to_a_closed_set_of_labels() {
+        assert_eq!(agreement_status("active"), "active");
+        assert_eq!(agreement_status("pending signatures"), "pending_signatures");
+        assert_eq!(agreement_status("anything a future version says"), "other");
+    }
+}
