@@ -26,6 +26,10 @@ pub struct InitArgs {
     /// Local listener address.
     #[arg(long, default_value = "127.0.0.1:7080")]
     local_listen: String,
+    /// Admin listener address (Prometheus metrics, health, status page;
+    /// plaintext, keep it on loopback); an empty value turns it off.
+    #[arg(long, default_value = samvirke_node::config::DEFAULT_ADMIN_LISTEN)]
+    admin_listen: String,
     /// URL partners use to reach this node, e.g. https://samvirke.aarhus.dk:7443.
     #[arg(long)]
     advertise: Option<String>,
@@ -55,6 +59,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         advertised_endpoint: args.advertise,
     };
     let made = init_node_dir(&args.dir, &spec)?;
+    append_admin_section(&made.config_path, &args.admin_listen)?;
     println!("Created node directory {}", made.dir.display());
     println!("  municipality   {} {}", spec.municipality_code, name);
     println!("  node id        {}", made.node_id);
@@ -82,4 +87,18 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         made.config_path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Adds the `[admin]` section (`deploy/node.example.toml` documents it).
+fn append_admin_section(config: &std::path::Path, listen: &str) -> anyhow::Result<()> {
+    let mut text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    text.push_str(&format!(
+        "\n# Prometheus /metrics, /healthz, /readyz and the status page at /.\n\
+         # Plaintext and unauthenticated: keep it on loopback. \"\" turns it off.\n\
+         [admin]\nlisten = {}\n",
+        toml::Value::String(listen.to_string())
+    ));
+    std::fs::write(config, text).with_context(|| format!("writing {}", config.display()))?;
+    Ok(())
 }

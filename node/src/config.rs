@@ -72,6 +72,29 @@ struct RawConfig {
     /// OS2iot HTTP push and MQTT ingest.
     #[serde(default)]
     ingest: crate::ingest::config::RawIngest,
+    /// Absent: no admin listener (`samvirke init` writes one).
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_admin_listen")]
+    listen: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Loopback, on the port commonly given to a service's own exporter.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+
+fn default_admin_listen() -> String {
+    DEFAULT_ADMIN_LISTEN.to_string()
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,6 +266,15 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// `[ingest]`: OS2iot HTTP-push endpoints and MQTT subscriptions.
     pub ingest: crate::ingest::config::IngestConfig,
+    /// `[admin]`: metrics, health and the status page; `None` when off.
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[admin]`: the plaintext, unauthenticated listener for Prometheus
+/// `/metrics`, `/healthz`, `/readyz` and the read-only status page.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
 }
 
 /// `[http]`: the HTTP API for analysts' tools, on a listener of its own.
@@ -477,6 +509,13 @@ impl Checker<'_> {
                 }),
             },
             ingest,
+            admin: match raw.admin {
+                None => None,
+                Some(admin) if !admin.enabled || admin.listen.trim().is_empty() => None,
+                Some(admin) => Some(AdminConfig {
+                    listen: self.address("admin.listen", &admin.listen)?,
+                }),
+            },
         })
     }
 
@@ -805,6 +844,12 @@ roles = ["admin"]
         let raw: RawConfig = toml::from_str(text).expect("deploy/node.example.toml parses");
         assert_eq!(raw.local.tokens.len(), 2);
         assert!(raw.http.is_some(), "the [http] section is documented");
+        let admin = raw.admin.expect("the [admin] section is documented");
+        assert_eq!(
+            admin.listen, DEFAULT_ADMIN_LISTEN,
+            "the example shows the default"
+        );
+        assert!(admin.enabled);
     }
 
     #[test]
@@ -853,6 +898,36 @@ roles = ["admin"]
         let bad = on.replace("127.0.0.1:7081", "nowhere");
         let err = Config::from_toml(&path, &bad).expect_err("bad address");
         assert!(err.to_string().contains("key `http.listen`"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_listener_is_loopback_by_default_and_can_be_turned_off() {
+        let dir = node_dir();
+        let path = dir.path().join("node.toml");
+        let config = Config::from_toml(&path, &text("")).expect("loads");
+        assert!(config.admin.is_none(), "absent section: off");
+        let on = format!("{}\n[admin]\n", text(""));
+        let admin = Config::from_toml(&path, &on)
+            .expect("loads")
+            .admin
+            .expect("on");
+        assert!(admin.listen.ip().is_loopback());
+        assert_eq!(admin.listen.port(), 9464);
+        for off in [
+            "listen = \"\"",
+            "enabled = false",
+            "enabled = false\nlisten = \"0.0.0.0:1\"",
+        ] {
+            let text = format!("{}\n[admin]\n{off}\n", text(""));
+            let config = Config::from_toml(&path, &text).expect("loads");
+            assert!(config.admin.is_none(), "{off}");
+        }
+        let bad = format!("{}\n[admin]\nlisten = \"everywhere\"\n", text(""));
+        let err = Config::from_toml(&path, &bad).expect_err("bad address");
+        assert!(err.to_string().contains("key `admin.listen`"), "{err}");
+        let unknown = format!("{}\n[admin]\ntoken = \"x\"\n", text(""));
+        let err = Config::from_toml(&path, &unknown).expect_err("unknown key");
+        assert!(err.to_string().contains("token"), "{err}");
     }
 
     #[test]

@@ -92,9 +92,10 @@ impl DevFederation {
                     path: made.config_path.clone(),
                     source,
                 })?;
-            // Development nodes serve the HTTP API too, on a port of their own.
+            // Development nodes serve the HTTP API and the admin listener
+            // too, each on a port of its own.
             text.push_str(&format!(
-                "\n[governance]\nsync_interval_secs = {DEV_SYNC_INTERVAL_SECS}\n\n[http]\nlisten = \"127.0.0.1:0\"\n"
+                "\n[governance]\nsync_interval_secs = {DEV_SYNC_INTERVAL_SECS}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n"
             ));
             std::fs::write(&made.config_path, text).map_err(|source| ConfigError::Read {
                 path: made.config_path.clone(),

@@ -24,6 +24,8 @@
 //! - [`local`]: the bearer-token local service for the municipality's own users;
 //! - [`http`]: the same local API as JSON, CSV and GeoJSON over HTTP for
 //!   analysts' tools (optional `[http]` listener);
+//! - [`admin`]: the admin listener: Prometheus metrics, health and
+//!   readiness, and the read-only status page;
 //! - [`transport`]: accepting connections within limits, TLS handshakes,
 //!   idle timeouts, and concurrent calls per caller;
 //! - [`server`]: wiring both listeners, health, reflection and shutdown;
@@ -40,6 +42,7 @@
 //! - [`error`]: the one mapping from module errors to gRPC statuses.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit;
 pub mod backup;
 pub mod clock;

@@ -22,6 +22,7 @@ use samvirke_proto::v1::peer_client::PeerClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 use uuid::Uuid;
 
+use crate::admin::metrics::PartnerMetrics;
 use crate::clock::SharedClock;
 use crate::identity::{Fingerprint, NodeIdentity};
 use crate::proof::batch::BatchSigner;
@@ -216,6 +217,8 @@ pub struct PartnerPool {
     channels: Arc<Mutex<HashMap<(String, Fingerprint), Pooled>>>,
     call_timeout: Duration,
     signer: BatchSigner,
+    /// Call latency and last outcome per partner (metrics, status page).
+    metrics: PartnerMetrics,
 }
 
 /// A request signed by this node, and what the provider's receipt must
@@ -254,7 +257,37 @@ impl PartnerPool {
             channels: Arc::default(),
             call_timeout,
             signer,
+            metrics: PartnerMetrics::default(),
         }
+    }
+
+    /// Call latency and the last outcome per partner.
+    pub fn metrics(&self) -> &PartnerMetrics {
+        &self.metrics
+    }
+
+    /// Why calls to `endpoint` wait now, while it backs off after failing
+    /// to connect; `None` when it may be called.
+    pub fn backing_off(&self, endpoint: &str) -> Option<String> {
+        let channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        channels.iter().find_map(|((e, _), pooled)| {
+            if e != endpoint {
+                return None;
+            }
+            let health = pooled
+                .health
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let wait = health.retry_at?.checked_duration_since(Instant::now())?;
+            Some(format!(
+                "{}; next attempt in {} s",
+                health.last_error,
+                wait.as_secs()
+            ))
+        })
     }
 
     /// "Now" on this node's clock.

@@ -7,6 +7,10 @@
 //!   before any gRPC code runs.
 //! - The **local listener** serves the municipality's own users and apps
 //!   with bearer tokens (optionally over server-side TLS).
+//! - The optional **admin listener** (`[admin]`) serves Prometheus
+//!   metrics, health and readiness and a read-only status page
+//!   ([`crate::admin`]); the gRPC calls are counted by a layer on both
+//!   listeners.
 //! - The optional **HTTP listener** (`[http]`) serves the same local API
 //!   to analysts' tools as JSON and CSV ([`crate::http`]), with the same
 //!   tokens, connection limits and per-token call limits.
@@ -22,6 +26,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use samvirke_proto::v1::{
@@ -33,6 +38,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
+use crate::admin::metrics::Metrics;
+use crate::admin::{Admin, Readiness};
 use crate::audit::{AuditError, AuditLog};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, Limits};
@@ -121,6 +128,9 @@ pub struct Listeners {
     pub local: TcpListener,
     /// The HTTP API's, when `[http]` is configured.
     pub http: Option<TcpListener>,
+    /// The admin listener's (metrics, health, status page), when
+    /// `[admin]` is configured.
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -140,6 +150,10 @@ impl Listeners {
             local: bind("local", config.local.listen).await?,
             http: match &config.http {
                 Some(http) => Some(bind("http", http.listen).await?),
+                None => None,
+            },
+            admin: match &config.admin {
+                Some(admin) => Some(bind("admin", admin.listen).await?),
                 None => None,
             },
         })
@@ -321,9 +335,17 @@ impl Node {
         // The audit writer outlives the listeners: calls still draining at
         // shutdown record their entries before it stops.
         let audit_stop = CancellationToken::new();
-        let audit_writer = tokio::spawn(
-            Arc::clone(&self.audit).run(self.config.audit.checkpoint_interval, audit_stop.clone()),
-        );
+        let readiness = Arc::new(Readiness::default());
+        readiness.audit_writer.store(true, Ordering::Release);
+        let audit_writer = tokio::spawn({
+            let readiness = Arc::clone(&readiness);
+            let writer = Arc::clone(&self.audit)
+                .run(self.config.audit.checkpoint_interval, audit_stop.clone());
+            async move {
+                writer.await;
+                readiness.audit_writer.store(false, Ordering::Release);
+            }
+        });
         let skew = time::Duration::try_from(self.config.peer.request_skew)
             .unwrap_or(time::Duration::minutes(5));
         let accounts = Arc::new(Accounts::new(
@@ -341,6 +363,11 @@ impl Node {
             Arc::clone(&self.clock),
             PARTNER_CALL_TIMEOUT,
         );
+        let metrics = Arc::new(Metrics::new(
+            self.ingest.metrics(),
+            accounts.denials(),
+            partners.metrics(),
+        ));
         let federation = Arc::new(Federation::new(
             Arc::clone(&self.identity),
             Arc::clone(&self.registry),
@@ -382,6 +409,7 @@ impl Node {
             )
             .with_backup_dir(self.config.node.data_dir.clone()),
         );
+        let partners_for_admin = partners.clone();
         let anti_entropy = tokio::spawn(sync::run(
             Arc::clone(&self.registry),
             partners,
@@ -407,6 +435,7 @@ impl Node {
             // answer limits).
             .timeout(peer_limits.call_timeout)
             .layer(ActivityLayer)
+            .layer(metrics.layer("peer"))
             .add_service(peer_health_service)
             .add_service(peer_reflection)
             .add_service(peer_reflection_v1alpha)
@@ -432,6 +461,7 @@ impl Node {
         // last long, and have a per-batch timeout instead.
         let local_server = http2(&local_limits)
             .layer(ActivityLayer)
+            .layer(metrics.layer("local"))
             .layer(CallTimeoutLayer {
                 timeout: local_limits.call_timeout,
                 exempt: &[
@@ -490,6 +520,25 @@ impl Node {
             &self.mqtt,
             &stop,
         )?;
+        let admin_address = listeners.admin.as_ref().map(Listeners::address);
+        let admin_server = listeners.admin.map(|listener| {
+            crate::admin::serve(
+                listener,
+                Admin::new(
+                    Arc::clone(&self.identity),
+                    Arc::clone(&self.store),
+                    self.config.node.data_dir.clone(),
+                    Arc::clone(&self.registry),
+                    Arc::clone(&self.plane),
+                    Arc::clone(&self.audit),
+                    partners_for_admin,
+                    Arc::clone(&self.clock),
+                    Arc::clone(&metrics),
+                    Arc::clone(&readiness),
+                ),
+                stop.clone(),
+            )
+        });
 
         tracing::info!(
             municipality = self.identity.municipality_code,
@@ -498,6 +547,7 @@ impl Node {
             peer = %peer_address,
             local = %local_address,
             http = %http_address.as_deref().unwrap_or("off"),
+            admin = %admin_address.as_deref().unwrap_or("off"),
             tls_fingerprint = %self.identity.tls.fingerprint,
             "samvirke node serving"
         );
@@ -522,19 +572,33 @@ impl Node {
                 None => Ok(()),
             }
         };
-        let serving =
-            async { tokio::try_join!(peer_server, local_server, http_server).map(|_| ()) };
+        let admin_server = async {
+            match admin_server {
+                Some(server) => server.await.map_err(|e| NodeError::Serve {
+                    listener: "admin",
+                    reason: e.to_string(),
+                }),
+                None => Ok(()),
+            }
+        };
+        let serving = async {
+            tokio::try_join!(peer_server, local_server, http_server, admin_server).map(|_| ())
+        };
         tokio::pin!(serving);
+        // The listeners are bound and their servers run from here on.
+        readiness.serving.store(true, Ordering::Release);
         let served = tokio::select! {
             result = &mut serving => result,
             () = shutdown => {
                 tracing::info!("shutting down: draining in-flight calls");
+                readiness.serving.store(false, Ordering::Release);
                 peer_health.stopping().await;
                 local_health.stopping().await;
                 stop.cancel();
                 serving.await
             }
         };
+        readiness.serving.store(false, Ordering::Release);
         if served.is_err() {
             peer_health.stopping().await;
             local_health.stopping().await;
@@ -568,10 +632,12 @@ impl Node {
         let peer_addr = listeners.peer.local_addr().ok();
         let local_addr = listeners.local.local_addr().ok();
         let http_addr = listeners.http.as_ref().and_then(|l| l.local_addr().ok());
+        let admin_addr = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
         let http_tls = self.config.http.as_ref().is_some_and(|h| h.tls);
         let identity = Arc::clone(&self.identity);
         let registry = Arc::clone(&self.registry);
         let audit = Arc::clone(&self.audit);
+        let ingest = Arc::clone(&self.ingest);
         let local_tls = self.config.local.tls;
         let mqtt = self.mqtt.clone();
         let stop = CancellationToken::new();
@@ -586,6 +652,8 @@ impl Node {
             http_addr,
             http_tls,
             mqtt,
+            admin_addr,
+            ingest,
             stop,
             task,
         }
@@ -634,6 +702,10 @@ pub struct RunningNode {
     http_tls: bool,
     /// Whether each `[[ingest.mqtt]]` subscription is subscribed.
     pub mqtt: MqttStates,
+    /// The admin listener's bound address, when `[admin]` is configured.
+    pub admin_addr: Option<SocketAddr>,
+    /// The ingest pipeline every door stores through.
+    pub ingest: Arc<Pipeline>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), NodeError>>,
 }
@@ -656,6 +728,11 @@ impl RunningNode {
     pub fn http_endpoint(&self) -> Option<String> {
         let scheme = if self.http_tls { "https" } else { "http" };
         self.http_addr.map(|a| format!("{scheme}://{a}"))
+    }
+
+    /// The admin listener's base URL (`http://127.0.0.1:PORT`), when on.
+    pub fn admin_endpoint(&self) -> Option<String> {
+        self.admin_addr.map(|a| format!("http://{a}"))
     }
 
     /// Stops the node and waits until it has drained.

@@ -401,7 +401,7 @@ pub async fn start_node_with(
         secrets.push(token.secret.to_string());
     }
     // The HTTP API for analysts' tools, on a port of its own.
-    text.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n");
+    text.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     text.push_str(extra_config);
     std::fs::write(dir.join(CONFIG_FILE), text).expect("write node.toml");
 

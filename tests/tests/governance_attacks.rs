@@ -270,6 +270,7 @@ async fn restart(fx: &mut GovernanceFixture, code: u32) {
             .await
             .expect("local port"),
         http: None,
+        admin: None,
     };
     fx.fed.nodes.insert(
         at,

@@ -89,6 +89,17 @@ impl Federation {
             .map_err(|e| Failure::new(PartnerOutcome::Unavailable, e.to_string()))
     }
 
+    /// Notes how long `provider` took to start answering (metrics and the
+    /// status page's last latency).
+    fn observe(&self, provider: u32, started: Instant, failed: Option<&tonic::Status>) {
+        self.pool.metrics().observe(
+            provider,
+            started.elapsed(),
+            failed.map(|s| format!("{:?}: {}", s.code(), s.message())),
+            self.pool.now(),
+        );
+    }
+
     async fn sign<T: Message>(
         &self,
         method: &str,
@@ -165,10 +176,10 @@ impl Federation {
     {
         let client = self.client(agreement)?;
         let signed = self.sign(method, agreement, message).await?;
-        let mut answer = call(client, signed.request)
-            .await
-            .map_err(|s| Failure::from_status(&s))?
-            .into_inner();
+        let started = Instant::now();
+        let answered = call(client, signed.request).await;
+        self.observe(agreement.provider, started, answered.as_ref().err());
+        let mut answer = answered.map_err(|s| Failure::from_status(&s))?.into_inner();
         // The receipt signs the answer as sent without it.
         let receipt = answer.take_receipt();
         let mut sent = StreamDigest::default();
@@ -229,11 +240,10 @@ impl Federation {
                 },
             )
             .await?;
-        let mut stream = client
-            .query_readings(signed.request)
-            .await
-            .map_err(|s| Failure::from_status(&s))?
-            .into_inner();
+        let started = Instant::now();
+        let answered = client.query_readings(signed.request).await;
+        self.observe(agreement.provider, started, answered.as_ref().err());
+        let mut stream = answered.map_err(|s| Failure::from_status(&s))?.into_inner();
         let mut sent = StreamDigest::default();
         let mut receipt = None;
         while let Some(chunk) = stream
@@ -329,18 +339,19 @@ impl Federation {
             .client(&partner.endpoint, partner.fingerprint)
             .map_err(|e| e.to_string())?;
         let started = Instant::now();
-        client
+        let answered = client
             .hello(pb::HelloRequest {
                 caller: Some(self.identity.to_proto()),
             })
-            .await
-            .map_err(|s| {
-                format!(
-                    "{:?}: {}",
-                    s.code(),
-                    crate::telemetry::untrusted(s.message())
-                )
-            })?;
+            .await;
+        self.observe(partner.code, started, answered.as_ref().err());
+        answered.map_err(|s| {
+            format!(
+                "{:?}: {}",
+                s.code(),
+                crate::telemetry::untrusted(s.message())
+            )
+        })?;
         Ok(u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX))
     }
 }

@@ -29,6 +29,7 @@ pub mod session;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::admin::metrics::IngestMetrics;
 use crate::clock::SharedClock;
 use crate::data::readings::{IngestError, IngestSummary, Reading, to_ms};
 use crate::plane::DataPlane;
@@ -99,12 +100,22 @@ pub struct Stored {
 pub struct Pipeline {
     plane: Arc<DataPlane>,
     clock: SharedClock,
+    metrics: IngestMetrics,
 }
 
 impl Pipeline {
     /// A pipeline storing into `plane`, judging "now" by `clock`.
     pub fn new(plane: Arc<DataPlane>, clock: SharedClock) -> Pipeline {
-        Pipeline { plane, clock }
+        Pipeline {
+            plane,
+            clock,
+            metrics: IngestMetrics::default(),
+        }
+    }
+
+    /// Rows and batches stored and refused, by door.
+    pub fn metrics(&self) -> &IngestMetrics {
+        &self.metrics
     }
 
     /// Validates `readings` for `dataset` and stores them as one atomic,
@@ -127,6 +138,8 @@ impl Pipeline {
         if let Err(e) = &result {
             tracing::debug!(%source, dataset, error = %e, "batch refused");
         }
+        self.metrics
+            .record(source, result.as_ref().ok().map(|s| s.new + s.replaced));
         Ok(result?)
     }
 

@@ -34,6 +34,7 @@ use samvirke_proto::v1 as pb;
 use tonic::{Request, Status};
 use uuid::Uuid;
 
+use crate::admin::metrics::{DenialMetrics, count_denial};
 use crate::audit::{AuditLog, Entry};
 use crate::clock::SharedClock;
 use crate::governance::{Denial, Grant};
@@ -56,6 +57,12 @@ const VERIFIED_ROOTS: usize = 4_096;
 pub struct Refusal {
     pub status: Status,
     pub detail: String,
+    /// Which check refused, as one fixed word (the metrics' `reason`
+    /// label): `governance` (no agreement covers it), `membership` (the
+    /// certificate is no current member's), `disclosure` (more than the
+    /// agreement discloses), `signature` (the signed request does not
+    /// hold), `rate_limit`, or `other`.
+    pub reason: &'static str,
 }
 
 impl From<Status> for Refusal {
@@ -63,6 +70,7 @@ impl From<Status> for Refusal {
         Refusal {
             detail: status.message().to_string(),
             status,
+            reason: "other",
         }
     }
 }
@@ -72,6 +80,7 @@ impl From<Denial> for Refusal {
         Refusal {
             detail: denial.to_string(),
             status: denial.into(),
+            reason: "governance",
         }
     }
 }
@@ -81,6 +90,7 @@ impl From<DisclosureError> for Refusal {
         Refusal {
             detail: error.to_string(),
             status: error.into(),
+            reason: "disclosure",
         }
     }
 }
@@ -90,18 +100,22 @@ impl From<PeerAuthError> for Refusal {
         Refusal {
             detail: error.to_string(),
             status: error.into(),
+            reason: "membership",
         }
     }
 }
 
 impl From<RequestError> for Refusal {
     fn from(error: RequestError) -> Refusal {
+        let too_many = matches!(error, RequestError::TooMany);
         Refusal {
             detail: error.to_string(),
-            status: match error {
-                RequestError::TooMany => Status::resource_exhausted(error.to_string()),
-                _ => Status::unauthenticated(error.to_string()),
+            status: if too_many {
+                Status::resource_exhausted(error.to_string())
+            } else {
+                Status::unauthenticated(error.to_string())
             },
+            reason: if too_many { "rate_limit" } else { "signature" },
         }
     }
 }
@@ -169,6 +183,8 @@ pub struct Accounts {
     clock: SharedClock,
     /// Bounds the refusal entries one caller can add to the audit log.
     denied_entries: RateLimitedLog,
+    /// Refusals by reason (metrics).
+    denials: DenialMetrics,
 }
 
 /// Refusals of one caller recorded one by one per minute; past this they
@@ -191,7 +207,13 @@ impl Accounts {
             receipts,
             own_code,
             clock,
+            denials: DenialMetrics::default(),
         }
+    }
+
+    /// Refusals counted by reason.
+    pub fn denials(&self) -> &DenialMetrics {
+        &self.denials
     }
 
     /// The audit log (for the services that record other events).
@@ -262,7 +284,12 @@ impl Accounts {
     /// Records a refusal (audit, rate-limited log) and returns what the
     /// caller is told.
     pub async fn refused(&self, call: &Call, refusal: Refusal) -> Status {
-        let Refusal { status, detail } = refusal;
+        let Refusal {
+            status,
+            detail,
+            reason,
+        } = refusal;
+        count_denial(&self.denials, reason, status.code());
         let caller = call
             .caller
             .map(|f| f.to_string())
