@@ -349,22 +349,37 @@ impl Node {
             answer_limits(&peer_limits),
             accounts,
         );
-        let local_service = Arc::new(LocalService::new(
-            Arc::clone(&self.identity),
-            Arc::new(TokenRegistry::new(&self.config.local.tokens)),
-            Arc::clone(&self.store),
-            Arc::clone(&self.registry),
-            Arc::clone(&self.plane),
-            Arc::clone(&self.clock),
-            listener_info,
-            Arc::new(CallLimiter::new(
-                local_limits.max_calls_per_caller,
-                local_limits.max_calls,
-            )),
-            answer_limits(&local_limits),
-            federation,
-            Arc::clone(&self.audit),
-        ));
+        let local_service = Arc::new(
+            LocalService::new(
+                Arc::clone(&self.identity),
+                Arc::new(TokenRegistry::new(&self.config.local.tokens)),
+                Arc::clone(&self.store),
+                Arc::clone(&self.registry),
+                Arc::clone(&self.plane),
+                Arc::clone(&self.clock),
+                listener_info,
+                Arc::new(CallLimiter::new(
+                    local_limits.max_calls_per_caller,
+                    local_limits.max_calls,
+                )),
+                answer_limits(&local_limits),
+                federation,
+                Arc::clone(&self.audit),
+            )
+            .with_export(crate::local::export::ExportSettings {
+                // Behind a proxy the operator says where the API is; else it is
+                // where the [http] listener is bound.
+                base_url: self.config.catalog.public_url.clone().or_else(|| {
+                    http_address.as_ref().map(|address| {
+                        format!("{}://{address}", if http_tls { "https" } else { "http" })
+                    })
+                }),
+                contact: crate::data::dcat::Contact {
+                    name: self.config.catalog.contact_name.clone(),
+                    email: self.config.catalog.contact_email.clone(),
+                },
+            }),
+        );
         let anti_entropy = tokio::spawn(sync::run(
             Arc::clone(&self.registry),
             partners,

@@ -7,12 +7,14 @@
 //!
 //! - [`data`]: catalog, readings and records;
 //! - [`ask`]: questions to the fellowship, its catalog, partners, receipts;
+//! - [`export`]: the catalog as DCAT-AP-DK for open-data portals;
 //! - [`audit`]: tailing and exporting the audit log.
 
 pub mod ask;
 pub mod audit;
 pub mod auth;
 pub mod data;
+pub mod export;
 
 use std::sync::Arc;
 
@@ -62,6 +64,7 @@ pub struct LocalService {
     answers: AnswerLimits,
     federation: Arc<Federation>,
     audit: Arc<AuditLog>,
+    export: export::ExportSettings,
 }
 
 impl LocalService {
@@ -94,7 +97,14 @@ impl LocalService {
             answers,
             federation,
             audit,
+            export: export::ExportSettings::default(),
         }
+    }
+
+    /// The same service, exporting its catalog with `settings`.
+    pub fn with_export(mut self, settings: export::ExportSettings) -> LocalService {
+        self.export = settings;
+        self
     }
 
     /// Records what a local token did (an `admin` entry); the action's
@@ -473,6 +483,13 @@ impl Local for LocalService {
         request: Request<pb::FellowshipCatalogRequest>,
     ) -> Result<Response<pb::FellowshipCatalogResponse>, Status> {
         self.fellowship_catalog_rpc(request).await
+    }
+
+    async fn export_catalog(
+        &self,
+        request: Request<pb::ExportCatalogRequest>,
+    ) -> Result<Response<pb::ExportCatalogResponse>, Status> {
+        self.export_catalog_rpc(request).await
     }
 
     async fn list_partners(
