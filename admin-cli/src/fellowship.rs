@@ -1,10 +1,12 @@
 //! `samvirke partners` and `samvirke catalog`: who this node can ask, and
-//! what the agreements in force let it see of each partner's catalog.
+//! what the agreements in force let it see of each partner's catalog;
+//! `samvirke catalog export` writes the catalog as DCAT-AP-DK JSON-LD for
+//! open-data portals.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, Subcommand, ValueEnum};
 use samvirke_proto::v1::{self as pb, FellowshipCatalogRequest, ListPartnersRequest};
 use serde_json::json;
 
@@ -24,7 +26,10 @@ pub struct PartnersArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct CatalogArgs {
+    #[command(subcommand)]
+    action: Option<CatalogCommand>,
     /// Only this fellowship's agreements (e.g. digit).
     #[arg(long)]
     fellowship: Option<String>,
@@ -43,8 +48,85 @@ pub struct CatalogArgs {
     deadline: u32,
     #[arg(long, value_enum, default_value_t = ListFormat::Table)]
     format: ListFormat,
+    /// The node's local API.
+    #[arg(long, default_value = "http://127.0.0.1:7080")]
+    node: String,
+    /// A local API token for that node (role read). Required without a
+    /// subcommand; optional here only so `catalog export` can have its own.
+    #[arg(long, env = "SAMVIRKE_TOKEN", hide_env_values = true)]
+    token: Option<crate::local::Token>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// Write the node's catalog as a document for open-data portals
+    /// (DCAT-AP-DK JSON-LD, as GET /api/v1/catalog.jsonld serves it).
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// DCAT-AP-DK 2.0 JSON-LD.
+    Dcat,
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    #[arg(long, value_enum, default_value_t = ExportFormat::Dcat)]
+    format: ExportFormat,
+    /// Also the partners' datasets the agreements in force let this node
+    /// see, each under its own publisher (asks the partners).
+    #[arg(long)]
+    fellowship: bool,
+    /// Seconds partners have to answer (with --fellowship).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=120))]
+    deadline: u32,
+    /// Write the document to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<std::path::PathBuf>,
     #[command(flatten)]
     node: NodeArgs,
+}
+
+fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    api::block_on(async move {
+        let mut client = args.node.connect().await?;
+        let answer = client
+            .export_catalog(pb::ExportCatalogRequest {
+                format: match args.format {
+                    ExportFormat::Dcat => "dcat".to_string(),
+                },
+                fellowship: args.fellowship,
+                deadline_ms: args.deadline * 1000,
+            })
+            .await
+            .map_err(|status| args.node.refused("export its catalog", &status))?
+            .into_inner();
+        for partner in &answer.unavailable {
+            eprintln!(
+                "samvirke: {} ({}) left out: {} {}",
+                partner.name,
+                partner.municipality,
+                outcome_word(partner.outcome),
+                partner.detail
+            );
+        }
+        let mut document = answer.document;
+        document.push('\n');
+        match &args.out {
+            Some(path) => crate::files::write(path, document.as_bytes())?,
+            None => {
+                let mut out = io::stdout().lock();
+                output::finish_output(
+                    out.write_all(document.as_bytes())
+                        .and_then(|()| out.flush())
+                        .map_err(Into::into),
+                )?;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 pub fn partners(args: PartnersArgs) -> anyhow::Result<ExitCode> {
@@ -120,8 +202,19 @@ pub fn partners(args: PartnersArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn catalog(args: CatalogArgs) -> anyhow::Result<ExitCode> {
+    let mut args = args;
+    if let Some(CatalogCommand::Export(export_args)) = args.action.take() {
+        return export(export_args);
+    }
+    let Some(token) = args.token.clone() else {
+        anyhow::bail!("catalog: --token (or SAMVIRKE_TOKEN) is required");
+    };
+    let node = NodeArgs {
+        node: args.node.clone(),
+        token,
+    };
     api::block_on(async move {
-        let mut client = args.node.connect().await?;
+        let mut client = node.connect().await?;
         let response = client
             .fellowship_catalog(FellowshipCatalogRequest {
                 fellowship: args.fellowship.clone().unwrap_or_default(),
@@ -134,7 +227,7 @@ pub fn catalog(args: CatalogArgs) -> anyhow::Result<ExitCode> {
                 deadline_ms: args.deadline * 1000,
             })
             .await
-            .map_err(|status| args.node.refused("list the fellowship catalog", &status))?
+            .map_err(|status| node.refused("list the fellowship catalog", &status))?
             .into_inner();
         let mut out = io::stdout().lock();
         let result: io::Result<()> = match args.format {

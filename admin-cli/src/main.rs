@@ -24,6 +24,7 @@ mod pki;
 mod push;
 mod query;
 mod receipts;
+mod record_files;
 mod records;
 mod roster;
 mod token;

@@ -1,5 +1,6 @@
 //! `samvirke records`: pilot results and procurement outcomes on a node:
-//! list them with filters, or load the fixture records for a demo.
+//! list them with filters, store a data owner's own from a file
+//! ([`crate::record_files`]), or load the fixture records for a demo.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -30,12 +31,57 @@ pub enum RecordsCommand {
 pub enum PilotsCommand {
     /// List pilot results; filters combine (all must match).
     List(PilotListArgs),
+    /// Store the pilots of a CSV, JSON or TOML file (replacing same ids).
+    /// Every record is checked first; if any has a problem, each is listed
+    /// by line or index, id and field, and nothing is stored.
+    #[command(after_help = PILOT_FILE_EXAMPLE)]
+    Put(PutArgs),
+}
+
+/// An example of the files `records pilots put` reads, shown in `--help`.
+const PILOT_FILE_EXAMPLE: &str = r#"CSV (lists separated by `;`, KPIs as `name=value unit`):
+  id,title,municipalities,phase,technology,started,ended,budget_dkk,kpis,findings
+  aarhus-lights,Adaptive street lights,751;746,test,LoRaWAN;LED,2024-05,,1200000,energy_saved=31 percent,Works
+JSON: [{"id": "aarhus-lights", "title": "...", "phase": "test", "municipalities": [751],
+        "started": "2024-05", "kpis": [{"name": "energy_saved", "value": 31, "unit": "percent"}]}]
+TOML: [[pilot]] tables with the same keys.
+Required: id, title, phase (idea, test, demonstration, scaling, operation, stopped).
+Dates: YYYY, YYYY-MM or YYYY-MM-DD."#;
+
+/// An example of the files `records procurements put` reads.
+const PROCUREMENT_FILE_EXAMPLE: &str = r#"CSV (lists separated by `;`):
+  id,title,buyer_municipalities,procedure,cpv_codes,suppliers,value_dkk,awarded,bids,status
+  aarhus-esdh-2025,ESDH system,751,open,48000000-8,KMD,5400000,2025-02,3,awarded
+JSON: [{"id": "aarhus-esdh-2025", "title": "...", "procedure": "open", "suppliers": ["KMD"],
+        "complaints": [{"body": "Klagenaevnet for Udbud", "outcome": "dismissed"}]}]
+TOML: [[procurement]] tables with the same keys.
+Required: id, title, procedure (open, restricted, negotiation, framework-mini-tender,
+framework-agreement). Status: planned, in-tender, negotiating, awarded, cancelled.
+Complaints only in JSON and TOML. Dates: YYYY, YYYY-MM or YYYY-MM-DD."#;
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The CSV, JSON or TOML file.
+    file: std::path::PathBuf,
+    /// The records dataset (kind pilot or procurement) the records go into.
+    #[arg(long, value_name = "ID")]
+    dataset: String,
+    /// The file's format; default: from its extension.
+    #[arg(long, value_enum)]
+    format: Option<crate::record_files::RecordFormat>,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ProcurementsCommand {
     /// List procurement outcomes; filters combine (all must match).
     List(ProcurementListArgs),
+    /// Store the procurements of a CSV, JSON or TOML file (replacing same
+    /// ids). Every record is checked first; if any has a problem, each is
+    /// listed by line or index, id and field, and nothing is stored.
+    #[command(after_help = PROCUREMENT_FILE_EXAMPLE)]
+    Put(PutArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,7 +223,75 @@ pub fn run(command: RecordsCommand) -> anyhow::Result<ExitCode> {
             api::block_on(list_procurements(args))
         }
         RecordsCommand::LoadFixtures(args) => api::block_on(load_fixtures(args)),
+        RecordsCommand::Pilots(PilotsCommand::Put(args)) => api::block_on(put_file(args, true)),
+        RecordsCommand::Procurements(ProcurementsCommand::Put(args)) => {
+            api::block_on(put_file(args, false))
+        }
     }
+}
+
+/// Exit status when the file has problems (nothing stored).
+const EXIT_BAD_FILE: u8 = 3;
+
+async fn put_file(args: PutArgs, pilots: bool) -> anyhow::Result<ExitCode> {
+    use crate::record_files::{RecordFormat, read_pilots, read_procurements, report};
+    let format = RecordFormat::of(&args.file, args.format)?;
+    let text = crate::files::read_text(&args.file)?;
+    let what = if pilots { "pilot" } else { "procurement" };
+    let read = if pilots {
+        read_pilots(&text, format, &args.dataset)?.map(|p| (p, Vec::new()))
+    } else {
+        read_procurements(&text, format, &args.dataset)?.map(|p| (Vec::new(), p))
+    };
+    let (pilot_records, procurement_records) = match read {
+        Ok(records) => records,
+        Err(problems) => {
+            eprint!("{}", report(&args.file, &problems));
+            return Ok(ExitCode::from(EXIT_BAD_FILE));
+        }
+    };
+    let total = pilot_records.len() + procurement_records.len();
+    if total == 0 {
+        bail!("{}: no {what} records in the file", args.file.display());
+    }
+    let mut client = args.node.connect().await?;
+    let mut loaded = Loaded::default();
+    let stored_so_far = |loaded: &Loaded| loaded.new + loaded.replaced;
+    for pilot in pilot_records {
+        let id = pilot.id.clone();
+        let answer = client.put_pilot(pilot).await.map_err(|status| {
+            args.node
+                .refused(&format!("store pilot `{id}`"), &status)
+                .context(format!(
+                    "{} of {total} records stored before it",
+                    stored_so_far(&loaded)
+                ))
+        })?;
+        count(&mut loaded, answer.into_inner().replaced);
+    }
+    for procurement in procurement_records {
+        let id = procurement.id.clone();
+        let answer = client
+            .put_procurement(procurement)
+            .await
+            .map_err(|status| {
+                args.node
+                    .refused(&format!("store procurement `{id}`"), &status)
+                    .context(format!(
+                        "{} of {total} records stored before it",
+                        stored_so_far(&loaded)
+                    ))
+            })?;
+        count(&mut loaded, answer.into_inner().replaced);
+    }
+    println!(
+        "{what}s: {} stored in `{}` ({} new, {} replaced)",
+        loaded.new + loaded.replaced,
+        args.dataset,
+        loaded.new,
+        loaded.replaced
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The pilot filter the arguments describe.

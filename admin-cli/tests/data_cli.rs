@@ -1040,3 +1040,60 @@ async fn tokens_without_the_ingest_role_are_refused() {
     assert_eq!(ingested(&text), (10, 10, 0), "{text}");
     running.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_exports_as_dcat_ap_dk_to_stdout_or_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fed = aarhus(dir.path()).await;
+    let api = Api::of(&fed.nodes[0]);
+    publish_air(&api).await;
+    let http = fed.nodes[0]
+        .running
+        .http_endpoint()
+        .expect("the HTTP API is on");
+
+    let text = api.ok(&["catalog", "export", "--format", "dcat"]).await;
+    let document: Value = serde_json::from_str(&text).expect("a JSON document");
+    let graph = document["@graph"].as_array().expect("an @graph");
+    let catalog = graph
+        .iter()
+        .find(|n| n["@type"] == "dcat:Catalog")
+        .expect("a catalog");
+    assert_eq!(
+        catalog["dcat:dataset"][0]["@id"],
+        "urn:samvirke:751:dataset:aarhus-air-quality"
+    );
+    let urls: Vec<&str> = graph
+        .iter()
+        .filter(|n| n["@type"] == "dcat:Distribution")
+        .filter_map(|n| n["dcat:accessURL"]["@id"].as_str())
+        .collect();
+    assert_eq!(urls.len(), 3, "JSON, CSV and GeoJSON: {urls:?}");
+    for url in urls {
+        assert!(
+            url.starts_with(&format!(
+                "{http}/api/v1/datasets/aarhus-air-quality/readings"
+            )),
+            "{url}"
+        );
+    }
+
+    // --out writes the same document (but for when it was made) to a file.
+    let out = dir.path().join("catalog.jsonld");
+    api.ok(&["catalog", "export", "--out", arg(&out)]).await;
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("the file")).expect("JSON");
+    assert_eq!(
+        written["@graph"].as_array().map(Vec::len),
+        Some(graph.len())
+    );
+
+    // A format there is no export for is refused by name; the fellowship
+    // listing is still `samvirke catalog` without a subcommand.
+    let refused = api
+        .exits(2, &["catalog", "export", "--format", "csv"])
+        .await;
+    assert!(stderr(&refused).contains("csv"), "{}", stderr(&refused));
+    let listing = api.ok(&["catalog"]).await;
+    assert!(listing.starts_with("provider"), "{listing}");
+}

@@ -75,6 +75,19 @@ struct RawConfig {
     /// Absent: no admin listener (`samvirke init` writes one).
     #[serde(default)]
     admin: Option<RawAdmin>,
+    #[serde(default)]
+    catalog: RawCatalog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    #[serde(default)]
+    public_url: Option<String>,
+    #[serde(default)]
+    contact_name: Option<String>,
+    #[serde(default)]
+    contact_email: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,6 +281,22 @@ pub struct Config {
     pub ingest: crate::ingest::config::IngestConfig,
     /// `[admin]`: metrics, health and the status page; `None` when off.
     pub admin: Option<AdminConfig>,
+    /// `[catalog]`: how the catalog describes itself to open-data portals.
+    pub catalog: CatalogConfig,
+}
+
+/// `[catalog]`: what the DCAT-AP-DK export says beyond the datasets
+/// themselves. Every key is optional.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogConfig {
+    /// The HTTP API's base URL as analysts and portals reach it (e.g.
+    /// behind a reverse proxy), without a trailing slash; `None`: the
+    /// `[http]` listener's own address.
+    pub public_url: Option<String>,
+    /// Who answers questions about the datasets (a team, not a person's
+    /// private address), and where.
+    pub contact_name: Option<String>,
+    pub contact_email: Option<String>,
 }
 
 /// `[admin]`: the plaintext, unauthenticated listener for Prometheus
@@ -516,6 +545,63 @@ impl Checker<'_> {
                     listen: self.address("admin.listen", &admin.listen)?,
                 }),
             },
+            catalog: self.catalog(raw.catalog)?,
+        })
+    }
+
+    fn catalog(&self, raw: RawCatalog) -> Result<CatalogConfig, ConfigError> {
+        let public_url = match raw.public_url {
+            None => None,
+            Some(url) => {
+                let trimmed = url.trim().trim_end_matches('/');
+                let rest = trimmed
+                    .strip_prefix("https://")
+                    .or_else(|| trimmed.strip_prefix("http://"));
+                // A host must follow, and nothing that would break out of
+                // an IRI in the exported document.
+                if rest.is_none_or(|r| r.is_empty() || r.starts_with('/'))
+                    || trimmed
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || "<>\"{}|\\^`".contains(c))
+                {
+                    return Err(self.invalid(
+                        "catalog.public_url",
+                        format!(
+                            "`{url}` is not an http:// or https:// URL with a host, e.g. \
+                             https://data.aarhus.example/samvirke"
+                        ),
+                    ));
+                }
+                Some(trimmed.to_string())
+            }
+        };
+        let text = |key: &str, value: Option<String>| -> Result<Option<String>, ConfigError> {
+            match value.map(|v| v.trim().to_string()) {
+                Some(v) if v.is_empty() || v.chars().count() > 200 => {
+                    Err(self.invalid(key, "must be 1 to 200 characters (or left out)"))
+                }
+                other => Ok(other),
+            }
+        };
+        let contact_name = text("catalog.contact_name", raw.contact_name)?;
+        let contact_email = text("catalog.contact_email", raw.contact_email)?;
+        if let Some(email) = &contact_email
+            && (email.split('@').count() != 2
+                || email.starts_with('@')
+                || email.ends_with('@')
+                || email
+                    .chars()
+                    .any(|c| c.is_whitespace() || "<>\"".contains(c)))
+        {
+            return Err(self.invalid(
+                "catalog.contact_email",
+                format!("`{email}` is not an e-mail address, e.g. data@aarhus.example"),
+            ));
+        }
+        Ok(CatalogConfig {
+            public_url,
+            contact_name,
+            contact_email,
         })
     }
 
@@ -850,6 +936,12 @@ roles = ["admin"]
             "the example shows the default"
         );
         assert!(admin.enabled);
+        assert!(
+            raw.catalog.public_url.is_some()
+                && raw.catalog.contact_name.is_some()
+                && raw.catalog.contact_email.is_some(),
+            "the [catalog] section is documented"
+        );
     }
 
     #[test]
@@ -928,6 +1020,39 @@ roles = ["admin"]
         let unknown = format!("{}\n[admin]\ntoken = \"x\"\n", text(""));
         let err = Config::from_toml(&path, &unknown).expect_err("unknown key");
         assert!(err.to_string().contains("token"), "{err}");
+    }
+
+    #[test]
+    fn catalog_keys_are_checked_and_named() {
+        let dir = node_dir();
+        let path = dir.path().join("node.toml");
+        let config = Config::from_toml(&path, &text("")).expect("loads");
+        assert!(config.catalog.public_url.is_none());
+        let good = format!(
+            "{}\n[catalog]\npublic_url = \"https://data.aarhus.example/samvirke/\"\n\
+             contact_name = \"Data team\"\ncontact_email = \"data@aarhus.example\"\n",
+            text("")
+        );
+        let config = Config::from_toml(&path, &good).expect("loads");
+        assert_eq!(
+            config.catalog.public_url.as_deref(),
+            Some("https://data.aarhus.example/samvirke"),
+            "the trailing slash is dropped"
+        );
+        for (bad, key) in [
+            ("public_url = \"ftp://x\"", "catalog.public_url"),
+            ("public_url = \"https://\"", "catalog.public_url"),
+            (
+                "public_url = \"https://a.example/\\\"><x\"",
+                "catalog.public_url",
+            ),
+            ("contact_email = \"nobody\"", "catalog.contact_email"),
+            ("contact_name = \" \"", "catalog.contact_name"),
+        ] {
+            let text = format!("{}\n[catalog]\n{bad}\n", text(""));
+            let err = Config::from_toml(&path, &text).expect_err(bad);
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

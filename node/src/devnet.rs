@@ -19,6 +19,20 @@ use crate::pki::{DevCa, PkiError, loopback_hosts};
 use crate::provision::{NodeSpec, ProvisionError, init_node_dir, install_dev_certificate};
 use crate::server::{Listeners, Node, NodeError, RunningNode};
 
+/// The demo federation's municipalities: Aarhus, Vejle, Silkeborg,
+/// Albertslund (`samvirke demo`; tests that check what the demo shows).
+pub const DEMO_MUNICIPALITIES: [u32; 4] = [751, 630, 740, 165];
+
+/// The sensor kinds each demo municipality publishes, in the order of
+/// [`DEMO_MUNICIPALITIES`]; Aarhus also publishes its pilot results and
+/// procurement outcomes.
+pub const DEMO_SENSOR_KINDS: [&[&str]; 4] = [
+    &["air-quality", "waste-bin-fill"],
+    &["air-quality", "parking-occupancy"],
+    &["air-quality", "water-level"],
+    &["noise", "indoor-climate"],
+];
+
 /// Why a development federation could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DevnetError {

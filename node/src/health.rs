@@ -81,10 +81,19 @@ pub fn reflection(
     ),
     ReflectionError,
 > {
+    // Both reflection services list both reflection protocols, so each
+    // must also describe both: by default a builder registers only its own
+    // protocol's file, and a client resolving every listed service (the
+    // stock Python client does) got NOT_FOUND for the other one.
     let builder = || {
         tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
             .with_service_name(service)
             .with_service_name(HEALTH_SERVICE_NAME)
             .with_service_name(REFLECTION_SERVICE_NAME)

@@ -407,7 +407,20 @@ impl Node {
                 federation,
                 Arc::clone(&self.audit),
             )
-            .with_backup_dir(self.config.node.data_dir.clone()),
+            .with_backup_dir(self.config.node.data_dir.clone())
+            .with_export(crate::local::export::ExportSettings {
+                // Behind a proxy the operator says where the API is; else it is
+                // where the [http] listener is bound.
+                base_url: self.config.catalog.public_url.clone().or_else(|| {
+                    http_address.as_ref().map(|address| {
+                        format!("{}://{address}", if http_tls { "https" } else { "http" })
+                    })
+                }),
+                contact: crate::data::dcat::Contact {
+                    name: self.config.catalog.contact_name.clone(),
+                    email: self.config.catalog.contact_email.clone(),
+                },
+            }),
         );
         let partners_for_admin = partners.clone();
         let anti_entropy = tokio::spawn(sync::run(

@@ -6,7 +6,8 @@
 //!   message naming the key or file;
 //! - a foreign directory as `node.data_dir` is refused and left exactly as
 //!   it was; a port already in use is refused with the listener named;
-//! - a valid node starts, serves, and on SIGTERM drains and exits 0.
+//! - a valid node starts, serves, and on SIGTERM drains and exits 0;
+//! - SIGTERM with `Health/Watch` streams open still stops within 5 s.
 //!
 //! Every child runs under a watchdog that kills it if it hangs, so a broken
 //! build fails these tests instead of stalling them.
@@ -352,5 +353,103 @@ fn a_valid_node_serves_until_sigterm_then_exits_0() {
         rest.iter()
             .any(|line| line.contains("samvirke node stopped")),
         "the node drains and logs that it stopped: {rest:#?}"
+    );
+}
+
+/// What systemd allows before it kills a stopping unit is 30 s by default
+/// (and the deploy unit keeps that); the node must be well within it even
+/// when clients hold `Health/Watch` streams open, which never end on their
+/// own.
+const STOP_WITH_WATCHES: Duration = Duration::from_secs(5);
+
+#[test]
+fn sigterm_stops_within_5_s_while_health_watches_are_open() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let node = NodeDir::new("127.0.0.1:0");
+    let mut child = KillOnDrop(node.command().spawn().expect("spawn samvirke-node"));
+    let stderr = child.0.stderr.take().expect("piped stderr");
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(strip_ansi(&line)).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    let serving = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains("samvirke node serving") => break line,
+            Ok(_) => {}
+            Err(e) => panic!("no `samvirke node serving` line ({e:?})"),
+        }
+    };
+    let local = log_field(&serving, "local")
+        .expect("`local=` in the serving line")
+        .to_string();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    // Three watchers, as a load balancer and two monitors would hold.
+    let mut watches = runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{local}"))
+            .expect("an endpoint")
+            .connect()
+            .await
+            .expect("connect to the local listener");
+        let mut watches = Vec::new();
+        for _ in 0..3 {
+            let mut stream = HealthClient::new(channel.clone())
+                .watch(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .expect("Health/Watch opens")
+                .into_inner();
+            let first = tokio::time::timeout(TIMEOUT, stream.message())
+                .await
+                .expect("a first status in time")
+                .expect("a status")
+                .expect("the stream is open");
+            assert_eq!(first.status, 1, "SERVING");
+            watches.push(stream);
+        }
+        watches
+    });
+
+    let asked = Instant::now();
+    assert!(send_signal(child.0.id(), "-TERM"), "kill -TERM");
+    let status = wait_bounded(&mut child.0);
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+    assert!(
+        took < STOP_WITH_WATCHES,
+        "stopped in {took:?} with three Health/Watch streams open; must be under \
+         {STOP_WITH_WATCHES:?}"
+    );
+    // Each watcher learns the stream is over (a last status or an error),
+    // rather than hanging on a dead connection.
+    runtime.block_on(async {
+        for stream in &mut watches {
+            let ended = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Ok(Some(_)) = stream.message().await {}
+            })
+            .await;
+            assert!(ended.is_ok(), "a watch stream ends with the node");
+        }
+    });
+    reader.join().expect("stderr reader");
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert!(
+        rest.iter()
+            .any(|line| line.contains("samvirke node stopped")),
+        "the node drains and logs that it stopped (the final flush ran): {rest:#?}"
     );
 }

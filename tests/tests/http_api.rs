@@ -437,10 +437,11 @@ async fn the_http_api_answers_as_the_local_grpc_api_does() {
         "/api/v1/procurements",
         "/api/v1/ask/readings",
         "/api/v1/openapi.json",
+        "/api/v1/catalog.jsonld",
     ] {
         assert!(paths.contains_key(route), "{route} in {:?}", paths.keys());
     }
-    assert_eq!(paths.len(), 6, "every route, and only those");
+    assert_eq!(paths.len(), 7, "every route, and only those");
 
     node.running.shutdown().await.expect("clean shutdown");
 }

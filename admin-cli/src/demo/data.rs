@@ -6,20 +6,13 @@
 use anyhow::Context;
 use samvirke_node::data::record_fixtures::{fixture_pilots, fixture_procurements};
 use samvirke_node::data::{DatasetKind, generate, records_dataset, sensor_dataset};
-use samvirke_node::devnet::{DevFederation, DevNode};
+use samvirke_node::devnet::{DEMO_SENSOR_KINDS, DevFederation, DevNode};
 use samvirke_node::wire;
 use samvirke_proto::v1 as pb;
 use time::{Duration, OffsetDateTime};
 
 use crate::local;
 
-/// Sensor kinds each demo municipality publishes, in federation order.
-const SENSOR_KINDS: [&[&str]; 4] = [
-    &["air-quality", "waste-bin-fill"],
-    &["air-quality", "parking-occupancy"],
-    &["air-quality", "water-level"],
-    &["noise", "indoor-climate"],
-];
 const SENSORS_PER_DATASET: u32 = 8;
 /// Whole days of readings before today.
 pub const DAYS_OF_READINGS: i64 = 3;
@@ -48,7 +41,7 @@ pub async fn publish(federation: &DevFederation) -> anyhow::Result<()> {
     );
     let until = until();
     let from = midnight_before(DAYS_OF_READINGS);
-    for (node, kinds) in federation.nodes.iter().zip(SENSOR_KINDS) {
+    for (node, kinds) in federation.nodes.iter().zip(DEMO_SENSOR_KINDS) {
         let mut api = local::connect(&node.running.local_endpoint(), &node.admin_token).await?;
         let code = node.running.identity.municipality_code;
         let mut lines = Vec::new();

@@ -37,8 +37,7 @@ mod data;
 mod governance;
 mod proof;
 
-/// The demo's municipalities: Aarhus, Vejle, Silkeborg, Albertslund.
-pub const DEMO_MUNICIPALITIES: [u32; 4] = [751, 630, 740, 165];
+use samvirke_node::devnet::DEMO_MUNICIPALITIES;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {

@@ -18,11 +18,13 @@
 //! - [`geo`]: coordinates, boxes, circles, haversine distance;
 //! - [`keys`]: the byte encodings of keys and values;
 //! - [`generate`](mod@generate): deterministic synthetic readings for demos, tests, benches.
+//! - [`dcat`]: the catalog as DCAT-AP-DK JSON-LD for open-data portals;
 //! - [`records`], [`record_fixtures`]: pilot results and procurement outcomes,
 //!   and the fixture facts about them.
 
 pub mod aggregate;
 pub mod catalog;
+pub mod dcat;
 pub mod generate;
 pub mod geo;
 pub mod keys;

@@ -26,6 +26,9 @@
 //!   `samvirke query` and `samvirke ask` print;
 //! - [`error`]: the one mapping from errors to HTTP statuses;
 //! - [`openapi`]: the `/api/v1/openapi.json` document.
+//!
+//! `/api/v1/catalog.jsonld` serves the catalog as DCAT-AP-DK
+//! ([`crate::data::dcat`]) through the local `ExportCatalog` RPC.
 
 pub mod error;
 pub mod formats;

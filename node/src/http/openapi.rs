@@ -245,6 +245,23 @@ pub fn document() -> Value {
             false,
         ),
     );
+    let dcat = operation(
+        "The catalog as DCAT-AP-DK JSON-LD",
+        "This node's catalog (scope=local) or also what the fellowship lets it see \
+         (scope=fellowship) as a DCAT-AP-DK 2.0 document for opendata.dk and other DCAT \
+         harvesters: a dcat:Catalog with its dcat:Datasets, one foaf:Agent per municipality \
+         (publisher type LocalAuthority), and dcat:Distributions whose accessURLs point at \
+         this API. Vocabularies are the EU Publications Office's (data themes, frequency, \
+         access rights from the classification, file types, licences).",
+        &[params::CATALOG],
+        false,
+        json!({
+            "description": "The catalog.",
+            "content": { "application/ld+json": { "schema": { "type": "object" } } },
+        }),
+        false,
+    );
+    paths.insert(routes::CATALOG_DCAT.into(), dcat);
     paths.insert(
         routes::OPENAPI.into(),
         json!({ "get": {
@@ -382,6 +399,7 @@ mod tests {
             routes::PROCUREMENTS,
             routes::ASK_READINGS,
             routes::OPENAPI,
+            routes::CATALOG_DCAT,
         ] {
             assert!(doc["paths"][route]["get"].is_object(), "{route}");
         }

@@ -79,6 +79,22 @@ pub const FORMAT: Param = param(
 /// `/api/v1/datasets`.
 pub const DATASETS: &[Param] = &[FORMAT];
 
+/// `/api/v1/catalog.jsonld`.
+pub const CATALOG: &[Param] = &[
+    param(
+        "scope",
+        Kind::Choice(&["local", "fellowship"]),
+        "local (default): this node's datasets; fellowship: also the partners' datasets the \
+         agreements in force let this node see, each under its own publisher (asks the \
+         partners).",
+    ),
+    param(
+        "deadline",
+        Kind::Integer,
+        "With scope=fellowship: seconds every partner has to answer (1-120, default 10).",
+    ),
+];
+
 /// The readings question (`samvirke query readings` / `ask readings`).
 pub const READINGS: &[Param] = &[
     required("from", Kind::Time, "Start of the period (included)."),

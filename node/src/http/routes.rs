@@ -30,6 +30,7 @@ pub const PILOTS: &str = "/api/v1/pilots";
 pub const PROCUREMENTS: &str = "/api/v1/procurements";
 pub const ASK_READINGS: &str = "/api/v1/ask/readings";
 pub const OPENAPI: &str = "/api/v1/openapi.json";
+pub const CATALOG_DCAT: &str = "/api/v1/catalog.jsonld";
 
 /// The API's routes over `api`.
 pub fn router(api: HttpApi) -> Router {
@@ -41,6 +42,7 @@ pub fn router(api: HttpApi) -> Router {
         .route(PROCUREMENTS, get(procurements))
         .route(ASK_READINGS, get(ask_readings))
         .route(OPENAPI, get(openapi))
+        .route(CATALOG_DCAT, get(catalog_dcat))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(api);
@@ -307,6 +309,49 @@ async fn ask_readings(
         format,
         futures::stream::once(std::future::ready(Ok(head))).chain(pieces),
     ))
+}
+
+/// The catalog as DCAT-AP-DK JSON-LD, for opendata.dk and other
+/// harvesters: the local `ExportCatalog` answer as it is.
+async fn catalog_dcat(
+    State(api): State<HttpApi>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    admit(&api, &headers, "GET /api/v1/catalog.jsonld")?;
+    let params = Params::parse(query.as_deref(), &[params::CATALOG])?;
+    let fellowship =
+        params.choice("scope", &["local", "fellowship"])?.as_deref() == Some("fellowship");
+    let deadline_ms = match params.number::<u32>("deadline")? {
+        None => 0,
+        Some(s @ 1..=120) => s * 1000,
+        Some(s) => {
+            return Err(ApiError::bad(
+                "deadline",
+                format!("{s} is outside 1-120 (seconds)"),
+            ));
+        }
+    };
+    let answer = api
+        .local
+        .export_catalog(call(
+            &headers,
+            pb::ExportCatalogRequest {
+                format: "dcat".to_string(),
+                fellowship,
+                deadline_ms,
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut response = Response::new(Body::from(answer.document));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::data::dcat::MEDIA_TYPE),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 async fn openapi() -> Response {

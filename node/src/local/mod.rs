@@ -9,13 +9,15 @@
 //! - [`ingest`]: readings acknowledged batch by batch, resumable sessions;
 //! - [`ask`]: questions to the fellowship, its catalog, partners, receipts;
 //! - [`audit`]: tailing and exporting the audit log;
-//! - [`backup`]: a consistent snapshot of the store for backups.
+//! - [`backup`]: a consistent snapshot of the store for backups;
+//! - [`export`]: the catalog as DCAT-AP-DK for open-data portals.
 
 pub mod ask;
 pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod data;
+pub mod export;
 pub mod ingest;
 
 use std::sync::Arc;
@@ -73,6 +75,7 @@ pub struct LocalService {
     backup_dir: Option<std::path::PathBuf>,
     /// Held while a backup runs: one at a time.
     backup_running: Arc<tokio::sync::Mutex<()>>,
+    export: export::ExportSettings,
 }
 
 impl LocalService {
@@ -109,6 +112,7 @@ impl LocalService {
             audit,
             backup_dir: None,
             backup_running: Arc::new(tokio::sync::Mutex::new(())),
+            export: export::ExportSettings::default(),
         }
     }
 
@@ -116,6 +120,12 @@ impl LocalService {
     /// directory: on the same disk as the store, and as private).
     pub fn with_backup_dir(mut self, dir: std::path::PathBuf) -> LocalService {
         self.backup_dir = Some(dir);
+        self
+    }
+
+    /// The same service, exporting its catalog with `settings`.
+    pub fn with_export(mut self, settings: export::ExportSettings) -> LocalService {
+        self.export = settings;
         self
     }
 
@@ -511,6 +521,13 @@ impl Local for LocalService {
         request: Request<pb::FellowshipCatalogRequest>,
     ) -> Result<Response<pb::FellowshipCatalogResponse>, Status> {
         self.fellowship_catalog_rpc(request).await
+    }
+
+    async fn export_catalog(
+        &self,
+        request: Request<pb::ExportCatalogRequest>,
+    ) -> Result<Response<pb::ExportCatalogResponse>, Status> {
+        self.export_catalog_rpc(request).await
     }
 
     async fn list_partners(
