@@ -219,32 +219,31 @@ fn restore(from: &std::path::Path, data_dir: &std::path::Path, key: Option<&str>
 }
 
 async fn serve(config: Config) -> Result<(), NodeError> {
+    // Listen for the signals before anything is bound or logged as
+    // serving: a SIGTERM that arrives right after the "serving" line must
+    // stop the node gracefully, not kill it with the default action.
+    let shutdown = shutdown_signal()?;
     let node = Node::open(config)?;
     let listeners = Listeners::bind(node.config()).await?;
-    node.run(listeners, shutdown_signal()).await
+    node.run(listeners, shutdown).await
 }
 
-/// Completes on SIGTERM (systemd, container runtimes) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
+/// Installs the SIGTERM (systemd, container runtimes) and SIGINT (Ctrl-C)
+/// handlers now; the returned future completes on the first of them.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, NodeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind: SignalKind, name: &'static str| {
+        signal(kind).map_err(|error| NodeError::Signal {
+            signal: name,
+            reason: error.to_string(),
+        })
     };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+    let mut terminate = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut interrupt = install(SignalKind::interrupt(), "SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("Ctrl-C received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-    }
+    })
 }

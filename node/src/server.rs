@@ -103,6 +103,11 @@ pub enum NodeError {
         listener: &'static str,
         reason: String,
     },
+    #[error("cannot listen for {signal}: {reason}")]
+    Signal {
+        signal: &'static str,
+        reason: String,
+    },
     #[error("{listener} listener stopped: {reason}")]
     Serve {
         listener: &'static str,
@@ -408,6 +413,7 @@ impl Node {
                 Arc::clone(&self.audit),
             )
             .with_backup_dir(self.config.node.data_dir.clone())
+            .with_stop(stop.clone())
             .with_export(crate::local::export::ExportSettings {
                 // Behind a proxy the operator says where the API is; else it is
                 // where the [http] listener is bound.

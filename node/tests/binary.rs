@@ -24,6 +24,8 @@ use samvirke_node::pki::{DevCa, loopback_hosts};
 use samvirke_node::provision::{
     CONFIG_FILE, NodeSpec, SIGNING_KEY_FILE, init_node_dir, install_dev_certificate,
 };
+use samvirke_proto::v1 as pb;
+use samvirke_proto::v1::local_client::LocalClient;
 
 const BIN: &str = env!("CARGO_BIN_EXE_samvirke-node");
 /// How long a child may take to exit (or to get ready) before it counts as hung.
@@ -35,6 +37,8 @@ const EXIT_CONFIG: i32 = 64;
 struct NodeDir {
     root: tempfile::TempDir,
     dir: PathBuf,
+    /// The first admin token `init` made.
+    admin_token: String,
 }
 
 impl NodeDir {
@@ -49,11 +53,15 @@ impl NodeDir {
             local_listen: "127.0.0.1:0".to_string(),
             advertised_endpoint: None,
         };
-        init_node_dir(&dir, &spec).expect("init node dir");
+        let made = init_node_dir(&dir, &spec).expect("init node dir");
         let ca = DevCa::generate("Test CA").expect("CA");
         install_dev_certificate(&dir, "Aarhus Kommune", &ca, &loopback_hosts())
             .expect("install certificate");
-        NodeDir { root, dir }
+        NodeDir {
+            root,
+            dir,
+            admin_token: made.admin_token.to_string(),
+        }
     }
 
     fn config(&self) -> PathBuf {
@@ -397,8 +405,9 @@ fn sigterm_stops_within_5_s_while_health_watches_are_open() {
         .enable_all()
         .build()
         .expect("a runtime");
-    // Three watchers, as a load balancer and two monitors would hold.
-    let mut watches = runtime.block_on(async {
+    // Three watchers, as a load balancer and two monitors would hold, and
+    // an ingest client that opened its stream and then went quiet.
+    let (mut watches, idle_ingest) = runtime.block_on(async {
         let channel = tonic::transport::Channel::from_shared(format!("http://{local}"))
             .expect("an endpoint")
             .connect()
@@ -421,7 +430,21 @@ fn sigterm_stops_within_5_s_while_health_watches_are_open() {
             assert_eq!(first.status, 1, "SERVING");
             watches.push(stream);
         }
-        watches
+        let (batches, batch_rx) = tokio::sync::mpsc::channel::<pb::IngestBatch>(1);
+        let mut request =
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(batch_rx));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", node.admin_token)
+                .parse()
+                .expect("a header value"),
+        );
+        let acks = LocalClient::new(channel)
+            .ingest_batches(request)
+            .await
+            .expect("IngestBatches opens")
+            .into_inner();
+        (watches, (batches, acks))
     });
 
     let asked = Instant::now();
@@ -431,8 +454,8 @@ fn sigterm_stops_within_5_s_while_health_watches_are_open() {
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
     assert!(
         took < STOP_WITH_WATCHES,
-        "stopped in {took:?} with three Health/Watch streams open; must be under \
-         {STOP_WITH_WATCHES:?}"
+        "stopped in {took:?} with three Health/Watch streams and an idle ingest stream \
+         open; must be under {STOP_WITH_WATCHES:?}"
     );
     // Each watcher learns the stream is over (a last status or an error),
     // rather than hanging on a dead connection.
@@ -444,6 +467,15 @@ fn sigterm_stops_within_5_s_while_health_watches_are_open() {
             .await;
             assert!(ended.is_ok(), "a watch stream ends with the node");
         }
+        // The quiet ingest client is told why its call ended.
+        let (_batches, mut acks) = idle_ingest;
+        let last = tokio::time::timeout(Duration::from_secs(5), acks.message())
+            .await
+            .expect("the ingest stream ends with the node");
+        assert!(
+            !matches!(last, Ok(Some(_))),
+            "no acknowledgement for a batch never sent: {last:?}"
+        );
     });
     reader.join().expect("stderr reader");
     let rest: Vec<String> = lines.try_iter().collect();

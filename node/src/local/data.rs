@@ -125,16 +125,25 @@ impl LocalService {
         loop {
             // A client that sends nothing for this long loses the call
             // (what it sent before stays stored).
-            let next = tokio::time::timeout(idle, batches.message())
-                .await
-                .map_err(|_| {
-                    Status::deadline_exceeded(format!(
-                        "no batch for {} s; batches 1..{} ({} readings) are stored",
-                        idle.as_secs(),
-                        totals.batches,
-                        totals.readings
-                    ))
-                })??;
+            // A stopping node ends the call between batches rather than
+            // waiting on a client that may never finish.
+            let next = tokio::select! {
+                next = tokio::time::timeout(idle, batches.message()) => next,
+                () = self.stopping.cancelled() => {
+                    return Err(Status::unavailable(format!(
+                        "the node is stopping; batches 1..{} ({} readings) are stored",
+                        totals.batches, totals.readings
+                    )));
+                }
+            }
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no batch for {} s; batches 1..{} ({} readings) are stored",
+                    idle.as_secs(),
+                    totals.batches,
+                    totals.readings
+                ))
+            })??;
             let Some(batch) = next else {
                 break;
             };

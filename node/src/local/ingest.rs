@@ -19,6 +19,7 @@ use std::time::Duration;
 use samvirke_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::LocalService;
@@ -72,6 +73,7 @@ impl LocalService {
             token: caller.name.clone(),
             idle: self.answers.send_timeout,
             acks,
+            stopping: self.stopping.clone(),
             _permit: permit,
         };
         tokio::spawn(call.run(batches));
@@ -108,6 +110,8 @@ struct BatchCall {
     token: String,
     idle: Duration,
     acks: mpsc::Sender<Result<pb::IngestAck, Status>>,
+    /// Cancelled when the node stops: the call ends between batches.
+    stopping: CancellationToken,
     /// The call's place under the per-token limits, held until it ends.
     _permit: CallPermit,
 }
@@ -120,6 +124,15 @@ impl BatchCall {
                 next = tokio::time::timeout(self.idle, batches.message()) => next,
                 // The client went away: nobody to answer.
                 () = self.acks.closed() => break Ok(()),
+                // A stopping node does not wait for a client that may never
+                // finish; what was acknowledged is stored, and the client
+                // resumes its session against the restarted node.
+                () = self.stopping.cancelled() => {
+                    break Err(Status::unavailable(format!(
+                        "the node is stopping{}",
+                        totals.stored()
+                    )));
+                }
             };
             let batch = match next {
                 Err(_) => {

@@ -63,6 +63,8 @@ pub struct LocalService {
     registry: Arc<Registry>,
     plane: Arc<DataPlane>,
     ingest: Arc<Pipeline>,
+    /// Cancelled when the node stops; long calls (ingest streams) end on it.
+    stopping: tokio_util::sync::CancellationToken,
     clock: SharedClock,
     started_at: OffsetDateTime,
     listeners: Vec<ListenerInfo>,
@@ -112,8 +114,16 @@ impl LocalService {
             audit,
             backup_dir: None,
             backup_running: Arc::new(tokio::sync::Mutex::new(())),
+            stopping: tokio_util::sync::CancellationToken::new(),
             export: export::ExportSettings::default(),
         }
+    }
+
+    /// Ends long calls (ingest streams) when `stopping` is cancelled, so
+    /// that a client cannot hold up the node's shutdown.
+    pub fn with_stop(mut self, stopping: tokio_util::sync::CancellationToken) -> LocalService {
+        self.stopping = stopping;
+        self
     }
 
     /// Lets `Local/Backup` spool its snapshot in `dir` (the node's data
