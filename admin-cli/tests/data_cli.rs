@@ -4,8 +4,9 @@
 //! bad rows listed with their lines (exit 3), `ingest json` as lines and
 //! as an array, `query readings` in every format (CSV round trip, JSON
 //! lines, GeoJSON points, table, buckets adding up to the raw count),
-//! `records load-fixtures` with filtered lists, and tokens that may not
-//! ingest.
+//! `records load-fixtures` with filtered lists, `records ... put FILE`
+//! from CSV, JSON and TOML (a bad record stores nothing), and tokens that
+//! may not ingest.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -842,7 +843,8 @@ async fn fixture_records_load_and_filter() {
 }
 
 /// The README's steps for records on a fresh node: publish the two records
-/// datasets from templates, load the fixture records, list KMD's tenders.
+/// datasets from templates, load the fixture records, list KMD's tenders,
+/// put the README's example CSV.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_records_steps_work_on_a_fresh_node() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -883,6 +885,33 @@ async fn the_readme_records_steps_work_on_a_fresh_node() {
     assert!(listed.contains("digit-2020-care-system"), "{listed}");
     assert!(listed.contains("digit-2022-payroll-finance"), "{listed}");
 
+    // The README's `records procurements put tenders.csv` example, with the
+    // CSV shown there.
+    let readme = include_str!("../../README.md");
+    let csv = readme
+        .split("```csv\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a CSV example in the README");
+    let tenders = dir.path().join("tenders.csv");
+    std::fs::write(&tenders, csv).expect("write");
+    let put = api
+        .ok(&[
+            "records",
+            "procurements",
+            "put",
+            arg(&tenders),
+            "--dataset",
+            "aarhus-procurement-outcomes",
+        ])
+        .await;
+    assert!(put.contains("procurements: 1 stored"), "{put}");
+    let listed = api
+        .ok(&["records", "procurements", "list", "--supplier", "KMD"])
+        .await;
+    assert_eq!(listed.lines().count(), 4, "a header and three: {listed}");
+    assert!(listed.contains("aarhus-esdh-2025 "), "{listed}");
+
     // A dataset file missing keys names them all, and the required list.
     let file = dir.path().join("thin.toml");
     std::fs::write(
@@ -898,6 +927,309 @@ async fn the_readme_records_steps_work_on_a_fresh_node() {
         text.contains("missing required keys description, theme, license, classification, schema"),
         "{text}"
     );
+    fed.shutdown().await.expect("shutdown");
+}
+
+/// Pilots from a CSV file and procurements from a JSON file and a TOML
+/// file.
+const PUT_PILOTS_CSV: &str = "\
+id,title,municipalities,phase,technology,started,ended,budget_dkk,kpis,findings
+aarhus-lights,Adaptive street lights,751;746,test,LoRaWAN;LED,2024-05,,1200000,energy_saved=31 percent,Works
+aarhus-bins,Bin sensors,751,operation,LoRaWAN,2023,2024-12-31,300000,,Fewer trips
+";
+
+const PUT_PROCUREMENTS_JSON: &str = r#"[
+  {"id": "aarhus-esdh-2025", "title": "ESDH system", "buyer_municipalities": [751],
+   "procedure": "open", "cpv_codes": ["48000000-8"], "suppliers": ["KMD"],
+   "value_dkk": 5400000, "awarded": "2025-02", "bids": 3, "status": "awarded",
+   "complaints": [{"body": "Klagenaevnet for Udbud", "outcome": "dismissed"}]},
+  {"id": "aarhus-payroll-2024", "title": "Payroll", "procedure": "restricted",
+   "suppliers": ["Netcompany A/S"], "status": "in-tender"}
+]"#;
+
+const PUT_PROCUREMENTS_TOML: &str = r#"
+[[procurement]]
+id = "aarhus-parking-2026"
+title = "Parking sensors"
+buyer_municipalities = [751, 746]
+procedure = "framework-mini-tender"
+suppliers = ["KMD Logistics", "Acme A/S"]
+value_dkk = 800000
+awarded = "2026-01-15"
+bids = 2
+status = "awarded"
+"#;
+
+/// `records pilots|procurements put FILE`: CSV, JSON and TOML files stored
+/// and listed; a file with a bad record is refused whole, naming where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_files_are_put_and_a_bad_record_stores_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fed = aarhus(dir.path()).await;
+    let api = Api::of(&fed.nodes[0]);
+    for kind in ["pilot", "procurement"] {
+        api.ok(&[
+            "dataset",
+            "publish",
+            "--records-kind",
+            kind,
+            "--code",
+            "751",
+        ])
+        .await;
+    }
+    let write = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("write a records file");
+        file
+    };
+
+    // Pilots from CSV.
+    let pilots_csv = write("pilots.csv", PUT_PILOTS_CSV);
+    let put = api
+        .ok(&[
+            "records",
+            "pilots",
+            "put",
+            arg(&pilots_csv),
+            "--dataset",
+            "aarhus-pilot-results",
+        ])
+        .await;
+    assert_eq!(
+        put.trim(),
+        "pilots: 2 stored in `aarhus-pilot-results` (2 new, 0 replaced)",
+        "{put}"
+    );
+    let listed = api.ok(&["records", "pilots", "list"]).await;
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two pilots: {listed}");
+    assert!(lines[0].starts_with("id "), "{listed}");
+    let mut ids: Vec<&str> = lines[1..]
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec!["aarhus-bins", "aarhus-lights"], "{listed}");
+    let json = api
+        .ok(&["records", "pilots", "list", "--format", "json"])
+        .await;
+    let lights: Value = json
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("a JSON line"))
+        .find(|p| p["id"] == "aarhus-lights")
+        .unwrap_or_else(|| panic!("no aarhus-lights: {json}"));
+    assert_eq!(lights["dataset_id"], "aarhus-pilot-results", "{lights}");
+    assert_eq!(lights["title"], "Adaptive street lights", "{lights}");
+    assert_eq!(lights["phase"], "test", "{lights}");
+    assert_eq!(lights["municipalities"], serde_json::json!([751, 746]));
+    assert_eq!(lights["technology"], serde_json::json!(["LoRaWAN", "LED"]));
+    assert_eq!(lights["started"], "2024-05", "{lights}");
+    assert_eq!(lights["ended"], Value::Null, "{lights}");
+    assert_eq!(lights["budget_dkk"], 1_200_000, "{lights}");
+    assert_eq!(lights["kpis"][0]["name"], "energy_saved", "{lights}");
+    assert_eq!(lights["kpis"][0]["value"], 31.0, "{lights}");
+    assert_eq!(lights["kpis"][0]["unit"], "percent", "{lights}");
+    // Sending the same file again replaces.
+    let again = api
+        .ok(&[
+            "records",
+            "pilots",
+            "put",
+            arg(&pilots_csv),
+            "--dataset",
+            "aarhus-pilot-results",
+        ])
+        .await;
+    assert!(again.contains("(0 new, 2 replaced)"), "{again}");
+
+    // Procurements from JSON and from TOML.
+    let json_file = write("procurements.json", PUT_PROCUREMENTS_JSON);
+    let put = api
+        .ok(&[
+            "records",
+            "procurements",
+            "put",
+            arg(&json_file),
+            "--dataset",
+            "aarhus-procurement-outcomes",
+        ])
+        .await;
+    assert!(
+        put.contains("procurements: 2 stored in `aarhus-procurement-outcomes` (2 new, 0 replaced)"),
+        "{put}"
+    );
+    // The format from --format, whatever the file's name.
+    let toml_file = write("procurements.txt", PUT_PROCUREMENTS_TOML);
+    let put = api
+        .ok(&[
+            "records",
+            "procurements",
+            "put",
+            arg(&toml_file),
+            "--dataset",
+            "aarhus-procurement-outcomes",
+            "--format",
+            "toml",
+        ])
+        .await;
+    assert!(put.contains("procurements: 1 stored"), "{put}");
+
+    let kmd = api
+        .ok(&[
+            "records",
+            "procurements",
+            "list",
+            "--supplier",
+            "KMD",
+            "--format",
+            "json",
+        ])
+        .await;
+    let found: Vec<Value> = kmd
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let mut ids: Vec<&str> = found
+        .iter()
+        .map(|p| p["id"].as_str().expect("an id"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        vec!["aarhus-esdh-2025", "aarhus-parking-2026"],
+        "{kmd}"
+    );
+    let esdh = found
+        .iter()
+        .find(|p| p["id"] == "aarhus-esdh-2025")
+        .expect("the ESDH tender");
+    assert_eq!(esdh["dataset_id"], "aarhus-procurement-outcomes", "{esdh}");
+    assert_eq!(esdh["procedure"], "open", "{esdh}");
+    assert_eq!(esdh["cpv_codes"], serde_json::json!(["48000000-8"]));
+    assert_eq!(esdh["value_dkk"], 5_400_000, "{esdh}");
+    assert_eq!(esdh["awarded"], "2025-02", "{esdh}");
+    assert_eq!(esdh["complaints"][0]["outcome"], "dismissed", "{esdh}");
+    let parking = found
+        .iter()
+        .find(|p| p["id"] == "aarhus-parking-2026")
+        .expect("the parking tender");
+    assert_eq!(parking["procedure"], "framework-mini-tender", "{parking}");
+    assert_eq!(parking["awarded"], "2026-01-15", "{parking}");
+    assert_eq!(
+        parking["buyer_municipalities"],
+        serde_json::json!([751, 746])
+    );
+    let table = api
+        .ok(&[
+            "records",
+            "procurements",
+            "list",
+            "--supplier",
+            "netcompany",
+        ])
+        .await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "a header and one tender: {table}");
+    assert!(lines[1].starts_with("aarhus-payroll-2024 "), "{table}");
+
+    // A bad date on CSV line 3: nothing of the file is stored.
+    let bad_csv = write(
+        "bad-pilots.csv",
+        "id,title,phase,started\n\
+         aarhus-new-one,Fine,test,2025-01\n\
+         aarhus-new-two,Bad date,test,2025-jan\n",
+    );
+    let refused = api
+        .exits(
+            3,
+            &[
+                "records",
+                "pilots",
+                "put",
+                arg(&bad_csv),
+                "--dataset",
+                "aarhus-pilot-results",
+            ],
+        )
+        .await;
+    let message = stderr(&refused);
+    assert!(
+        message.contains("1 problem; nothing was stored"),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "line 3 (id `aarhus-new-two`): started: `2025-jan` is not YYYY, YYYY-MM or YYYY-MM-DD"
+        ),
+        "{message}"
+    );
+    assert!(stdout(&refused).is_empty(), "{}", stdout(&refused));
+    let json = api
+        .ok(&["records", "pilots", "list", "--format", "json"])
+        .await;
+    assert_eq!(json.lines().count(), 2, "still two pilots: {json}");
+    assert!(!json.contains("aarhus-new-one"), "{json}");
+
+    // A missing field in JSON record 2, and an unknown procedure in TOML.
+    let before = api
+        .ok(&["records", "procurements", "list", "--format", "json"])
+        .await;
+    assert_eq!(before.lines().count(), 3, "{before}");
+    let bad_json = write(
+        "bad-procurements.json",
+        r#"[{"id": "aarhus-ok", "title": "Fine", "procedure": "open"},
+            {"id": "aarhus-no-procedure", "title": "No procedure"}]"#,
+    );
+    let refused = api
+        .exits(
+            3,
+            &[
+                "records",
+                "procurements",
+                "put",
+                arg(&bad_json),
+                "--dataset",
+                "aarhus-procurement-outcomes",
+            ],
+        )
+        .await;
+    let message = stderr(&refused);
+    assert!(message.contains("nothing was stored"), "{message}");
+    assert!(
+        message.contains("record 2 (id `aarhus-no-procedure`): missing field `procedure`"),
+        "{message}"
+    );
+    let bad_toml = write(
+        "bad-procurements.toml",
+        "[[procurement]]\nid = \"aarhus-ok\"\ntitle = \"Fine\"\nprocedure = \"open\"\n\n\
+         [[procurement]]\nid = \"aarhus-odd\"\ntitle = \"Odd\"\nprocedure = \"auction\"\n",
+    );
+    let refused = api
+        .exits(
+            3,
+            &[
+                "records",
+                "procurements",
+                "put",
+                arg(&bad_toml),
+                "--dataset",
+                "aarhus-procurement-outcomes",
+            ],
+        )
+        .await;
+    let message = stderr(&refused);
+    assert!(
+        message.contains(
+            "[[procurement]] number 2 (id `aarhus-odd`): procedure: `auction` is not one of"
+        ),
+        "{message}"
+    );
+    let after = api
+        .ok(&["records", "procurements", "list", "--format", "json"])
+        .await;
+    assert_eq!(after, before, "nothing stored");
+
     fed.shutdown().await.expect("shutdown");
 }
 
