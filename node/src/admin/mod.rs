@@ -18,7 +18,6 @@
 pub mod metrics;
 pub mod status;
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,15 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +39,7 @@ use crate::identity::NodeIdentity;
 use crate::partners::PartnerPool;
 use crate::plane::DataPlane;
 use crate::store::{Keyspace, Store};
+use crate::transport::http_serve::{HttpServing, serve_router};
 use crate::transport::{self, ListenerLimits, Security};
 use metrics::Metrics;
 
@@ -267,70 +262,23 @@ pub async fn serve(listener: TcpListener, admin: Admin, stop: CancellationToken)
     if let Ok(address) = listener.local_addr() {
         warn_if_exposed(address);
     }
-    let mut incoming =
+    let incoming =
         transport::serve_incoming("admin", listener, Security::Plaintext, LIMITS, stop.clone());
-    let router = router(admin);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(LIMITS.handshake_timeout)
-        .max_buf_size(MAX_REQUEST_HEAD);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_REQUEST_HEAD as u32)
-        .max_pending_accept_reset_streams(Some(20))
-        .max_concurrent_streams(16);
-    let graceful = GracefulShutdown::new();
-    loop {
-        let connection = tokio::select! {
-            () = stop.cancelled() => break,
-            next = incoming.next() => match next {
-                Some(Ok(connection)) => connection,
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "admin connection failed before serving");
-                    continue;
-                }
-                None => break,
-            },
-        };
-        let activity = tonic::transport::server::Connected::connect_info(&connection).activity;
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |request: http::Request<_>| {
-            // Counted as a call while it is answered, so the connection
-            // is not closed as idle under it (and is once it idles).
-            let guard = activity.begin();
-            let router = router.clone();
-            async move {
-                let answer = tokio::time::timeout(
-                    ANSWER_TIMEOUT,
-                    tower::ServiceExt::oneshot(router, request.map(Body::new)),
-                )
-                .await;
-                drop(guard);
-                Ok::<_, Infallible>(match answer {
-                    Ok(Ok(response)) => response,
-                    Ok(Err(never)) => match never {},
-                    Err(_) => (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the answer took too long\n",
-                    )
-                        .into_response(),
-                })
-            }
-        });
-        let served = builder
-            .serve_connection(TokioIo::new(connection), service)
-            .into_owned();
-        let served = graceful.watch(served);
-        tokio::spawn(async move {
-            if let Err(error) = served.await {
-                tracing::debug!(%error, "admin connection ended with an error");
-            }
-        });
-    }
-    graceful.shutdown().await;
+    let serving = HttpServing {
+        listener: "admin",
+        head_timeout: LIMITS.handshake_timeout,
+        max_request_head: MAX_REQUEST_HEAD,
+        max_streams: 16,
+        answer_timeout: ANSWER_TIMEOUT,
+        timed_out: |_| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the answer took too long\n",
+            )
+                .into_response()
+        },
+    };
+    serve_router(incoming, router(admin), serving, stop).await;
     Ok(())
 }
 

@@ -21,8 +21,10 @@
 //!
 //! The caller's certificate fingerprint and the connection's activity
 //! reach the services as a [`ConnectionInfo`] request extension.
-//! [`limiter`] bounds concurrent calls per caller.
+//! [`limiter`] bounds concurrent calls per caller; [`http_serve`] serves
+//! an axum router (the HTTP API, the admin listener) on these connections.
 
+pub mod http_serve;
 pub mod limiter;
 
 use std::collections::HashMap;
