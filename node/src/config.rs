@@ -121,16 +121,43 @@ struct RawHttp {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
+    #[serde(default)]
+    backend: StoreBackendName,
     #[serde(default = "default_cache_mib")]
     cache_mib: u64,
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    #[serde(default = "default_pool_size")]
+    pool_size: usize,
+    ca_file: Option<PathBuf>,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         RawStore {
+            backend: StoreBackendName::default(),
             cache_mib: default_cache_mib(),
+            url: None,
+            password_file: None,
+            pool_size: default_pool_size(),
+            ca_file: None,
         }
     }
+}
+
+/// `store.backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StoreBackendName {
+    #[default]
+    Sled,
+    Postgres,
+}
+
+/// Enough for the node's concurrent work (peer and local calls, ingest,
+/// the audit writer) without crowding a shared database server.
+fn default_pool_size() -> usize {
+    16
 }
 
 /// Small by default: the store's page cache is what makes a node's memory
@@ -315,11 +342,21 @@ pub struct HttpConfig {
     pub tls: bool,
 }
 
-/// `[store]`: the embedded store.
+/// `[store]`: where the node keeps its data.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Bytes of page cache the store may hold in memory.
+    /// Bytes of page cache the sled store may hold in memory.
     pub cache_bytes: u64,
+    pub backend: StoreBackend,
+}
+
+/// Which store the node keeps its data in.
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    /// The embedded sled store in `node.data_dir/store`.
+    Sled,
+    /// A PostgreSQL database (several node processes may share one).
+    Postgres(crate::store::postgres::PostgresOptions),
 }
 
 /// `[audit]`: the audit log.
@@ -523,9 +560,7 @@ impl Checker<'_> {
                     1..=86_400,
                 )?,
             },
-            store: StoreConfig {
-                cache_bytes: self.cache_mib(raw.store.cache_mib)?,
-            },
+            store: self.store(raw.store)?,
             log: LogConfig {
                 format: raw.log.format,
                 level: raw.log.level.unwrap_or_else(|| "info".to_string()),
@@ -603,6 +638,85 @@ impl Checker<'_> {
             contact_name,
             contact_email,
         })
+    }
+
+    fn store(&self, raw: RawStore) -> Result<StoreConfig, ConfigError> {
+        let cache_bytes = self.cache_mib(raw.cache_mib)?;
+        let backend = match raw.backend {
+            StoreBackendName::Sled => {
+                for (key, set) in [
+                    ("store.url", raw.url.is_some()),
+                    ("store.password_file", raw.password_file.is_some()),
+                    ("store.ca_file", raw.ca_file.is_some()),
+                ] {
+                    if set {
+                        return Err(
+                            self.invalid(key, "is for backend = \"postgres\"; this store is sled")
+                        );
+                    }
+                }
+                StoreBackend::Sled
+            }
+            StoreBackendName::Postgres => {
+                let url = raw.url.ok_or_else(|| {
+                    self.invalid(
+                        "store.url",
+                        "is required with backend = \"postgres\" \
+                         (e.g. \"postgresql://samvirke@db.internal:5432/samvirke\")",
+                    )
+                })?;
+                if !(1..=256).contains(&raw.pool_size) {
+                    return Err(self.invalid(
+                        "store.pool_size",
+                        format!("{} is outside 1-256", raw.pool_size),
+                    ));
+                }
+                let password = match raw.password_file {
+                    None => None,
+                    Some(path) => {
+                        let path = self.resolve(&path);
+                        Some(self.password(&path)?)
+                    }
+                };
+                StoreBackend::Postgres(crate::store::postgres::PostgresOptions {
+                    url,
+                    password,
+                    pool_size: raw.pool_size,
+                    ca_file: raw.ca_file.map(|p| self.resolve(&p)),
+                })
+            }
+        };
+        Ok(StoreConfig {
+            cache_bytes,
+            backend,
+        })
+    }
+
+    /// The database password from `path`, which only its owner may read.
+    fn password(&self, path: &Path) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| self.invalid("store.password_file", format!("{}: {e}", path.display())))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(self.invalid(
+                "store.password_file",
+                format!(
+                    "{} is readable by others (mode {:o}); chmod 600 it",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                ),
+            ));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| self.invalid("store.password_file", format!("{}: {e}", path.display())))?;
+        let password = text.trim_end_matches(['\n', '\r']).to_string();
+        if password.is_empty() {
+            return Err(self.invalid(
+                "store.password_file",
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Ok(zeroize::Zeroizing::new(password))
     }
 
     fn cache_mib(&self, mib: u64) -> Result<u64, ConfigError> {

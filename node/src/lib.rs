@@ -48,6 +48,7 @@ pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod data;
+pub mod dev_postgres;
 pub mod devnet;
 pub mod error;
 pub mod federate;

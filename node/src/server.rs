@@ -42,6 +42,7 @@ use crate::admin::metrics::Metrics;
 use crate::admin::{Admin, Readiness};
 use crate::audit::{AuditError, AuditLog};
 use crate::clock::{SharedClock, SystemClock};
+use crate::config::StoreBackend;
 use crate::config::{Config, Limits};
 use crate::federate::{Federation, ReceiptStore};
 use crate::governance::registry::{ImportError, Registry};
@@ -61,7 +62,7 @@ use crate::plane::answer::AnswerLimits;
 use crate::proof::batch::BatchSigner;
 use crate::proof::receipt;
 use crate::proof::request::Replays;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{Keyspace, PostgresStore, SledStore, Store, StoreError};
 use crate::transport::limiter::CallLimiter;
 use crate::transport::{self, ActivityLayer, CallTimeoutLayer, ListenerLimits, Security};
 
@@ -172,6 +173,55 @@ impl Listeners {
     }
 }
 
+/// Opens the store `config` names: sled in `node.data_dir`, or PostgreSQL.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &config.store.backend {
+        StoreBackend::Sled => Arc::new(SledStore::open_with_cache(
+            &config.node.data_dir,
+            config.store.cache_bytes,
+        )?),
+        StoreBackend::Postgres(options) => Arc::new(PostgresStore::open(options)?),
+    })
+}
+
+/// Re-reads what other node processes sharing the store changed: the
+/// governance view on roster, agreement and quarantine changes, the
+/// catalog on dataset changes. Runs until `stop`.
+async fn follow_store_changes(
+    mut changes: tokio::sync::broadcast::Receiver<Keyspace>,
+    registry: Arc<Registry>,
+    plane: Arc<DataPlane>,
+    stop: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let (governance, catalog) = tokio::select! {
+            () = stop.cancelled() => return,
+            change = changes.recv() => match change {
+                Ok(Keyspace::Datasets) => (false, true),
+                Ok(_) => (true, false),
+                // Missed some: re-read both.
+                Err(RecvError::Lagged(_)) => (true, true),
+                Err(RecvError::Closed) => return,
+            },
+        };
+        if catalog {
+            plane.readings.catalog().refresh();
+        }
+        if governance {
+            let registry = Arc::clone(&registry);
+            let reloaded = tokio::task::spawn_blocking(move || registry.reload()).await;
+            match reloaded {
+                Ok(Ok(())) => tracing::debug!("governance documents re-read from the store"),
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "governance documents could not be re-read")
+                }
+                Err(error) => tracing::error!(%error, "governance re-read failed"),
+            }
+        }
+    }
+}
+
 /// A node ready to serve: identity loaded, store open.
 #[derive(Debug)]
 pub struct Node {
@@ -190,10 +240,7 @@ impl Node {
     /// Loads the identity and opens the store named in `config`.
     pub fn open(config: Config) -> Result<Node, NodeError> {
         let identity = Arc::new(NodeIdentity::load(&config)?);
-        let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
-            &config.node.data_dir,
-            config.store.cache_bytes,
-        )?);
+        let store = open_store(&config)?;
         let node = Self::assemble(config, identity, store, Arc::new(SystemClock))?;
         // Before anything is served: after an unclean stop, make the
         // sensor index agree with the readings again.
@@ -429,6 +476,14 @@ impl Node {
             }),
         );
         let partners_for_admin = partners.clone();
+        let store_changes = self.store.changes().map(|changes| {
+            tokio::spawn(follow_store_changes(
+                changes,
+                Arc::clone(&self.registry),
+                Arc::clone(&self.plane),
+                stop.clone(),
+            ))
+        });
         let anti_entropy = tokio::spawn(sync::run(
             Arc::clone(&self.registry),
             partners,
@@ -630,6 +685,11 @@ impl Node {
         }
         if let Err(error) = anti_entropy.await {
             tracing::error!(%error, "anti-entropy task failed");
+        }
+        if let Some(task) = store_changes
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "store change follower failed");
         }
         // Last entries, then the closing checkpoint.
         audit_stop.cancel();

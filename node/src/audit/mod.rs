@@ -32,6 +32,8 @@ use crate::store::{Keyspace, Store, StoreError, WriteBatch};
 const MAX_BATCH: usize = 1_024;
 /// Entries waiting for the writer at most; appenders wait beyond that.
 const QUEUE: usize = 8_192;
+/// Times one batch is chained again onto a head another process moved.
+const MAX_APPEND_ATTEMPTS: u32 = 1_000;
 /// Most entries one export or tail may hold.
 pub const MAX_RANGE: u64 = 100_000;
 
@@ -93,11 +95,7 @@ impl AuditLog {
             seq: 0,
             hash: chain::GENESIS,
         };
-        if let Some(last) = store
-            .range(Keyspace::Audit, (Bound::Unbounded, Bound::Unbounded))
-            .last()
-        {
-            let (key, line) = last?;
+        if let Some((key, line)) = store.last(Keyspace::Audit)? {
             let seq = <[u8; 8]>::try_from(key.as_slice())
                 .map(u64::from_be_bytes)
                 .map_err(|_| AuditError::Corrupt {
@@ -197,44 +195,82 @@ impl AuditLog {
     }
 
     /// Chains, writes and flushes `batch`, then answers every appender.
-    fn write(&self, batch: Vec<Pending>) {
+    ///
+    /// The entries are inserted under sequence numbers that must still be
+    /// free: when another node process sharing the store appended first,
+    /// the insert is refused as a whole, the head is read back from the
+    /// store, and the batch is chained onto it again. The store's key, not
+    /// this process's memory, serialises the chain.
+    fn write(&self, mut batch: Vec<Pending>) {
         let mut head = self.head();
-        let mut writes = WriteBatch::default();
-        let mut assigned = Vec::with_capacity(batch.len());
-        let now = self.clock.now();
-        for Pending { mut entry, done } in batch {
-            entry.seq = head.seq + 1;
-            entry.at = now;
-            entry.prev = chain::hash_text(&head.hash);
-            let line = chain::encode(&entry);
-            head = Head {
-                seq: entry.seq,
-                hash: chain::entry_hash(&line),
-            };
-            writes.put(seq_key(entry.seq).to_vec(), line);
-            assigned.push((entry.seq, done));
-        }
-        let outcome = self
-            .store
-            .write(Keyspace::Audit, writes)
-            .and_then(|()| self.store.flush());
+        let mut attempts = 0;
+        let outcome = loop {
+            let now = self.clock.now();
+            let mut entries = Vec::with_capacity(batch.len());
+            let mut next = head;
+            for Pending { entry, .. } in &mut batch {
+                entry.seq = next.seq + 1;
+                entry.at = now;
+                entry.prev = chain::hash_text(&next.hash);
+                let line = chain::encode(entry);
+                next = Head {
+                    seq: entry.seq,
+                    hash: chain::entry_hash(&line),
+                };
+                entries.push((seq_key(entry.seq).to_vec(), line));
+            }
+            match self.store.insert_new(Keyspace::Audit, entries) {
+                Ok(true) => break self.store.flush().map(|()| next),
+                Ok(false) if attempts < MAX_APPEND_ATTEMPTS => {
+                    attempts += 1;
+                    match self.stored_head() {
+                        Ok(stored) => head = stored,
+                        Err(error) => break Err(error),
+                    }
+                }
+                Ok(false) => {
+                    break Err(StoreError::Backend(format!(
+                        "the audit chain kept moving under {MAX_APPEND_ATTEMPTS} attempts to append"
+                    )));
+                }
+                Err(error) => break Err(error),
+            }
+        };
         match outcome {
-            Ok(()) => {
+            Ok(head) => {
                 *self
                     .head
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner()) = head;
-                for (seq, done) in assigned {
-                    let _ = done.send(Ok(seq));
+                for Pending { entry, done } in batch {
+                    let _ = done.send(Ok(entry.seq));
                 }
             }
             Err(error) => {
                 tracing::error!(%error, "audit entries could not be made durable");
-                for (_, done) in assigned {
+                for Pending { done, .. } in batch {
                     let _ = done.send(Err(error.to_string()));
                 }
             }
         }
+    }
+
+    /// The last entry of the chain as the store holds it.
+    fn stored_head(&self) -> Result<Head, StoreError> {
+        Ok(match self.store.last(Keyspace::Audit)? {
+            None => Head {
+                seq: 0,
+                hash: chain::GENESIS,
+            },
+            Some((key, line)) => Head {
+                seq: <[u8; 8]>::try_from(key.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| {
+                        StoreError::Backend("an audit key is not a sequence number".to_string())
+                    })?,
+                hash: chain::entry_hash(&line),
+            },
+        })
     }
 
     /// Records `entry` (its `seq`, `at` and `prev` are filled in) and

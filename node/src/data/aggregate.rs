@@ -36,9 +36,12 @@ use time::{Duration, OffsetDateTime};
 
 use super::catalog::show_time;
 use super::keys::{self, CodecError};
-use super::query::{QueryError, RawMerge, ReadingQuery, SCAN_PER_CHUNK};
+use std::collections::VecDeque;
+
+use super::query::{Order, Plan, QueryError, RawMerge, ReadingQuery, SCAN_PER_CHUNK, table_scan};
 use super::readings::{ReadingStore, from_ms};
 use crate::governance::body::{FieldError, parse_span};
+use crate::store::table::TableAggregation;
 
 /// Longest bucket: a year.
 const MAX_BUCKET: Duration = Duration::days(366);
@@ -145,9 +148,20 @@ struct CellAcc {
     distinct: u32,
 }
 
-/// Buckets of one aggregate question, produced as the readings are read.
+/// Buckets of one aggregate question, produced as the readings are read
+/// (key-value readings) or as the reading table computes them.
 #[derive(Debug)]
-pub struct BucketStream {
+pub struct BucketStream(Buckets);
+
+#[derive(Debug)]
+enum Buckets {
+    Merged(Box<MergedBuckets>),
+    Table(TableBuckets),
+}
+
+/// Buckets accumulated here from the merged key-value readings.
+#[derive(Debug)]
+struct MergedBuckets {
     merge: RawMerge,
     bucket_ms: i64,
     cell_ms: i64,
@@ -226,7 +240,36 @@ impl ReadingStore {
         let sensors = plan.sensors.len();
         let per_sensor = spec.group == Group::PerSensor;
         let groups = if per_sensor { sensors.max(1) } else { 1 };
-        Ok(BucketStream {
+        if self.store.reading_table().is_some() {
+            let kept = (0..measures).filter(|m| plan.keeps(*m)).count().max(1);
+            let per_window = (WINDOW_BUCKETS / (groups * kept)).max(1) as i64;
+            let aggregation = TableAggregation {
+                scan: table_scan(&plan, query.order),
+                bucket_ms,
+                cell_ms,
+                min_group,
+                per_sensor,
+                per_sensor_parts,
+                clamp: spec.clamp.clone().unwrap_or_default(),
+            };
+            let (from, until) = (aggregation.scan.from_ms, aggregation.scan.until_ms);
+            return Ok(BucketStream(Buckets::Table(TableBuckets {
+                store: self.store.clone(),
+                finished: plan.sensors.is_empty(),
+                plan,
+                window_ms: bucket_ms.saturating_mul(per_window),
+                next: if query.order == Order::Descending {
+                    // The end of the bucket holding the last millisecond.
+                    align(until - 1, bucket_ms).saturating_add(bucket_ms)
+                } else {
+                    align(from, bucket_ms)
+                },
+                aggregation,
+                remaining: (query.limit > 0).then_some(query.limit),
+                buffer: VecDeque::new(),
+            })));
+        }
+        Ok(BucketStream(Buckets::Merged(Box::new(MergedBuckets {
             merge: RawMerge::new(self.store.clone(), plan, query.order),
             bucket_ms,
             cell_ms,
@@ -253,7 +296,7 @@ impl ReadingStore {
             parts_touched: Vec::new(),
             present: Vec::with_capacity(measures),
             finished: false,
-        })
+        }))))
     }
 
     /// Every bucket of an aggregate question, collected (tests, benches).
@@ -281,9 +324,123 @@ fn span_ms(span: Duration) -> Option<i64> {
 impl BucketStream {
     /// Whether every bucket of the answer has been returned.
     pub fn is_finished(&self) -> bool {
-        self.finished
+        match &self.0 {
+            Buckets::Merged(merged) => merged.finished,
+            Buckets::Table(table) => table.finished && table.buffer.is_empty(),
+        }
     }
 
+    /// Up to `max` further buckets, after a bounded amount of work; empty
+    /// with [`BucketStream::is_finished`] false means "nothing yet, ask
+    /// again".
+    pub fn next_chunk(&mut self, max: usize) -> Result<Vec<Bucket>, QueryError> {
+        match &mut self.0 {
+            Buckets::Merged(merged) => merged.next_chunk(max),
+            Buckets::Table(table) => table.next_chunk(max),
+        }
+    }
+}
+
+/// Buckets a reading table may return for one window: windows are sized
+/// so that one holds at most about this many (whole buckets each).
+const WINDOW_BUCKETS: usize = 4096;
+
+/// The start of the epoch-aligned span of `width` holding `ms`.
+fn align(ms: i64, width: i64) -> i64 {
+    ms - ms.rem_euclid(width)
+}
+
+/// Buckets computed by a reading table, one time window at a time (see
+/// `store::table`).
+#[derive(Debug)]
+struct TableBuckets {
+    store: std::sync::Arc<dyn crate::store::Store>,
+    plan: Plan,
+    aggregation: TableAggregation,
+    window_ms: i64,
+    /// Ascending: the start of the next window; descending: its end.
+    next: i64,
+    remaining: Option<u64>,
+    buffer: VecDeque<Bucket>,
+    finished: bool,
+}
+
+impl TableBuckets {
+    fn next_chunk(&mut self, max: usize) -> Result<Vec<Bucket>, QueryError> {
+        if self.buffer.is_empty() && !self.finished {
+            self.read_window()?;
+        }
+        let take = max.max(1).min(self.buffer.len());
+        Ok(self.buffer.drain(..take).collect())
+    }
+
+    /// Reads the next window's buckets into the buffer, or skips to where
+    /// the data resumes.
+    fn read_window(&mut self) -> Result<(), QueryError> {
+        let Some(table) = self.store.reading_table() else {
+            return Err(QueryError::Store(crate::store::StoreError::Backend(
+                "the store has no reading table".to_string(),
+            )));
+        };
+        let scan = &self.aggregation.scan;
+        let bucket_ms = self.aggregation.bucket_ms;
+        let (from, until) = if scan.descending {
+            (self.next.saturating_sub(self.window_ms), self.next)
+        } else {
+            (self.next, self.next.saturating_add(self.window_ms))
+        };
+        if until <= scan.from_ms || from >= scan.until_ms || self.remaining == Some(0) {
+            self.finished = true;
+            return Ok(());
+        }
+        let buckets = table.aggregate_window(&self.aggregation, from, until)?;
+        if buckets.is_empty() {
+            // Jump to the bucket of the next reading in scan order.
+            let mut rest = scan.clone();
+            if scan.descending {
+                rest.until_ms = from.max(scan.from_ms);
+            } else {
+                rest.from_ms = until.min(scan.until_ms);
+            }
+            match table.first_time(&rest)? {
+                None => self.finished = true,
+                Some(ms) if scan.descending => self.next = align(ms, bucket_ms) + bucket_ms,
+                Some(ms) => self.next = align(ms, bucket_ms),
+            }
+            return Ok(());
+        }
+        self.next = if scan.descending { from } else { until };
+        for b in buckets {
+            if self.remaining == Some(0) {
+                break;
+            }
+            let Some(measure) = self.plan.measures.get(b.measure) else {
+                continue;
+            };
+            let start = from_ms(b.start_ms).map_err(|source| QueryError::Corrupt {
+                dataset: self.plan.dataset.to_string(),
+                source,
+            })?;
+            self.buffer.push_back(Bucket {
+                start,
+                sensor_id: b.sensor_id,
+                measure: measure.clone(),
+                count: b.count,
+                min: Some(b.min),
+                max: Some(b.max),
+                sum: b.sum,
+                avg: b.sum / b.count.max(1) as f64,
+                distinct_sensors: Some(b.distinct_sensors),
+            });
+            if let Some(n) = &mut self.remaining {
+                *n -= 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MergedBuckets {
     fn corrupt(&self, source: CodecError) -> QueryError {
         QueryError::Corrupt {
             dataset: self.merge.plan.dataset.to_string(),
@@ -567,53 +724,56 @@ mod tests {
 
     #[test]
     fn aggregates_match_a_brute_force_answer() {
-        let fx = testutil::fixture(20, 3);
-        let measures = fx.measures();
-        let mut rng = Rng(0xa66);
-        let sizes = ["30s", "10m", "15m", "1h", "6h", "1d"];
-        for round in 0..120 {
-            let mut q = testutil::random_query(&fx, &mut rng);
-            // Limits on buckets, not readings: keep them modest but varied.
-            q.limit = [0, 0, 1, 5, 100_000][rng.below(5) as usize];
-            let size = parse_bucket(sizes[rng.below(sizes.len() as u64) as usize]).expect("size");
-            for group in [Group::AllSensors, Group::PerSensor] {
-                let expected = naive(&fx.data, &measures, &q, size, group);
-                let got = fx.readings.aggregate(&q, size, group).expect("aggregate");
-                assert_same(
-                    &got,
-                    &expected,
-                    &format!("round {round} {group:?} {size} {q:?}"),
-                );
+        for fx in testutil::fixtures(20, 3) {
+            let measures = fx.measures();
+            let mut rng = Rng(0xa66);
+            let sizes = ["30s", "10m", "15m", "1h", "6h", "1d"];
+            for round in 0..120 {
+                let mut q = testutil::random_query(&fx, &mut rng);
+                // Limits on buckets, not readings: keep them modest but varied.
+                q.limit = [0, 0, 1, 5, 100_000][rng.below(5) as usize];
+                let size =
+                    parse_bucket(sizes[rng.below(sizes.len() as u64) as usize]).expect("size");
+                for group in [Group::AllSensors, Group::PerSensor] {
+                    let expected = naive(&fx.data, &measures, &q, size, group);
+                    let got = fx.readings.aggregate(&q, size, group).expect("aggregate");
+                    assert_same(
+                        &got,
+                        &expected,
+                        &format!("round {round} {group:?} {size} {q:?}"),
+                    );
+                }
             }
         }
     }
 
     #[test]
     fn buckets_align_to_the_epoch_and_respect_the_range() {
-        let fx = testutil::fixture(3, 2);
-        let mut q = testutil::everything(&fx.dataset);
-        // Start mid-bucket: the first bucket still starts on the hour.
-        q.from = testutil::START + Duration::minutes(25);
-        q.until = testutil::START + Duration::hours(5);
-        let got = fx
-            .readings
-            .aggregate(&q, Duration::HOUR, Group::AllSensors)
-            .expect("agg");
-        assert_eq!(got[0].start, testutil::START);
-        assert!(got.iter().all(|b| to_ms(b.start) % 3_600_000 == 0));
-        assert_eq!(
-            got.last().expect("last").start,
-            testutil::START + Duration::hours(4)
-        );
-        // 3 sensors, 10-minute interval: the partial first hour has 4 slots.
-        let first_pm10 = got.iter().find(|b| b.measure == "pm10").expect("pm10");
-        assert_eq!(first_pm10.distinct_sensors, Some(3));
-        assert!(first_pm10.count <= 12);
-        let err = fx
-            .readings
-            .aggregate(&q, Duration::ZERO, Group::AllSensors)
-            .expect_err("zero");
-        assert!(err.to_string().contains("bucket: "), "{err}");
+        for fx in testutil::fixtures(3, 2) {
+            let mut q = testutil::everything(&fx.dataset);
+            // Start mid-bucket: the first bucket still starts on the hour.
+            q.from = testutil::START + Duration::minutes(25);
+            q.until = testutil::START + Duration::hours(5);
+            let got = fx
+                .readings
+                .aggregate(&q, Duration::HOUR, Group::AllSensors)
+                .expect("agg");
+            assert_eq!(got[0].start, testutil::START);
+            assert!(got.iter().all(|b| to_ms(b.start) % 3_600_000 == 0));
+            assert_eq!(
+                got.last().expect("last").start,
+                testutil::START + Duration::hours(4)
+            );
+            // 3 sensors, 10-minute interval: the partial first hour has 4 slots.
+            let first_pm10 = got.iter().find(|b| b.measure == "pm10").expect("pm10");
+            assert_eq!(first_pm10.distinct_sensors, Some(3));
+            assert!(first_pm10.count <= 12);
+            let err = fx
+                .readings
+                .aggregate(&q, Duration::ZERO, Group::AllSensors)
+                .expect_err("zero");
+            assert!(err.to_string().contains("bucket: "), "{err}");
+        }
     }
 
     #[test]
@@ -693,99 +853,103 @@ mod tests {
 
     #[test]
     fn a_grid_releases_exactly_the_buckets_whose_cells_all_meet_the_minimum() {
-        let fx = testutil::fixture(12, 2);
-        let measures = fx.measures();
-        let mut rng = Rng(0x6e1d);
-        let mut released = 0;
-        let mut withheld = 0;
-        for round in 0..60 {
-            let mut q = testutil::random_query(&fx, &mut rng);
-            q.sensor_ids.clear();
-            q.area = None;
-            q.limit = 0;
-            let cell = [Duration::minutes(10), Duration::minutes(30), Duration::HOUR]
-                [rng.below(3) as usize];
-            let size = cell * [1, 2, 6][rng.below(3) as usize];
-            let min = [2, 3, 5, 8][rng.below(4) as usize];
-            for (group, parts) in [
-                (Group::AllSensors, false),
-                (Group::AllSensors, true),
-                (Group::PerSensor, false),
-            ] {
-                let expected = naive_grid(&fx.data, &measures, &q, size, cell, group, min, parts);
-                let spec = AggregateSpec {
-                    bucket: size,
-                    group,
-                    grid: Some(Grid {
-                        cell,
-                        min_group: min,
-                        per_sensor_parts: parts,
-                    }),
-                    clamp: None,
-                };
-                let mut stream = fx.readings.aggregate_stream(&q, &spec).expect("stream");
-                let mut got = Vec::new();
-                while !stream.is_finished() {
-                    got.extend(stream.next_chunk(7).expect("chunk"));
+        for fx in testutil::fixtures(12, 2) {
+            let measures = fx.measures();
+            let mut rng = Rng(0x6e1d);
+            let mut released = 0;
+            let mut withheld = 0;
+            for round in 0..60 {
+                let mut q = testutil::random_query(&fx, &mut rng);
+                q.sensor_ids.clear();
+                q.area = None;
+                q.limit = 0;
+                let cell = [Duration::minutes(10), Duration::minutes(30), Duration::HOUR]
+                    [rng.below(3) as usize];
+                let size = cell * [1, 2, 6][rng.below(3) as usize];
+                let min = [2, 3, 5, 8][rng.below(4) as usize];
+                for (group, parts) in [
+                    (Group::AllSensors, false),
+                    (Group::AllSensors, true),
+                    (Group::PerSensor, false),
+                ] {
+                    let expected =
+                        naive_grid(&fx.data, &measures, &q, size, cell, group, min, parts);
+                    let spec = AggregateSpec {
+                        bucket: size,
+                        group,
+                        grid: Some(Grid {
+                            cell,
+                            min_group: min,
+                            per_sensor_parts: parts,
+                        }),
+                        clamp: None,
+                    };
+                    let mut stream = fx.readings.aggregate_stream(&q, &spec).expect("stream");
+                    let mut got = Vec::new();
+                    while !stream.is_finished() {
+                        got.extend(stream.next_chunk(7).expect("chunk"));
+                    }
+                    let all = naive(&fx.data, &measures, &q, size, group).len();
+                    released += got.len();
+                    withheld += all - got.len();
+                    assert_same(
+                        &got,
+                        &expected,
+                        &format!("round {round} {group:?} {size} cell {cell} min {min}"),
+                    );
                 }
-                let all = naive(&fx.data, &measures, &q, size, group).len();
-                released += got.len();
-                withheld += all - got.len();
-                assert_same(
-                    &got,
-                    &expected,
-                    &format!("round {round} {group:?} {size} cell {cell} min {min}"),
-                );
             }
+            assert!(
+                released > 0 && withheld > 0,
+                "{released} released, {withheld} withheld"
+            );
         }
-        assert!(
-            released > 0 && withheld > 0,
-            "{released} released, {withheld} withheld"
-        );
     }
 
     #[test]
     fn a_bucket_must_be_a_whole_number_of_cells() {
-        let fx = testutil::fixture(3, 1);
-        let q = testutil::everything(&fx.dataset);
-        let spec = AggregateSpec {
-            bucket: Duration::minutes(90),
-            group: Group::AllSensors,
-            grid: Some(Grid {
-                cell: Duration::HOUR,
-                min_group: 1,
-                per_sensor_parts: false,
-            }),
-            clamp: None,
-        };
-        let err = fx
-            .readings
-            .aggregate_stream(&q, &spec)
-            .expect_err("90m of 1h cells");
-        assert!(
-            err.to_string()
-                .contains("whole multiple of the grid cell (1h)"),
-            "{err}"
-        );
+        for fx in testutil::fixtures(3, 1) {
+            let q = testutil::everything(&fx.dataset);
+            let spec = AggregateSpec {
+                bucket: Duration::minutes(90),
+                group: Group::AllSensors,
+                grid: Some(Grid {
+                    cell: Duration::HOUR,
+                    min_group: 1,
+                    per_sensor_parts: false,
+                }),
+                clamp: None,
+            };
+            let err = fx
+                .readings
+                .aggregate_stream(&q, &spec)
+                .expect_err("90m of 1h cells");
+            assert!(
+                err.to_string()
+                    .contains("whole multiple of the grid cell (1h)"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
     fn clamped_values_are_summed_within_their_bounds() {
-        let fx = testutil::fixture(4, 1);
-        let q = testutil::everything(&fx.dataset);
-        let measures = fx.measures();
-        let spec = AggregateSpec {
-            bucket: Duration::DAY,
-            group: Group::AllSensors,
-            grid: None,
-            clamp: Some(measures.iter().map(|_| Some((0.0, 1.0))).collect()),
-        };
-        let mut stream = fx.readings.aggregate_stream(&q, &spec).expect("stream");
-        let buckets = stream.next_chunk(1000).expect("chunk");
-        assert!(!buckets.is_empty());
-        for b in buckets {
-            assert!(b.sum <= b.count as f64 && b.sum >= 0.0, "{b}");
-            assert!(b.max.expect("max") <= 1.0, "{b}");
+        for fx in testutil::fixtures(4, 1) {
+            let q = testutil::everything(&fx.dataset);
+            let measures = fx.measures();
+            let spec = AggregateSpec {
+                bucket: Duration::DAY,
+                group: Group::AllSensors,
+                grid: None,
+                clamp: Some(measures.iter().map(|_| Some((0.0, 1.0))).collect()),
+            };
+            let mut stream = fx.readings.aggregate_stream(&q, &spec).expect("stream");
+            let buckets = stream.next_chunk(1000).expect("chunk");
+            assert!(!buckets.is_empty());
+            for b in buckets {
+                assert!(b.sum <= b.count as f64 && b.sum >= 0.0, "{b}");
+                assert!(b.max.expect("max") <= 1.0, "{b}");
+            }
         }
     }
 }

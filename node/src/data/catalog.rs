@@ -468,6 +468,12 @@ impl Catalog {
         Ok(snapshot)
     }
 
+    /// Drops the decoded catalog so the next read builds it from the
+    /// store: another node process sharing the store changed a dataset.
+    pub fn refresh(&self) {
+        self.forget_snapshot();
+    }
+
     fn forget_snapshot(&self) {
         let mut kept = self
             .snapshot

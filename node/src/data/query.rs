@@ -34,6 +34,7 @@ use super::geo::Area;
 use super::keys::{self, CodecError};
 use super::readings::{IndexError, Reading, ReadingStore, check_sensor_id, from_ms, to_ms};
 use crate::governance::body::FieldError;
+use crate::store::table::{AreaFilter, ScanPosition, TableRow, TableScan};
 use crate::store::{Keyspace, Store, StoreError};
 
 /// Smallest and largest number of entries a cursor reads per store call.
@@ -606,34 +607,173 @@ impl RawMerge {
 /// drained chunk by chunk ([`ReadingIter::next_chunk`]).
 #[derive(Debug)]
 pub struct ReadingIter {
-    merge: RawMerge,
+    source: Source,
     /// Readings still allowed by the limit; `None` = no limit.
     remaining: Option<u64>,
     finished: bool,
 }
 
+/// Where a query's readings come from.
+#[derive(Debug)]
+enum Source {
+    /// Key-value readings, merged across sensors here.
+    Merge(RawMerge),
+    /// A reading table, read a page at a time.
+    Table(TablePages),
+}
+
+/// Pages of a reading table scan (see `store::table`).
+#[derive(Debug)]
+struct TablePages {
+    store: Arc<dyn Store>,
+    plan: Plan,
+    scan: TableScan,
+    after: Option<ScanPosition>,
+    buffer: VecDeque<TableRow>,
+    exhausted: bool,
+    scanned: u64,
+}
+
+/// Rows one page of a table scan holds.
+const TABLE_PAGE: usize = 2048;
+
+impl TablePages {
+    fn next_row(&mut self, want: Option<u64>) -> Result<Option<TableRow>, QueryError> {
+        if self.buffer.is_empty() && !self.exhausted {
+            let Some(table) = self.store.reading_table() else {
+                return Err(QueryError::Store(StoreError::Backend(
+                    "the store has no reading table".to_string(),
+                )));
+            };
+            // A small limit reads a small page.
+            let size = want.map_or(TABLE_PAGE, |n| {
+                usize::try_from(n)
+                    .unwrap_or(TABLE_PAGE)
+                    .clamp(1, TABLE_PAGE)
+            });
+            let page = table.scan_page(&self.scan, self.after.as_ref(), size)?;
+            self.exhausted = page.len() < size;
+            if let Some(last) = page.last() {
+                self.after = Some(ScanPosition {
+                    ms: last.ms,
+                    sensor_id: last.sensor_id.clone(),
+                });
+            }
+            self.buffer.extend(page);
+        }
+        let row = self.buffer.pop_front();
+        self.scanned += u64::from(row.is_some());
+        Ok(row)
+    }
+
+    /// A table row as a reading, with only the measures asked for.
+    fn materialize(&self, row: TableRow) -> Result<Option<Reading>, QueryError> {
+        let mut values = BTreeMap::new();
+        for (m, value) in row.values.iter().enumerate() {
+            if let (Some(v), Some(name)) = (value, self.plan.measures.get(m))
+                && self.plan.keeps(m)
+            {
+                values.insert(name.clone(), *v);
+            }
+        }
+        if values.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Reading {
+            sensor_id: row.sensor_id,
+            at: from_ms(row.ms).map_err(|source| QueryError::Corrupt {
+                dataset: self.plan.dataset.to_string(),
+                source,
+            })?,
+            values,
+            location: row.location,
+        }))
+    }
+}
+
+/// The table scan a plan asks for: the plan's sensors over the span that
+/// covers all of theirs.
+pub(super) fn table_scan(plan: &Plan, order: Order) -> TableScan {
+    TableScan {
+        dataset: plan.number,
+        sensors: plan
+            .sensors
+            .iter()
+            .map(|s| s.sensor_id.to_string())
+            .collect(),
+        from_ms: plan.sensors.iter().map(|s| s.lo_ms).min().unwrap_or(0),
+        until_ms: plan.sensors.iter().map(|s| s.hi_ms).max().unwrap_or(0),
+        area: plan.area.map(|area| match area {
+            Area::BoundingBox(b) => AreaFilter::Box {
+                min_lat: b.min_lat,
+                min_lon: b.min_lon,
+                max_lat: b.max_lat,
+                max_lon: b.max_lon,
+            },
+            Area::Radius { lat, lon, km } => AreaFilter::Circle { lat, lon, km },
+        }),
+        measures: plan.selected.as_ref().map(|mask| {
+            mask.iter()
+                .enumerate()
+                .filter_map(|(m, keep)| keep.then_some(m))
+                .collect()
+        }),
+        descending: order == Order::Descending,
+    }
+}
+
 impl ReadingIter {
     fn new(store: Arc<dyn Store>, plan: Plan, order: Order, limit: u64) -> ReadingIter {
+        let source = if store.reading_table().is_some() {
+            Source::Table(TablePages {
+                scan: table_scan(&plan, order),
+                exhausted: plan.sensors.is_empty(),
+                store,
+                plan,
+                after: None,
+                buffer: VecDeque::new(),
+                scanned: 0,
+            })
+        } else {
+            Source::Merge(RawMerge::new(store, plan, order))
+        };
         ReadingIter {
-            merge: RawMerge::new(store, plan, order),
+            source,
             remaining: (limit > 0).then_some(limit),
             finished: false,
         }
     }
 
+    fn scanned(&self) -> u64 {
+        match &self.source {
+            Source::Merge(merge) => merge.scanned,
+            Source::Table(pages) => pages.scanned,
+        }
+    }
+
     fn step(&mut self) -> Result<Option<Reading>, QueryError> {
         while self.remaining != Some(0) {
-            let Some(raw) = self.merge.next_raw()? else {
-                return Ok(None);
+            let reading = match &mut self.source {
+                Source::Merge(merge) => {
+                    let Some(raw) = merge.next_raw()? else {
+                        return Ok(None);
+                    };
+                    let plan = &merge.plan;
+                    materialize(
+                        plan,
+                        &plan.sensors[raw.sensor].sensor_id,
+                        raw.ms,
+                        &raw.value,
+                    )
+                    .map_err(|source| merge.corrupt(source))?
+                }
+                Source::Table(pages) => {
+                    let Some(row) = pages.next_row(self.remaining)? else {
+                        return Ok(None);
+                    };
+                    pages.materialize(row)?
+                }
             };
-            let plan = &self.merge.plan;
-            let reading = materialize(
-                plan,
-                &plan.sensors[raw.sensor].sensor_id,
-                raw.ms,
-                &raw.value,
-            )
-            .map_err(|source| self.merge.corrupt(source))?;
             if let Some(reading) = reading {
                 if let Some(n) = &mut self.remaining {
                     *n -= 1;
@@ -649,8 +789,8 @@ impl ReadingIter {
     /// false means "nothing yet, ask again".
     pub fn next_chunk(&mut self, max: usize) -> Result<Vec<Reading>, QueryError> {
         let mut chunk = Vec::with_capacity(max.clamp(1, 4096));
-        let stop_at = self.merge.scanned + SCAN_PER_CHUNK;
-        while chunk.len() < max.max(1) && self.merge.scanned < stop_at {
+        let stop_at = self.scanned() + SCAN_PER_CHUNK;
+        while chunk.len() < max.max(1) && self.scanned() < stop_at {
             match self.next() {
                 Some(item) => chunk.push(item?),
                 None => break,
@@ -727,162 +867,167 @@ mod tests {
 
     #[test]
     fn queries_match_a_brute_force_answer() {
-        let fx = testutil::fixture(20, 3);
-        let measures = fx.measures();
-        let mut rng = Rng(0x5eed);
-        let mut nonempty = 0;
-        for round in 0..300 {
-            let q = testutil::random_query(&fx, &mut rng);
-            let expected = naive(&fx.data, &measures, &q);
-            let got = fx.readings.query(&q).expect("query");
-            assert_eq!(
-                got.len(),
-                expected.len(),
-                "round {round}: lengths differ for {q:?}"
-            );
-            assert!(got == expected, "round {round}: results differ for {q:?}");
-            nonempty += usize::from(!got.is_empty());
+        for fx in testutil::fixtures(20, 3) {
+            let measures = fx.measures();
+            let mut rng = Rng(0x5eed);
+            let mut nonempty = 0;
+            for round in 0..300 {
+                let q = testutil::random_query(&fx, &mut rng);
+                let expected = naive(&fx.data, &measures, &q);
+                let got = fx.readings.query(&q).expect("query");
+                assert_eq!(
+                    got.len(),
+                    expected.len(),
+                    "round {round}: lengths differ for {q:?}"
+                );
+                assert!(got == expected, "round {round}: results differ for {q:?}");
+                nonempty += usize::from(!got.is_empty());
 
-            // Chunked streaming yields the same readings.
-            let mut streamed = Vec::new();
-            let chunk_size = 1 + (round % 7) * 50;
-            fx.readings
-                .query_chunks(&q, chunk_size, |chunk| {
-                    assert!(!chunk.is_empty() && chunk.len() <= chunk_size);
-                    streamed.extend(chunk);
-                    true
-                })
-                .expect("chunks");
-            assert!(streamed == expected, "round {round}: chunks differ");
+                // Chunked streaming yields the same readings.
+                let mut streamed = Vec::new();
+                let chunk_size = 1 + (round % 7) * 50;
+                fx.readings
+                    .query_chunks(&q, chunk_size, |chunk| {
+                        assert!(!chunk.is_empty() && chunk.len() <= chunk_size);
+                        streamed.extend(chunk);
+                        true
+                    })
+                    .expect("chunks");
+                assert!(streamed == expected, "round {round}: chunks differ");
+            }
+            assert!(nonempty > 150, "too few non-empty answers: {nonempty}");
         }
-        assert!(nonempty > 150, "too few non-empty answers: {nonempty}");
     }
 
     #[test]
     fn descending_and_limits_over_a_whole_dataset() {
-        let fx = testutil::fixture(20, 3);
-        let measures = fx.measures();
-        for order in [Order::Ascending, Order::Descending] {
-            for limit in [0, 1, 2, 19, 20, 21, 999, 1_000_000] {
-                let mut q = testutil::everything(&fx.dataset);
-                q.order = order;
-                q.limit = limit;
-                let expected = naive(&fx.data, &measures, &q);
-                let got = fx.readings.query(&q).expect("query");
-                assert!(got == expected, "{order:?} limit {limit}");
+        for fx in testutil::fixtures(20, 3) {
+            let measures = fx.measures();
+            for order in [Order::Ascending, Order::Descending] {
+                for limit in [0, 1, 2, 19, 20, 21, 999, 1_000_000] {
+                    let mut q = testutil::everything(&fx.dataset);
+                    q.order = order;
+                    q.limit = limit;
+                    let expected = naive(&fx.data, &measures, &q);
+                    let got = fx.readings.query(&q).expect("query");
+                    assert!(got == expected, "{order:?} limit {limit}");
+                }
             }
         }
     }
 
     #[test]
     fn exact_boundaries_are_half_open() {
-        let fx = testutil::fixture(2, 1);
-        let t = fx.data[10].at;
-        let mut q = testutil::everything(&fx.dataset);
-        q.from = t;
-        q.until = t;
-        assert!(fx.readings.query(&q).expect("empty").is_empty());
-        q.until = t + time::Duration::milliseconds(1);
-        let got = fx.readings.query(&q).expect("one instant");
-        assert!(!got.is_empty() && got.iter().all(|r| r.at == t));
-        q.from = t + time::Duration::milliseconds(1);
-        q.until = t;
-        let err = fx.readings.query(&q).expect_err("backwards");
-        assert!(err.to_string().contains("until: "), "{err}");
+        for fx in testutil::fixtures(2, 1) {
+            let t = fx.data[10].at;
+            let mut q = testutil::everything(&fx.dataset);
+            q.from = t;
+            q.until = t;
+            assert!(fx.readings.query(&q).expect("empty").is_empty());
+            q.until = t + time::Duration::milliseconds(1);
+            let got = fx.readings.query(&q).expect("one instant");
+            assert!(!got.is_empty() && got.iter().all(|r| r.at == t));
+            q.from = t + time::Duration::milliseconds(1);
+            q.until = t;
+            let err = fx.readings.query(&q).expect_err("backwards");
+            assert!(err.to_string().contains("until: "), "{err}");
+        }
     }
 
     #[test]
     fn bad_queries_name_the_field() {
-        let fx = testutil::fixture(1, 1);
-        let mut q = testutil::everything(&fx.dataset);
-        q.measures = vec!["pm10".to_string(), "o3".to_string()];
-        let err = fx.readings.query(&q).expect_err("measure");
-        assert_eq!(
-            err.to_string(),
-            "invalid query: measures[1]: unknown measure `o3`; dataset `aarhus-air-quality` \
+        for fx in testutil::fixtures(1, 1) {
+            let mut q = testutil::everything(&fx.dataset);
+            q.measures = vec!["pm10".to_string(), "o3".to_string()];
+            let err = fx.readings.query(&q).expect_err("measure");
+            assert_eq!(
+                err.to_string(),
+                "invalid query: measures[1]: unknown measure `o3`; dataset `aarhus-air-quality` \
              has pm2_5, pm10, no2"
-        );
-        let mut q = testutil::everything(&fx.dataset);
-        q.area = Some(Area::Radius {
-            lat: 56.0,
-            lon: 10.0,
-            km: -1.0,
-        });
-        let err = fx.readings.query(&q).expect_err("radius");
-        assert!(err.to_string().contains("area.radius.km"), "{err}");
-        let mut q = testutil::everything(&fx.dataset);
-        q.area = Some(Area::BoundingBox(BoundingBox {
-            min_lat: 56.0,
-            min_lon: 10.0,
-            max_lat: 55.0,
-            max_lon: 11.0,
-        }));
-        let err = fx.readings.query(&q).expect_err("bbox");
-        assert!(err.to_string().contains("area.bbox.max_lat"), "{err}");
-        let q = testutil::everything("nope");
-        assert!(matches!(
-            fx.readings.query(&q).expect_err("unknown"),
-            QueryError::UnknownDataset { .. }
-        ));
+            );
+            let mut q = testutil::everything(&fx.dataset);
+            q.area = Some(Area::Radius {
+                lat: 56.0,
+                lon: 10.0,
+                km: -1.0,
+            });
+            let err = fx.readings.query(&q).expect_err("radius");
+            assert!(err.to_string().contains("area.radius.km"), "{err}");
+            let mut q = testutil::everything(&fx.dataset);
+            q.area = Some(Area::BoundingBox(BoundingBox {
+                min_lat: 56.0,
+                min_lon: 10.0,
+                max_lat: 55.0,
+                max_lon: 11.0,
+            }));
+            let err = fx.readings.query(&q).expect_err("bbox");
+            assert!(err.to_string().contains("area.bbox.max_lat"), "{err}");
+            let q = testutil::everything("nope");
+            assert!(matches!(
+                fx.readings.query(&q).expect_err("unknown"),
+                QueryError::UnknownDataset { .. }
+            ));
+        }
     }
     #[test]
     fn cursors_cope_with_bursts_and_gaps() {
-        let fx = testutil::fixture(2, 1);
-        let measures = fx.measures();
-        let point = Some((56.16, 10.21));
-        let mut extra = Vec::new();
-        let at = |s: i64| testutil::START + time::Duration::seconds(s);
-        // Hourly for four days, then a burst of 3000 one second apart, a
-        // gap of 20 days, then 50 more at 10-minute intervals.
-        for h in 0..96 {
-            extra.push((at(h * 3600 - 4 * 86_400), f64::from(h as i32)));
-        }
-        for s in 0..3000 {
-            extra.push((at(s), f64::from(s as i32)));
-        }
-        for k in 0..50 {
-            extra.push((at(20 * 86_400 + k * 600), f64::from(k as i32)));
-        }
-        // And 40 one millisecond apart at each end, across chunk boundaries.
-        for k in 0..40 {
-            for base in [-10 * 86_400, 25 * 86_400] {
-                extra.push((
-                    at(base) + time::Duration::milliseconds(k),
-                    f64::from(k as i32),
-                ));
+        for fx in testutil::fixtures(2, 1) {
+            let measures = fx.measures();
+            let point = Some((56.16, 10.21));
+            let mut extra = Vec::new();
+            let at = |s: i64| testutil::START + time::Duration::seconds(s);
+            // Hourly for four days, then a burst of 3000 one second apart, a
+            // gap of 20 days, then 50 more at 10-minute intervals.
+            for h in 0..96 {
+                extra.push((at(h * 3600 - 4 * 86_400), f64::from(h as i32)));
             }
-        }
-        let burst: Vec<Reading> = extra
-            .into_iter()
-            .map(|(at, v)| Reading {
-                sensor_id: "burst".to_string(),
-                at,
-                values: [("pm10".to_string(), v)].into(),
-                location: point,
-            })
-            .collect();
-        fx.readings
-            .ingest_batch(&fx.dataset, &burst, testutil::NOW)
-            .expect("ingest");
-        let mut data = fx.data.clone();
-        data.extend(burst);
-        for order in [Order::Descending, Order::Ascending] {
-            for limit in [0, 1, 15, 16, 17, 100, 513, 3001, 3100] {
-                for only_burst in [true, false] {
-                    let mut q = testutil::everything(&fx.dataset);
-                    q.order = order;
-                    q.limit = limit;
-                    if only_burst {
-                        q.sensor_ids = vec!["burst".to_string()];
+            for s in 0..3000 {
+                extra.push((at(s), f64::from(s as i32)));
+            }
+            for k in 0..50 {
+                extra.push((at(20 * 86_400 + k * 600), f64::from(k as i32)));
+            }
+            // And 40 one millisecond apart at each end, across chunk boundaries.
+            for k in 0..40 {
+                for base in [-10 * 86_400, 25 * 86_400] {
+                    extra.push((
+                        at(base) + time::Duration::milliseconds(k),
+                        f64::from(k as i32),
+                    ));
+                }
+            }
+            let burst: Vec<Reading> = extra
+                .into_iter()
+                .map(|(at, v)| Reading {
+                    sensor_id: "burst".to_string(),
+                    at,
+                    values: [("pm10".to_string(), v)].into(),
+                    location: point,
+                })
+                .collect();
+            fx.readings
+                .ingest_batch(&fx.dataset, &burst, testutil::NOW)
+                .expect("ingest");
+            let mut data = fx.data.clone();
+            data.extend(burst);
+            for order in [Order::Descending, Order::Ascending] {
+                for limit in [0, 1, 15, 16, 17, 100, 513, 3001, 3100] {
+                    for only_burst in [true, false] {
+                        let mut q = testutil::everything(&fx.dataset);
+                        q.order = order;
+                        q.limit = limit;
+                        if only_burst {
+                            q.sensor_ids = vec!["burst".to_string()];
+                        }
+                        let expected = naive(&data, &measures, &q);
+                        let got = fx.readings.query(&q).expect("query");
+                        assert!(
+                            got == expected,
+                            "{order:?} limit {limit} only_burst {only_burst}: {} vs {}",
+                            got.len(),
+                            expected.len()
+                        );
                     }
-                    let expected = naive(&data, &measures, &q);
-                    let got = fx.readings.query(&q).expect("query");
-                    assert!(
-                        got == expected,
-                        "{order:?} limit {limit} only_burst {only_burst}: {} vs {}",
-                        got.len(),
-                        expected.len()
-                    );
                 }
             }
         }

@@ -63,6 +63,7 @@ use super::catalog::{Catalog, CatalogEntry, CatalogError, DatasetKind, show_time
 use super::geo::{BoundingBox, check_lat, check_lon};
 use super::keys::{self, CodecError, SensorEntry};
 use crate::governance::body::FieldError;
+use crate::store::table::{SensorSummary, TableRow};
 use crate::store::{Keyspace, Store, StoreError, WriteBatch};
 
 #[cfg(doc)]
@@ -213,10 +214,11 @@ struct PreparedBatch<'a> {
 
 /// A reading prepared for writing.
 struct Prepared {
-    key: Vec<u8>,
-    value: Vec<u8>,
+    /// Position of its sensor in the batch's `sensor_ids`.
     sensor: usize,
     ms: i64,
+    /// Values by measure position.
+    values: Vec<Option<f64>>,
     location: Option<(f64, f64)>,
 }
 
@@ -277,6 +279,29 @@ impl ReadingStore {
             .ingest_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(table) = self.store.reading_table() {
+            // The table keeps its own index, in the readings' transaction.
+            let rows: Vec<TableRow> = prepared
+                .prepared
+                .into_iter()
+                .map(|p| TableRow {
+                    sensor_id: prepared.sensor_ids[p.sensor].to_string(),
+                    ms: p.ms,
+                    values: p.values,
+                    location: p.location,
+                })
+                .collect();
+            let extra: Vec<_> = also(self.store.as_ref())?.into_iter().collect();
+            if rows.is_empty() && extra.is_empty() {
+                return Ok(summary);
+            }
+            let stored = table
+                .ingest(prepared.number, rows, extra)
+                .map_err(|e| E::from(IngestError::Store(e)))?;
+            summary.new = stored.new;
+            summary.replaced = stored.replaced;
+            return Ok(summary);
+        }
         let mut writes = self.index_and_readings(dataset_id, prepared, &mut summary)?;
         if let Some(extra) = also(self.store.as_ref())? {
             writes.push(extra);
@@ -342,12 +367,10 @@ impl ReadingStore {
                                 sensor_ids.push(reading.sensor_id.as_str());
                                 sensor_ids.len() - 1
                             });
-                    let ms = to_ms(reading.at);
                     prepared.push(Prepared {
-                        key: keys::reading_key(entry.number, &reading.sensor_id, ms),
-                        value: keys::encode_values(&values, reading.location),
                         sensor,
-                        ms,
+                        ms: to_ms(reading.at),
+                        values,
                         location: reading.location,
                     });
                 }
@@ -377,10 +400,10 @@ impl ReadingStore {
         };
 
         // 2. The same (sensor, time) twice in one batch: the later one wins.
-        let mut by_key: HashMap<&[u8], usize> = HashMap::with_capacity(prepared.len());
+        let mut by_key: HashMap<(usize, i64), usize> = HashMap::with_capacity(prepared.len());
         let mut keep = vec![true; prepared.len()];
         for (i, p) in prepared.iter().enumerate() {
-            if let Some(earlier) = by_key.insert(p.key.as_slice(), i) {
+            if let Some(earlier) = by_key.insert((p.sensor, p.ms), i) {
                 keep[earlier] = false;
                 summary.duplicates_in_batch += 1;
             }
@@ -436,9 +459,10 @@ impl ReadingStore {
             // The index's span is never narrower than the stored readings,
             // so a reading outside it is new without a lookup (the usual
             // case: sensors report forward in time).
+            let key = keys::reading_key(number, batch.sensor_ids[p.sensor], p.ms);
             let existed = match known_span[p.sensor] {
                 Some((first, last)) if (first..=last).contains(&p.ms) => {
-                    self.store.get(Keyspace::Readings, &p.key)?.is_some()
+                    self.store.get(Keyspace::Readings, &key)?.is_some()
                 }
                 _ => false,
             };
@@ -467,7 +491,7 @@ impl ReadingStore {
                     None => BoundingBox::point(point),
                 });
             }
-            readings_batch.put(p.key, p.value);
+            readings_batch.put(key, keys::encode_values(&p.values, p.location));
         }
         let mut index_batch = WriteBatch::default();
         for (id, e) in batch.sensor_ids.iter().zip(&index_entries) {
@@ -547,15 +571,14 @@ impl ReadingStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rebuilt = self.recount(dataset_id, entry.number)?;
-        let mut indexed: BTreeMap<String, SensorEntry> = BTreeMap::new();
-        for item in self
-            .store
-            .scan_prefix(Keyspace::Sensors, &keys::dataset_prefix(entry.number))
-        {
-            let (key, value) = item?;
-            let (_, sensor_id) = keys::decode_sensor_key(&key).map_err(corrupt)?;
-            indexed.insert(sensor_id, keys::decode_sensor(&value).map_err(corrupt)?);
-        }
+        let indexed: BTreeMap<String, SensorEntry> = self
+            .index_entries(entry.number)
+            .map_err(|e| match e {
+                IndexError::Store(e) => IngestError::Store(e),
+                IndexError::Codec(source) => corrupt(source),
+            })?
+            .into_iter()
+            .collect();
         let mut check = IndexCheck {
             readings: rebuilt.values().map(|e| e.count).sum(),
             indexed: indexed.values().map(|e| e.count).sum(),
@@ -591,6 +614,13 @@ impl ReadingStore {
             dataset: dataset_id.to_string(),
             source,
         };
+        if let Some(table) = self.store.reading_table() {
+            return Ok(table
+                .recount(number)?
+                .into_iter()
+                .map(from_summary)
+                .collect());
+        }
         let mut rebuilt: BTreeMap<String, SensorEntry> = BTreeMap::new();
         for item in self
             .store
@@ -627,6 +657,11 @@ impl ReadingStore {
         number: u32,
         rebuilt: &BTreeMap<String, SensorEntry>,
     ) -> Result<(), IngestError> {
+        if let Some(table) = self.store.reading_table() {
+            let sensors = rebuilt.iter().map(|(id, e)| to_summary(id, e)).collect();
+            table.replace_index(number, sensors)?;
+            return Ok(());
+        }
         let mut batch = WriteBatch::default();
         for item in self
             .store
@@ -666,6 +701,13 @@ impl ReadingStore {
         &self,
         number: u32,
     ) -> Result<Vec<(String, SensorEntry)>, IndexError> {
+        if let Some(table) = self.store.reading_table() {
+            return Ok(table
+                .sensors(number)?
+                .into_iter()
+                .map(from_summary)
+                .collect());
+        }
         let mut out = Vec::new();
         for item in self
             .store
@@ -686,11 +728,47 @@ impl ReadingStore {
         number: u32,
         sensor_id: &str,
     ) -> Result<Option<SensorEntry>, IndexError> {
+        if let Some(table) = self.store.reading_table() {
+            return Ok(table.sensor(number, sensor_id)?.map(|s| from_summary(s).1));
+        }
         Ok(self
             .store
             .get(Keyspace::Sensors, &keys::sensor_prefix(number, sensor_id))?
             .map(|bytes| keys::decode_sensor(&bytes))
             .transpose()?)
+    }
+}
+
+/// An index entry as a reading table reports it.
+fn from_summary(s: SensorSummary) -> (String, SensorEntry) {
+    let entry = SensorEntry {
+        count: s.count,
+        first_ms: s.first_ms,
+        last_ms: s.last_ms,
+        last_location: s.last_location,
+        bounds: s
+            .bounds
+            .map(|[min_lat, min_lon, max_lat, max_lon]| BoundingBox {
+                min_lat,
+                min_lon,
+                max_lat,
+                max_lon,
+            }),
+    };
+    (s.sensor_id, entry)
+}
+
+/// An index entry as a reading table takes it.
+fn to_summary(sensor_id: &str, e: &SensorEntry) -> SensorSummary {
+    SensorSummary {
+        sensor_id: sensor_id.to_string(),
+        count: e.count,
+        first_ms: e.first_ms,
+        last_ms: e.last_ms,
+        last_location: e.last_location,
+        bounds: e
+            .bounds
+            .map(|b| [b.min_lat, b.min_lon, b.max_lat, b.max_lon]),
     }
 }
 

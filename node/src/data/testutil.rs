@@ -13,7 +13,8 @@ use super::generate::{SplitMix64, generate, sensor_dataset};
 use super::geo::{Area, BoundingBox};
 use super::query::{Order, ReadingQuery};
 use super::readings::{Reading, ReadingStore};
-use crate::store::SledStore;
+use crate::store::postgres::PostgresOptions;
+use crate::store::{PostgresStore, SledStore, Store};
 
 pub use super::generate::SplitMix64 as Rng;
 
@@ -24,6 +25,8 @@ pub const NOW: OffsetDateTime = datetime!(2025-04-01 0:00 UTC);
 
 /// A store with one sensor dataset and its readings.
 pub struct Fixture {
+    /// The backend's name, for assertion messages.
+    pub backend: &'static str,
     _dir: tempfile::TempDir,
     pub catalog: Catalog,
     pub readings: ReadingStore,
@@ -44,10 +47,44 @@ impl Fixture {
     }
 }
 
-/// `sensors` air-quality sensors in Aarhus over `days` days from [`START`].
+/// `sensors` air-quality sensors in Aarhus over `days` days from [`START`],
+/// in a sled store.
 pub fn fixture(sensors: u32, days: i64) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SledStore::open(&dir.path().join("store")).expect("store"));
+    fixture_in("sled", dir, store, sensors, days)
+}
+
+/// The same fixture in each backend: sled, and a fresh database on the
+/// development PostgreSQL server (started on first use; see
+/// `dev_postgres`). Tests that compare answers with a brute-force one run
+/// over both, so the two backends are held to the same answers.
+pub fn fixtures(sensors: u32, days: i64) -> Vec<Fixture> {
+    let server = crate::dev_postgres::DevPostgres::shared().expect("development PostgreSQL");
+    let url = server.create_database("data").expect("database");
+    let store: Arc<dyn Store> = Arc::new(
+        PostgresStore::open(&PostgresOptions {
+            url,
+            password: None,
+            pool_size: 4,
+            ca_file: None,
+        })
+        .expect("PostgreSQL store"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    vec![
+        fixture(sensors, days),
+        fixture_in("postgres", dir, store, sensors, days),
+    ]
+}
+
+fn fixture_in(
+    backend: &'static str,
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    sensors: u32,
+    days: i64,
+) -> Fixture {
     let catalog = Catalog::new(store.clone());
     let dataset = sensor_dataset("air-quality", 751).expect("dataset");
     let id = dataset.id.clone();
@@ -103,6 +140,7 @@ pub fn fixture(sensors: u32, days: i64) -> Fixture {
     }
     data.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.sensor_id.cmp(&b.sensor_id)));
     Fixture {
+        backend,
         _dir: dir,
         catalog,
         readings,

@@ -264,6 +264,9 @@ pub struct Registry {
     /// Where what partners' offers change or are refused is recorded.
     audit: RwLock<Option<Arc<crate::audit::AuditLog>>>,
     changes: watch::Sender<u64>,
+    /// Whose registry this is (for reloading the view).
+    own_code: u32,
+    own_key: VerifyingKey,
     /// Forks already reported (partner, fellowship, digest), so a fork is
     /// logged once, not every round.
     forks_reported: Mutex<BTreeSet<(String, String, String)>>,
@@ -396,54 +399,7 @@ impl Registry {
         own_key: VerifyingKey,
         clock: SharedClock,
     ) -> Result<Registry, ImportError> {
-        let mut view = GovernanceView::new(own_code, own_key);
-        let mut latest: BTreeMap<String, Roster> = BTreeMap::new();
-        for entry in store.scan_prefix(Keyspace::Rosters, b"") {
-            let (_, bytes) = entry?;
-            let roster = Roster::parse(&bytes)?;
-            // Keys sort by fellowship, then serial: the last one wins.
-            latest.insert(roster.fellowship().to_string(), roster);
-        }
-        for roster in latest.into_values() {
-            view.insert_roster(roster);
-        }
-        let mut rekey = WriteBatch::default();
-        for entry in store.scan_prefix(Keyspace::Agreements, b"") {
-            let (key, bytes) = entry?;
-            let agreement = Agreement::parse(&bytes)?;
-            if key.len() == 16 {
-                // Written before agreements were keyed by provider.
-                rekey.delete(key);
-                rekey.put(agreement_key(key_of(&agreement)), bytes);
-            }
-            view.insert_agreement(agreement);
-        }
-        if !rekey.ops.is_empty() {
-            tracing::info!(
-                agreements = rekey.ops.len() / 2,
-                "re-keying stored agreements by provider and id"
-            );
-            store.write(Keyspace::Agreements, rekey)?;
-            store.flush()?;
-        }
-        let mut quarantine = BTreeMap::new();
-        for entry in store.scan_prefix(Keyspace::Quarantine, b"") {
-            let (_, bytes) = entry?;
-            let roster = Roster::parse(&bytes)?;
-            let changes = view
-                .roster(roster.fellowship())
-                .map(|current| unconsented_changes(own_code, &own_key, current, &roster))
-                .unwrap_or_default();
-            quarantine.insert(
-                (roster.fellowship().to_string(), roster.serial()),
-                QuarantinedRoster {
-                    fellowship: roster.fellowship().to_string(),
-                    serial: roster.serial(),
-                    digest: roster.digest(),
-                    changes: describe(&changes),
-                },
-            );
-        }
+        let (view, quarantine) = load(store.as_ref(), own_code, &own_key)?;
         let (changes, _) = watch::channel(0);
         Ok(Registry {
             store,
@@ -458,6 +414,8 @@ impl Registry {
             provider_check: RwLock::new(None),
             audit: RwLock::new(None),
             changes,
+            own_code,
+            own_key,
         })
     }
 
@@ -552,6 +510,27 @@ impl Registry {
     /// A receiver that changes whenever the registry does.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Reads every roster, agreement and quarantined roster again from the
+    /// store: another node process sharing the store imported something.
+    /// Waits for an import of this process in progress to finish.
+    pub fn reload(&self) -> Result<(), ImportError> {
+        let _import = self
+            .imports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (fresh, quarantine) = load(self.store.as_ref(), self.own_code, &self.own_key)?;
+        *self
+            .view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);
+        *self
+            .quarantine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = quarantine;
+        self.changes.send_modify(|generation| *generation += 1);
+        Ok(())
     }
 
     /// Starts an import session (waits for one in progress to finish).
@@ -1318,6 +1297,64 @@ fn unconsented_changes(
             !consenting_key.is_some_and(|key| candidate.signed_by(&key))
         })
         .collect()
+}
+
+/// The governance view and quarantine as `store` holds them (re-keying
+/// agreements stored by an older release).
+fn load(
+    store: &dyn Store,
+    own_code: u32,
+    own_key: &VerifyingKey,
+) -> Result<(GovernanceView, BTreeMap<(String, u64), QuarantinedRoster>), ImportError> {
+    let mut view = GovernanceView::new(own_code, *own_key);
+    let mut latest: BTreeMap<String, Roster> = BTreeMap::new();
+    for entry in store.scan_prefix(Keyspace::Rosters, b"") {
+        let (_, bytes) = entry?;
+        let roster = Roster::parse(&bytes)?;
+        // Keys sort by fellowship, then serial: the last one wins.
+        latest.insert(roster.fellowship().to_string(), roster);
+    }
+    for roster in latest.into_values() {
+        view.insert_roster(roster);
+    }
+    let mut rekey = WriteBatch::default();
+    for entry in store.scan_prefix(Keyspace::Agreements, b"") {
+        let (key, bytes) = entry?;
+        let agreement = Agreement::parse(&bytes)?;
+        if key.len() == 16 {
+            // Written before agreements were keyed by provider.
+            rekey.delete(key);
+            rekey.put(agreement_key(key_of(&agreement)), bytes);
+        }
+        view.insert_agreement(agreement);
+    }
+    if !rekey.ops.is_empty() {
+        tracing::info!(
+            agreements = rekey.ops.len() / 2,
+            "re-keying stored agreements by provider and id"
+        );
+        store.write(Keyspace::Agreements, rekey)?;
+        store.flush()?;
+    }
+    let mut quarantine = BTreeMap::new();
+    for entry in store.scan_prefix(Keyspace::Quarantine, b"") {
+        let (_, bytes) = entry?;
+        let roster = Roster::parse(&bytes)?;
+        let changes = view
+            .roster(roster.fellowship())
+            .map(|current| unconsented_changes(own_code, own_key, current, &roster))
+            .unwrap_or_default();
+        quarantine.insert(
+            (roster.fellowship().to_string(), roster.serial()),
+            QuarantinedRoster {
+                fellowship: roster.fellowship().to_string(),
+                serial: roster.serial(),
+                digest: roster.digest(),
+                changes: describe(&changes),
+            },
+        );
+    }
+    Ok((view, quarantine))
 }
 
 fn describe(changes: &[RosterChange]) -> String {

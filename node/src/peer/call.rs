@@ -107,15 +107,15 @@ impl From<PeerAuthError> for Refusal {
 
 impl From<RequestError> for Refusal {
     fn from(error: RequestError) -> Refusal {
-        let too_many = matches!(error, RequestError::TooMany);
+        let (status, reason) = match error {
+            RequestError::TooMany => (Status::resource_exhausted(error.to_string()), "rate_limit"),
+            RequestError::Unrecorded => (Status::unavailable(error.to_string()), "unavailable"),
+            _ => (Status::unauthenticated(error.to_string()), "signature"),
+        };
         Refusal {
             detail: error.to_string(),
-            status: if too_many {
-                Status::resource_exhausted(error.to_string())
-            } else {
-                Status::unauthenticated(error.to_string())
-            },
-            reason: if too_many { "rate_limit" } else { "signature" },
+            status,
+            reason,
         }
     }
 }

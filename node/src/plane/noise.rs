@@ -38,7 +38,7 @@ use opendp::measures::MaxDivergence;
 use opendp::metrics::AbsoluteDistance;
 
 use crate::data::aggregate::Bucket;
-use crate::store::{Keyspace, Store, StoreError, WriteBatch};
+use crate::store::{Keyspace, Store, StoreError};
 
 /// Why noise could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -162,23 +162,34 @@ impl Budgets {
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let spent = self.spent(dataset, consumer)?;
-        let left = budget - spent;
-        // A little slack for the sums of floating-point charges.
-        if epsilon > left + 1e-9 {
-            return Ok(Err(Overdrawn {
-                left: left.max(0.0),
-                asked: epsilon,
-            }));
+        let key = budget_key(dataset, consumer);
+        // Compare-and-swap, so that node processes sharing one store never
+        // both spend the same remainder: a charge made meanwhile by another
+        // process is read back and the check made again.
+        loop {
+            let stored = self.store.get(Keyspace::Budgets, &key)?;
+            let spent = stored
+                .as_deref()
+                .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                .map(|bytes| f64::from_bits(u64::from_be_bytes(bytes)))
+                .unwrap_or(0.0);
+            let left = budget - spent;
+            // A little slack for the sums of floating-point charges.
+            if epsilon > left + 1e-9 {
+                return Ok(Err(Overdrawn {
+                    left: left.max(0.0),
+                    asked: epsilon,
+                }));
+            }
+            let charged = (spent + epsilon).to_bits().to_be_bytes().to_vec();
+            if self
+                .store
+                .compare_and_swap(Keyspace::Budgets, &key, stored.as_deref(), charged)?
+            {
+                self.store.flush()?;
+                return Ok(Ok((left - epsilon).max(0.0)));
+            }
         }
-        let mut batch = WriteBatch::default();
-        batch.put(
-            budget_key(dataset, consumer),
-            (spent + epsilon).to_bits().to_be_bytes().to_vec(),
-        );
-        self.store.write(Keyspace::Budgets, batch)?;
-        self.store.flush()?;
-        Ok(Ok((left - epsilon).max(0.0)))
     }
 }
 

@@ -43,7 +43,7 @@ use tonic::metadata::{BinaryMetadataValue, MetadataMap};
 use uuid::Uuid;
 
 use super::batch::{self, BatchError, BatchSigner, VerifiedRoots};
-use crate::store::{Keyspace, Store, StoreError, WriteBatch, WriteOp};
+use crate::store::{Keyspace, Store, StoreError, WriteBatch};
 
 const DOMAIN: &[u8] = b"samvirke/request/v2\0";
 /// The batch-signature domain of requests.
@@ -84,6 +84,8 @@ pub enum RequestError {
     BadSignature(BatchError),
     #[error("this node is remembering too many recent requests of this caller; retry shortly")]
     TooMany,
+    #[error("this node could not record the request's nonce; retry shortly")]
+    Unrecorded,
 }
 
 /// The signature parts of a request, as read from its metadata.
@@ -396,38 +398,42 @@ impl Replays {
         if entry.nonces.contains_key(&parts.nonce) {
             return Err(RequestError::Replayed);
         }
-        let mut forgotten = Vec::new();
-        if parts.at_ms > entry.high {
-            entry.high = parts.at_ms;
-            entry.forget_before(entry.high - slack, &mut forgotten);
-        }
         if entry.nonces.len() >= MAX_NONCES_PER_CALLER {
             return Err(RequestError::TooMany);
         }
         entry.nonces.insert(parts.nonce, parts.at_ms);
         entry.by_time.insert((parts.at_ms, parts.nonce), ());
+        let mut forgotten = Vec::new();
+        if parts.at_ms > entry.high {
+            entry.high = parts.at_ms;
+            entry.forget_before(entry.high - slack, &mut forgotten);
+        }
         drop(callers);
-        // One write each, no batch: the new nonce and the removal of the
-        // forgotten ones need not be atomic together (a forgotten nonce
-        // left behind by a crash is dropped when the store is opened), and
-        // a single write costs the store no disk write of its own (see
-        // `SledStore::write`); the audit entry's flush makes them durable.
-        let write = |op: WriteOp| {
-            if let Err(error) = self
-                .store
-                .write(Keyspace::Nonces, WriteBatch { ops: vec![op] })
-            {
+        // The store decides, not this process's memory: another node
+        // process sharing the store may have admitted the same request a
+        // moment ago. The insert is refused if the nonce is there. (It
+        // becomes durable with the audit entry's flush.)
+        let key = nonce_key(parts.caller, parts.at_ms, &parts.nonce);
+        match self
+            .store
+            .insert_new(Keyspace::Nonces, vec![(key, Vec::new())])
+        {
+            Ok(true) => {}
+            Ok(false) => return Err(RequestError::Replayed),
+            Err(error) => {
+                // Refuse rather than risk admitting a replay unrecorded.
                 tracing::error!(%error, "the request nonce memory could not be stored");
+                return Err(RequestError::Unrecorded);
             }
-        };
-        write(WriteOp::Put {
-            key: nonce_key(parts.caller, parts.at_ms, &parts.nonce),
-            value: Vec::new(),
-        });
-        for (at, nonce) in forgotten {
-            write(WriteOp::Delete {
-                key: nonce_key(parts.caller, at, &nonce),
-            });
+        }
+        if !forgotten.is_empty() {
+            let mut stale = WriteBatch::default();
+            for (at, nonce) in forgotten {
+                stale.delete(nonce_key(parts.caller, at, &nonce));
+            }
+            if let Err(error) = self.store.write(Keyspace::Nonces, stale) {
+                tracing::error!(%error, "forgotten request nonces could not be removed");
+            }
         }
         Ok(())
     }

@@ -1,11 +1,17 @@
-//! Storage: the [`Store`] trait the rest of the node writes through, and
-//! its embedded sled implementation ([`SledStore`]), the default.
+//! Storage: the [`Store`] trait the rest of the node writes through, its
+//! embedded sled implementation ([`SledStore`], the default) and the
+//! PostgreSQL one ([`PostgresStore`], for large municipalities and for
+//! several node processes serving one municipality from one database).
 //!
 //! The trait is an ordered key-value space split into named keyspaces, with
 //! atomic batches, range scans and an explicit durability point
-//! ([`Store::flush`]). That is all `governance`, `data`, `peer` and `audit`
-//! need, and it keeps a later server-grade backend possible without
-//! touching them.
+//! ([`Store::flush`]), plus the few atomic primitives that stay correct
+//! when several processes share one store ([`Store::insert_new`],
+//! [`Store::compare_and_swap`], [`Store::last`]) and a feed of changes
+//! other processes made ([`Store::changes`]). A backend with a relational
+//! engine also keeps readings in a real table ([`ReadingTable`], see
+//! [`table`]). That is all `governance`, `data`, `peer` and `audit` need;
+//! none of them knows which backend runs.
 //!
 //! A store directory is claimed by a small marker file, [`MARKER_FILE`],
 //! that records the format and schema version. The marker is checked
@@ -13,7 +19,9 @@
 //! directory (a home directory, another program's data) fails with a clear
 //! message and leaves that directory exactly as it was.
 
+pub mod postgres;
 mod sled_store;
+pub mod table;
 
 use std::fmt::Debug;
 use std::ops::Bound;
@@ -21,7 +29,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use postgres::PostgresStore;
 pub use sled_store::SledStore;
+pub use table::ReadingTable;
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -50,6 +60,20 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
+    #[error(
+        "database {database} holds a Samvirke store of schema {found}, newer than this \
+         samvirke-node supports ({supported}); upgrade samvirke-node (the database was left untouched)"
+    )]
+    NewerDatabase {
+        database: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error(
+        "database {database} is not a Samvirke store: it holds {tables} tables of something \
+         else; refusing to touch it (name a new, empty database in store.url)"
+    )]
+    ForeignDatabase { database: String, tables: u64 },
     #[error("store marker {path} is unreadable: {reason}")]
     BadMarker { path: PathBuf, reason: String },
     #[error("store {path}: {message}")]
@@ -135,6 +159,11 @@ impl Keyspace {
         Keyspace::IngestSessions,
     ];
 
+    /// The keyspace stored under `name` ([`Keyspace::name`]), if any.
+    pub fn from_name(name: &str) -> Option<Keyspace> {
+        Keyspace::ALL.into_iter().find(|space| space.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Keyspace::Meta => "meta",
@@ -219,6 +248,44 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Reads go on. Keep `visit` fast (write to a local file, not a
     /// network): every writer waits for it. See `backup`.
     fn snapshot(&self, visit: &mut SnapshotVisitor<'_>) -> Result<(), StoreError>;
+
+    /// Puts every entry of `entries` into `space` if none of their keys is
+    /// there yet, atomically; `false` (and nothing written) if one is
+    /// (not yet durable, like [`Store::write`]). This is what keeps one audit chain and one
+    /// replay memory when several processes share a store: the store, not
+    /// a process's memory, decides who was first.
+    fn insert_new(&self, space: Keyspace, entries: Vec<Entry>) -> Result<bool, StoreError>;
+
+    /// Replaces the value under `key` with `new` if it is `expected` now
+    /// (`None`: absent), atomically; `false` (nothing written) otherwise
+    /// (not yet durable).
+    fn compare_and_swap(
+        &self,
+        space: Keyspace,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError>;
+
+    /// The entry with the greatest key in `space`, if any.
+    fn last(&self, space: Keyspace) -> Result<Option<Entry>, StoreError>;
+
+    /// The readings table, for a backend that keeps readings in one (see
+    /// [`table`]); `None`: readings are key-value entries in
+    /// [`Keyspace::Readings`] and [`Keyspace::Sensors`].
+    fn reading_table(&self) -> Option<&dyn ReadingTable> {
+        None
+    }
+
+    /// Keyspaces changed by other processes sharing this store, as they
+    /// are committed, for a backend that can be shared; `None` when only
+    /// this process writes the store.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Keyspace>> {
+        None
+    }
+
+    /// The backend's name for logs and status: `sled` or `postgres`.
+    fn backend_name(&self) -> &'static str;
 }
 
 /// What [`Store::snapshot`] calls for each entry: keyspace, key, value.

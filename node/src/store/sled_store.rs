@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use sled::Transactional;
 
 use super::{
-    Claim, EntryIter, Keyspace, SCHEMA_VERSION, Store, StoreError, WriteBatch, WriteOp,
+    Claim, Entry, EntryIter, Keyspace, SCHEMA_VERSION, Store, StoreError, WriteBatch, WriteOp,
     claim_directory,
 };
 
@@ -257,6 +257,58 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(backend)
+    }
+
+    fn insert_new(&self, space: Keyspace, entries: Vec<Entry>) -> Result<bool, StoreError> {
+        let tree = self.tree(space)?;
+        let _gate = self.open_gate();
+        let inserted = tree
+            .transaction(|tree| {
+                for (key, _) in &entries {
+                    if tree.get(key)?.is_some() {
+                        return Ok(false);
+                    }
+                }
+                for (key, value) in &entries {
+                    tree.insert(key.as_slice(), value.as_slice())?;
+                }
+                Ok::<bool, sled::transaction::ConflictableTransactionError<()>>(true)
+            })
+            .map_err(|error| match error {
+                sled::transaction::TransactionError::Storage(e) => backend(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Backend("an insert was aborted".to_string())
+                }
+            })?;
+        Ok(inserted)
+    }
+
+    fn compare_and_swap(
+        &self,
+        space: Keyspace,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let tree = self.tree(space)?;
+        let _gate = self.open_gate();
+        let swapped = tree
+            .compare_and_swap(key, expected, Some(new))
+            .map_err(backend)?
+            .is_ok();
+        Ok(swapped)
+    }
+
+    fn last(&self, space: Keyspace) -> Result<Option<Entry>, StoreError> {
+        Ok(self
+            .tree(space)?
+            .last()
+            .map_err(backend)?
+            .map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "sled"
     }
 
     fn snapshot(&self, visit: &mut super::SnapshotVisitor<'_>) -> Result<(), StoreError> {

@@ -1,0 +1,651 @@
+//! The PostgreSQL implementation of [`Store`] and [`ReadingTable`]: a
+//! municipality's data in a database its IT already runs (on premises or
+//! managed, with streaming replicas), shared by every node process that
+//! serves the municipality.
+//!
+//! The client is tokio-postgres with a deadpool connection pool: the
+//! maintained asynchronous driver (binary `COPY`, pipelining,
+//! `LISTEN`/`NOTIFY`) and the pool built for it. (sqlx would add
+//! compile-time query checking against a live database at build time,
+//! which a fresh clone cannot have.) The node's storage interface is
+//! synchronous (sled answers from memory or one disk read), so this store
+//! runs its own small runtime and every call is sent there and waited for:
+//! the caller's thread waits on the database, the node's runtime never has
+//! a database future in it, and no call depends on which runtime (or none)
+//! the caller runs on.
+//!
+//! Key-value keyspaces live in one table, `samvirke_kv`; readings in a
+//! partitioned table the database scans, filters and aggregates itself
+//! (see [`schema`] for the layout, `readings` for the queries). Every
+//! write is one transaction, committed (and so durable) before the call
+//! returns, which is why [`Store::flush`] has nothing left to do.
+//!
+//! Several processes share one database safely because nothing they must
+//! agree on is decided in one process's memory: an audit append or a
+//! nonce is an insert the primary key admits once ([`Store::insert_new`]),
+//! a budget is a compare-and-swap, the sensor index is updated in the
+//! readings' own transaction, and governance and catalog changes are
+//! announced to every process with `NOTIFY` ([`Store::changes`]).
+
+mod listen;
+mod readings;
+pub mod schema;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::config::SslMode;
+use zeroize::Zeroizing;
+
+use super::table::ReadingTable;
+use super::{Entry, EntryIter, Keyspace, SnapshotVisitor, Store, StoreError, WriteBatch, WriteOp};
+
+/// How long a call waits for a free pooled connection before failing.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+/// Entries one page of a key-value scan reads.
+const KV_PAGE: i64 = 512;
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// A libpq-style URL (`postgresql://user@host:port/db?...`) or
+    /// key-value string (`host=... user=... dbname=...`), without a password.
+    pub url: String,
+    /// The password, read from a file the operator keeps 0600.
+    pub password: Option<Zeroizing<String>>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// A CA certificate (PEM) for TLS to the database; with it, the
+    /// connection is TLS and the server's certificate must chain to it
+    /// and name the host. Without it, the connection is plain TCP or a
+    /// Unix socket (a database on the same host or a private link).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("pool_size", &self.pool_size)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// State shared with the tasks on the store's runtime.
+struct Shared {
+    pool: Pool,
+    /// Readings partitions known to exist, as months since year 0
+    /// (`year * 12 + month0`): checked once per process.
+    partitions: Mutex<BTreeSet<i32>>,
+    changes: tokio::sync::broadcast::Sender<Keyspace>,
+}
+
+/// A store in a PostgreSQL database.
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+    database: String,
+    schema: u32,
+    /// The runtime the database calls run on; `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    stop_listening: tokio_util::sync::CancellationToken,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("database", &self.database)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.stop_listening.cancel();
+        // Dropping a runtime blocks until its tasks finish, which is not
+        // allowed on an async thread; nothing here needs waiting for.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A database error as a store error: SQLSTATE and the server's message.
+pub(crate) fn db(error: tokio_postgres::Error) -> StoreError {
+    match error.as_db_error() {
+        Some(e) => StoreError::Backend(format!(
+            "PostgreSQL {}: {}{}",
+            e.code().code(),
+            e.message(),
+            e.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+        )),
+        None => StoreError::Backend(format!("PostgreSQL: {error}")),
+    }
+}
+
+fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+    match error {
+        deadpool_postgres::PoolError::Backend(e) => db(e),
+        other => StoreError::Backend(format!("PostgreSQL connection pool: {other}")),
+    }
+}
+
+impl PostgresStore {
+    /// Connects, applies missing migrations (refusing a newer or foreign
+    /// database), and starts following other processes' changes.
+    pub fn open(options: &PostgresOptions) -> Result<PostgresStore, StoreError> {
+        let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| {
+            StoreError::Backend(format!(
+                "store.url is not a PostgreSQL connection string: {e}"
+            ))
+        })?;
+        if config.get_password().is_some() {
+            return Err(StoreError::Backend(
+                "store.url holds a password; put it in store.password_file (kept 0600) instead"
+                    .to_string(),
+            ));
+        }
+        if let Some(password) = &options.password {
+            config.password(password.as_bytes());
+        }
+        let database = config
+            .get_dbname()
+            .map(str::to_string)
+            .or_else(|| config.get_user().map(str::to_string))
+            .unwrap_or_else(|| "postgres".to_string());
+        let tls = match &options.ca_file {
+            Some(path) => {
+                config.ssl_mode(SslMode::Require);
+                Some(tls_connector(path)?)
+            }
+            None => {
+                if config.get_ssl_mode() == SslMode::Require {
+                    return Err(StoreError::Backend(
+                        "store.url asks for sslmode=require; name the database server's CA in \
+                         store.ca_file so its certificate can be checked"
+                            .to_string(),
+                    ));
+                }
+                config.ssl_mode(SslMode::Disable);
+                None
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("samvirke-db")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("database runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(2))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    // Every pooled connection gets its staging table once;
+                    // its rows vanish at each commit.
+                    client
+                        .batch_execute(schema::STAGING)
+                        .await
+                        .map_err(HookError::Backend)
+                })
+            }))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("PostgreSQL connection pool: {e}")))?;
+        let (changes, _) = tokio::sync::broadcast::channel(256);
+        let shared = Arc::new(Shared {
+            pool,
+            partitions: Mutex::new(BTreeSet::new()),
+            changes,
+        });
+        let stop_listening = tokio_util::sync::CancellationToken::new();
+        let mut store = PostgresStore {
+            shared: Arc::clone(&shared),
+            database: database.clone(),
+            schema: 0,
+            runtime: Some(runtime),
+            handle,
+            stop_listening: stop_listening.clone(),
+        };
+        let schema = store.call(move |shared| async move { migrate(&shared, &database).await })?;
+        store.call(|shared| async move { readings::prepare_partitions(&shared).await })?;
+        store.handle.spawn(listen::follow_changes(
+            config,
+            tls,
+            shared.changes.clone(),
+            stop_listening,
+        ));
+        store.schema = schema;
+        Ok(store)
+    }
+
+    /// Runs `work` on the store's runtime and waits for its result.
+    fn call<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let future = work(Arc::clone(&self.shared));
+        self.handle.spawn(async move {
+            let _ = done.send(future.await);
+        });
+        result
+            .recv()
+            .map_err(|_| StoreError::Backend("the database call was cut off".to_string()))?
+    }
+
+    /// The database's name, for messages.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+}
+
+/// rustls for the database connection, trusting only `ca_file`.
+fn tls_connector(
+    ca_file: &std::path::Path,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let pem = std::fs::read(ca_file).map_err(|e| StoreError::Io {
+        path: ca_file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut found = 0;
+    for certificate in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        let certificate: rustls::pki_types::CertificateDer<'static> =
+            certificate.map_err(|e| StoreError::Io {
+                path: ca_file.to_path_buf(),
+                message: format!("not a PEM certificate file: {e}"),
+            })?;
+        roots.add(certificate).map_err(|e| StoreError::Io {
+            path: ca_file.to_path_buf(),
+            message: format!("unusable CA certificate: {e}"),
+        })?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err(StoreError::Io {
+            path: ca_file.to_path_buf(),
+            message: "holds no certificate".to_string(),
+        });
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StoreError::Backend(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// Applies missing migrations; returns the schema version.
+async fn migrate(shared: &Shared, database: &str) -> Result<u32, StoreError> {
+    let mut client = shared.pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(db)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&schema::MIGRATION_LOCK],
+    )
+    .await
+    .map_err(db)?;
+    let ours: bool = tx
+        .query_one("SELECT to_regclass('samvirke_schema') IS NOT NULL", &[])
+        .await
+        .map_err(db)?
+        .get(0);
+    let mut current = 0u32;
+    if ours {
+        let found: Option<i32> = tx
+            .query_one("SELECT max(version) FROM samvirke_schema", &[])
+            .await
+            .map_err(db)?
+            .get(0);
+        current = found.and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+        if current > schema::SCHEMA_VERSION {
+            return Err(StoreError::NewerDatabase {
+                database: database.to_string(),
+                found: current,
+                supported: schema::SCHEMA_VERSION,
+            });
+        }
+    } else {
+        let foreign: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()",
+                &[],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        if foreign > 0 {
+            return Err(StoreError::ForeignDatabase {
+                database: database.to_string(),
+                tables: u64::try_from(foreign).unwrap_or(0),
+            });
+        }
+        tx.batch_execute(
+            "CREATE TABLE samvirke_schema (
+                version integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now(),
+                release text NOT NULL
+            )",
+        )
+        .await
+        .map_err(db)?;
+    }
+    for (version, sql) in schema::MIGRATIONS {
+        if *version <= current {
+            continue;
+        }
+        tx.batch_execute(sql).await.map_err(db)?;
+        tx.execute(
+            "INSERT INTO samvirke_schema (version, release) VALUES ($1, $2)",
+            &[
+                &i32::try_from(*version).unwrap_or(i32::MAX),
+                &env!("CARGO_PKG_VERSION"),
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tracing::info!(database, version, "applied store migration");
+        current = *version;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(current)
+}
+
+/// Applies `batches` in order inside `tx`.
+async fn apply(
+    tx: &tokio_postgres::Transaction<'_>,
+    batches: Vec<(Keyspace, WriteBatch)>,
+) -> Result<(), StoreError> {
+    if batches.iter().all(|(_, b)| b.ops.is_empty()) {
+        return Ok(());
+    }
+    let put = tx
+        .prepare(
+            "INSERT INTO samvirke_kv (space, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .await
+        .map_err(db)?;
+    let delete = tx
+        .prepare("DELETE FROM samvirke_kv WHERE space = $1 AND key = $2")
+        .await
+        .map_err(db)?;
+    for (space, batch) in batches {
+        let name = space.name();
+        for op in batch.ops {
+            match op {
+                WriteOp::Put { key, value } => {
+                    tx.execute(&put, &[&name, &key, &value]).await.map_err(db)?
+                }
+                WriteOp::Delete { key } => tx.execute(&delete, &[&name, &key]).await.map_err(db)?,
+            };
+        }
+    }
+    Ok(())
+}
+
+/// The smallest key greater than every key starting with `prefix`, if any.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A key-value range read a page at a time.
+struct KvPages<'a> {
+    store: &'a PostgresStore,
+    space: Keyspace,
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+    buffer: VecDeque<Entry>,
+    done: bool,
+}
+
+impl KvPages<'_> {
+    fn fill(&mut self) -> Result<(), StoreError> {
+        let (space, lower, upper) = (self.space.name(), self.lower.clone(), self.upper.clone());
+        let page = self.store.call(move |shared| async move {
+            let client = shared.pool.get().await.map_err(pool_error)?;
+            let mut sql = String::from("SELECT key, value FROM samvirke_kv WHERE space = $1");
+            let mut params: Vec<Vec<u8>> = Vec::new();
+            for (bound, inclusive, exclusive) in [(&lower, ">=", ">"), (&upper, "<=", "<")] {
+                let (op, key) = match bound {
+                    Bound::Included(k) => (inclusive, k),
+                    Bound::Excluded(k) => (exclusive, k),
+                    Bound::Unbounded => continue,
+                };
+                params.push(key.clone());
+                sql.push_str(&format!(" AND key {op} ${}", params.len() + 1));
+            }
+            sql.push_str(&format!(" ORDER BY key LIMIT {KV_PAGE}"));
+            let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&space];
+            for p in &params {
+                args.push(p);
+            }
+            let rows = client.query(&sql, &args).await.map_err(db)?;
+            Ok(rows
+                .into_iter()
+                .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Vec<u8>>(1)))
+                .collect::<Vec<Entry>>())
+        })?;
+        if (page.len() as i64) < KV_PAGE {
+            self.done = true;
+        }
+        if let Some((last, _)) = page.last() {
+            self.lower = Bound::Excluded(last.clone());
+        }
+        self.buffer.extend(page);
+        Ok(())
+    }
+}
+
+impl Iterator for KvPages<'_> {
+    type Item = Result<Entry, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buffer.is_empty() && !self.done {
+            if let Err(e) = self.fill() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+        self.buffer.pop_front().map(Ok)
+    }
+}
+
+impl Store for PostgresStore {
+    fn schema_version(&self) -> u32 {
+        self.schema
+    }
+
+    fn get(&self, space: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_vec();
+        self.call(move |shared| async move {
+            let client = shared.pool.get().await.map_err(pool_error)?;
+            let statement = client
+                .prepare_cached("SELECT value FROM samvirke_kv WHERE space = $1 AND key = $2")
+                .await
+                .map_err(db)?;
+            Ok(client
+                .query_opt(&statement, &[&space.name(), &key])
+                .await
+                .map_err(db)?
+                .map(|row| row.get::<_, Vec<u8>>(0)))
+        })
+    }
+
+    fn write(&self, space: Keyspace, batch: WriteBatch) -> Result<(), StoreError> {
+        self.write_all(vec![(space, batch)])
+    }
+
+    fn write_all(&self, batches: Vec<(Keyspace, WriteBatch)>) -> Result<(), StoreError> {
+        if batches.iter().all(|(_, b)| b.ops.is_empty()) {
+            return Ok(());
+        }
+        self.call(move |shared| async move {
+            let mut client = shared.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(db)?;
+            apply(&tx, batches).await?;
+            tx.commit().await.map_err(db)
+        })
+    }
+
+    fn range(&self, space: Keyspace, range: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> EntryIter<'_> {
+        Box::new(KvPages {
+            store: self,
+            space,
+            lower: range.0,
+            upper: range.1,
+            buffer: VecDeque::new(),
+            done: false,
+        })
+    }
+
+    fn scan_prefix(&self, space: Keyspace, prefix: &[u8]) -> EntryIter<'_> {
+        let upper = match prefix_end(prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        self.range(space, (Bound::Included(prefix.to_vec()), upper))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Every write is a committed transaction by the time it returns.
+        Ok(())
+    }
+
+    fn snapshot(&self, _visit: &mut SnapshotVisitor<'_>) -> Result<(), StoreError> {
+        Err(StoreError::Backend(format!(
+            "database {} is PostgreSQL: back it up with the database's own tools \
+             (pg_dump, or pg_basebackup with WAL archiving for point-in-time recovery); \
+             samvirke-node backup copies sled stores",
+            self.database
+        )))
+    }
+
+    fn insert_new(&self, space: Keyspace, entries: Vec<Entry>) -> Result<bool, StoreError> {
+        self.call(move |shared| async move {
+            let mut client = shared.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(db)?;
+            let insert = tx
+                .prepare(
+                    "INSERT INTO samvirke_kv (space, key, value) VALUES ($1, $2, $3)
+                     ON CONFLICT (space, key) DO NOTHING",
+                )
+                .await
+                .map_err(db)?;
+            for (key, value) in &entries {
+                if tx
+                    .execute(&insert, &[&space.name(), key, value])
+                    .await
+                    .map_err(db)?
+                    == 0
+                {
+                    // Dropping the transaction rolls it back.
+                    return Ok(false);
+                }
+            }
+            tx.commit().await.map_err(db)?;
+            Ok(true)
+        })
+    }
+
+    fn compare_and_swap(
+        &self,
+        space: Keyspace,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let (key, expected) = (key.to_vec(), expected.map(<[u8]>::to_vec));
+        self.call(move |shared| async move {
+            let client = shared.pool.get().await.map_err(pool_error)?;
+            let changed = match expected {
+                None => client
+                    .execute(
+                        "INSERT INTO samvirke_kv (space, key, value) VALUES ($1, $2, $3)
+                         ON CONFLICT (space, key) DO NOTHING",
+                        &[&space.name(), &key, &new],
+                    )
+                    .await
+                    .map_err(db)?,
+                Some(old) => client
+                    .execute(
+                        "UPDATE samvirke_kv SET value = $4
+                         WHERE space = $1 AND key = $2 AND value = $3",
+                        &[&space.name(), &key, &old, &new],
+                    )
+                    .await
+                    .map_err(db)?,
+            };
+            Ok(changed == 1)
+        })
+    }
+
+    fn last(&self, space: Keyspace) -> Result<Option<Entry>, StoreError> {
+        self.call(move |shared| async move {
+            let client = shared.pool.get().await.map_err(pool_error)?;
+            Ok(client
+                .query_opt(
+                    "SELECT key, value FROM samvirke_kv WHERE space = $1 ORDER BY key DESC LIMIT 1",
+                    &[&space.name()],
+                )
+                .await
+                .map_err(db)?
+                .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Vec<u8>>(1))))
+        })
+    }
+
+    fn reading_table(&self) -> Option<&dyn ReadingTable> {
+        Some(self)
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Keyspace>> {
+        Some(self.shared.changes.subscribe())
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_ends_skip_trailing_ff_bytes() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}
