@@ -675,7 +675,10 @@ impl Checker<'_> {
                     None => None,
                     Some(path) => {
                         let path = self.resolve(&path);
-                        Some(self.password(&path)?)
+                        Some(
+                            crate::store::postgres::read_password_file(&path)
+                                .map_err(|e| self.invalid("store.password_file", e.to_string()))?,
+                        )
                     }
                 };
                 StoreBackend::Postgres(crate::store::postgres::PostgresOptions {
@@ -690,33 +693,6 @@ impl Checker<'_> {
             cache_bytes,
             backend,
         })
-    }
-
-    /// The database password from `path`, which only its owner may read.
-    fn password(&self, path: &Path) -> Result<zeroize::Zeroizing<String>, ConfigError> {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path)
-            .map_err(|e| self.invalid("store.password_file", format!("{}: {e}", path.display())))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(self.invalid(
-                "store.password_file",
-                format!(
-                    "{} is readable by others (mode {:o}); chmod 600 it",
-                    path.display(),
-                    meta.permissions().mode() & 0o777
-                ),
-            ));
-        }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| self.invalid("store.password_file", format!("{}: {e}", path.display())))?;
-        let password = text.trim_end_matches(['\n', '\r']).to_string();
-        if password.is_empty() {
-            return Err(self.invalid(
-                "store.password_file",
-                format!("{} is empty", path.display()),
-            ));
-        }
-        Ok(zeroize::Zeroizing::new(password))
     }
 
     fn cache_mib(&self, mib: u64) -> Result<u64, ConfigError> {

@@ -67,6 +67,7 @@ pub mod proof;
 pub mod provision;
 pub mod server;
 pub mod store;
+pub mod store_move;
 pub mod telemetry;
 pub mod transport;
 pub mod wire;

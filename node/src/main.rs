@@ -72,6 +72,33 @@ enum Command {
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
     },
+    /// Apply the store's pending schema migrations (PostgreSQL: in one
+    /// transaction, refusing a database of a newer schema) and exit. Nodes
+    /// also apply them when they start.
+    Migrate {
+        /// The node's config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Move a stopped node's data to another store, then check counts and
+    /// the audit chain: `--from sled:DIR --to postgres:URL`. The
+    /// destination must be empty. Afterwards set `[store]` in the node's
+    /// config to the destination.
+    MigrateStore {
+        /// The source: `sled:DIR` (the node's `node.data_dir`).
+        #[arg(long, value_name = "sled:DIR")]
+        from: String,
+        /// The destination: `postgres:URL` (a libpq URL or key=value
+        /// string, no password) or `sled:DIR` (new or empty).
+        #[arg(long, value_name = "postgres:URL")]
+        to: String,
+        /// The database password, in a file only its owner can read.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// The database server's CA certificate (PEM): connect over TLS.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +116,13 @@ fn main() -> ExitCode {
             data_dir,
             key,
         }) => return restore(&from, &data_dir, key.as_deref()),
+        Some(Command::Migrate { config }) => return migrate(&config),
+        Some(Command::MigrateStore {
+            from,
+            to,
+            password_file,
+            ca_file,
+        }) => return migrate_store(&from, &to, password_file, ca_file),
         None => {}
     }
     let Some(config_path) = args.config else {
@@ -213,6 +247,108 @@ fn restore(from: &std::path::Path, data_dir: &std::path::Path, key: Option<&str>
         }
         Err(error) => {
             eprintln!("samvirke-node restore: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(config_path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("samvirke-node: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match samvirke_node::server::open_store(&config) {
+        Ok(store) => {
+            println!(
+                "{} store is at schema {}",
+                store.backend_name(),
+                store.schema_version()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("samvirke-node migrate: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Opens `sled:DIR` or `postgres:URL`.
+fn open_named_store(
+    name: &str,
+    password_file: Option<&std::path::Path>,
+    ca_file: Option<&std::path::Path>,
+) -> Result<std::sync::Arc<dyn samvirke_node::store::Store>, String> {
+    use samvirke_node::store::postgres::{PostgresOptions, read_password_file};
+    use samvirke_node::store::{PostgresStore, SledStore};
+    if let Some(dir) = name.strip_prefix("sled:") {
+        return SledStore::open(std::path::Path::new(dir))
+            .map(|s| std::sync::Arc::new(s) as _)
+            .map_err(|e| e.to_string());
+    }
+    if let Some(url) = name.strip_prefix("postgres:") {
+        let password = match password_file {
+            Some(path) => Some(read_password_file(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        return PostgresStore::open(&PostgresOptions {
+            url: url.to_string(),
+            password,
+            pool_size: 4,
+            ca_file: ca_file.map(std::path::Path::to_path_buf),
+        })
+        .map(|s| std::sync::Arc::new(s) as _)
+        .map_err(|e| e.to_string());
+    }
+    Err(format!(
+        "`{name}` names no store; use sled:DIR or postgres:URL"
+    ))
+}
+
+fn migrate_store(
+    from: &str,
+    to: &str,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+) -> ExitCode {
+    if !from.starts_with("sled:") {
+        eprintln!("samvirke-node migrate-store: --from must be sled:DIR (the node's data_dir)");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let stores = open_named_store(from, None, None).and_then(|source| {
+        open_named_store(to, password_file.as_deref(), ca_file.as_deref())
+            .map(|destination| (source, destination))
+    });
+    let (source, destination) = match stores {
+        Ok(stores) => stores,
+        Err(error) => {
+            eprintln!("samvirke-node migrate-store: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut progress = |space: &str, count: u64| println!("moved {space}: {count}");
+    match samvirke_node::store_move::move_store(
+        source.as_ref(),
+        destination.as_ref(),
+        &mut progress,
+    ) {
+        Ok(moved) => {
+            let readings: u64 = moved.readings.values().sum();
+            println!(
+                "moved and checked: {} readings in {} datasets, {} audit entries (chain verified), \
+                 every keyspace's count equal; now set [store] in the node's config to the \
+                 destination",
+                readings.max(moved.entries.get("readings").copied().unwrap_or(0)),
+                moved.readings.len(),
+                moved.audit_verified
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("samvirke-node migrate-store: {error}");
             ExitCode::FAILURE
         }
     }

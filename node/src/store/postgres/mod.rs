@@ -79,6 +79,28 @@ impl fmt::Debug for PostgresOptions {
     }
 }
 
+/// Reads a database password from `path`, which only its owner may read.
+pub fn read_password_file(path: &std::path::Path) -> Result<Zeroizing<String>, StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |message: String| StoreError::Io {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| io(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(io(format!(
+            "the password file is readable by others (mode {mode:o}); chmod 600 it"
+        )));
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| io(e.to_string()))?);
+    let password = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string());
+    if password.is_empty() {
+        return Err(io("the password file is empty".to_string()));
+    }
+    Ok(password)
+}
+
 /// State shared with the tasks on the store's runtime.
 struct Shared {
     pool: Pool,
