@@ -30,6 +30,8 @@
 //!   idle timeouts, and concurrent calls per caller;
 //! - [`server`]: wiring both listeners, health, reflection and shutdown;
 //! - [`devnet`]: several nodes on loopback with fresh dev PKI (demo, tests);
+//! - [`dev_postgres`]: a throwaway PostgreSQL server for development nodes,
+//!   tests and benchmarks;
 //! - [`plane`]: the data services' shared state, what an agreement
 //!   discloses, and streaming answers with bounded memory and send
 //!   timeouts (shared by both services);
@@ -48,6 +50,7 @@ pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod data;
+pub mod dev_postgres;
 pub mod devnet;
 pub mod error;
 pub mod federate;
