@@ -39,7 +39,6 @@
 //! deployment.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -551,7 +550,7 @@ fn database_name(hint: &str, pid: u32, n: u64) -> String {
                 '_'
             }
         })
-        .take(32)
+        .take(24)
         .collect();
     if !base.starts_with(|c: char| c.is_ascii_lowercase()) {
         base.insert_str(0, "db_");
@@ -581,7 +580,7 @@ fn find_bindir() -> Result<PathBuf, DevPostgresError> {
     if let Some((_, bin)) = versions.pop() {
         return Ok(bin);
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(OsString::new);
+    let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
         let initdb = dir.join("initdb");
         if is_program(&initdb) {
@@ -889,7 +888,7 @@ mod tests {
         assert!(output.status.success(), "{stdout}");
         let line = stdout
             .lines()
-            .find_map(|l| l.strip_prefix("SERVER "))
+            .find_map(|l| Some(&l[l.find("SERVER ")? + "SERVER ".len()..]))
             .unwrap_or_else(|| panic!("the child says where its server is: {stdout}"));
         let (port, dir) = line.split_once(' ').unwrap();
         let port: u16 = port.parse().unwrap();

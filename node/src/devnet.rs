@@ -3,13 +3,22 @@
 //! development CA. `samvirke demo` and the end-to-end tests start nodes
 //! this way, so both exercise exactly what an operator would set up with
 //! `samvirke pki ca`, `samvirke init` and `samvirke-node`.
+//!
+//! Nodes store into sled by default. With `SAMVIRKE_DEV_STORE=postgres` in
+//! the environment ([`DevStore::from_env`]) each node gets a database of its
+//! own on this process's throwaway PostgreSQL server
+//! ([`DevPostgres::shared`]) instead, so the same tests and the demo run
+//! against the PostgreSQL backend; `sled` (or the variable unset or empty)
+//! keeps sled. Any other value is an error, not a silent fallback.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
+use crate::dev_postgres::{DevPostgres, DevPostgresError};
 use crate::fixtures;
 use crate::governance::files::IdentityCard;
 use crate::governance::registry::{ImportError, RosterImport};
@@ -50,6 +59,75 @@ pub enum DevnetError {
     Governance(#[from] ImportError),
     #[error("{0}")]
     Roster(String),
+    #[error(
+        "{STORE_VARIABLE} is {value:?}; accepted values are `sled` (the default) and `postgres`"
+    )]
+    StoreChoice { value: String },
+    #[error(transparent)]
+    Postgres(#[from] DevPostgresError),
+}
+
+/// The environment variable choosing development nodes' store.
+pub const STORE_VARIABLE: &str = "SAMVIRKE_DEV_STORE";
+
+/// Which store development nodes use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevStore {
+    /// The embedded sled store in the node directory (the default).
+    Sled,
+    /// A database of the node's own on [`DevPostgres::shared`].
+    Postgres,
+}
+
+impl DevStore {
+    /// The choice in [`STORE_VARIABLE`].
+    pub fn from_env() -> Result<DevStore, DevnetError> {
+        Self::from_value(std::env::var_os(STORE_VARIABLE).as_deref())
+    }
+
+    /// The choice a value of [`STORE_VARIABLE`] makes: unset or empty means
+    /// sled; exact lower-case names only, so a typo fails loudly instead of
+    /// quietly testing the other backend.
+    pub fn from_value(value: Option<&OsStr>) -> Result<DevStore, DevnetError> {
+        match value.map(|v| v.to_str()) {
+            None => Ok(DevStore::Sled),
+            Some(Some("" | "sled")) => Ok(DevStore::Sled),
+            Some(Some("postgres")) => Ok(DevStore::Postgres),
+            Some(Some(other)) => Err(DevnetError::StoreChoice {
+                value: other.to_string(),
+            }),
+            Some(None) => Err(DevnetError::StoreChoice {
+                value: value.unwrap_or_default().to_string_lossy().into_owned(),
+            }),
+        }
+    }
+
+    /// The config text selecting this store for one node: nothing for
+    /// sled; for PostgreSQL a `[store]` table with the URL of a new
+    /// database (named after `name_hint`) on the shared server.
+    pub fn config_section(self, name_hint: &str) -> Result<String, DevnetError> {
+        match self {
+            DevStore::Sled => Ok(String::new()),
+            DevStore::Postgres => {
+                let url = DevPostgres::shared()?.create_database(name_hint)?;
+                Ok(format!(
+                    "\n[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n"
+                ))
+            }
+        }
+    }
+}
+
+/// What development nodes add to the config `samvirke init` wrote: fast
+/// governance sync, the HTTP API and the admin listener each on a port of
+/// its own, and the store `store` chose for municipality `code`.
+fn dev_node_config(base: &str, store: DevStore, code: u32) -> Result<String, DevnetError> {
+    let mut text = base.to_string();
+    text.push_str(&format!(
+        "\n[governance]\nsync_interval_secs = {DEV_SYNC_INTERVAL_SECS}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+    ));
+    text.push_str(&store.config_section(&format!("node_{code}"))?);
+    Ok(text)
 }
 
 /// How often development nodes compare governance documents: often, so a
@@ -80,10 +158,21 @@ impl DevFederation {
     }
 
     /// Like [`DevFederation::start`], with an injected clock if given.
+    /// The store is the one [`DevStore::from_env`] chooses.
     pub async fn start_with_clock(
         dir: &Path,
         codes: &[u32],
         clock: Option<SharedClock>,
+    ) -> Result<DevFederation, DevnetError> {
+        Self::start_with_store(dir, codes, clock, DevStore::from_env()?).await
+    }
+
+    /// Like [`DevFederation::start_with_clock`], on the given store.
+    pub async fn start_with_store(
+        dir: &Path,
+        codes: &[u32],
+        clock: Option<SharedClock>,
+        store: DevStore,
     ) -> Result<DevFederation, DevnetError> {
         let ca = DevCa::generate("Samvirke development CA")?;
         ca.write(&dir.join("ca"))?;
@@ -101,16 +190,12 @@ impl DevFederation {
             };
             let made = init_node_dir(&node_dir, &spec)?;
             install_dev_certificate(&node_dir, &municipality.name, &ca, &loopback_hosts())?;
-            let mut text =
+            let base =
                 std::fs::read_to_string(&made.config_path).map_err(|source| ConfigError::Read {
                     path: made.config_path.clone(),
                     source,
                 })?;
-            // Development nodes serve the HTTP API and the admin listener
-            // too, each on a port of its own.
-            text.push_str(&format!(
-                "\n[governance]\nsync_interval_secs = {DEV_SYNC_INTERVAL_SECS}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n"
-            ));
+            let text = dev_node_config(&base, store, code)?;
             std::fs::write(&made.config_path, text).map_err(|source| ConfigError::Read {
                 path: made.config_path.clone(),
                 source,
@@ -176,5 +261,82 @@ impl DevFederation {
             node.running.shutdown().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn the_store_variable_takes_exactly_sled_or_postgres() {
+        let choice = |v: &str| DevStore::from_value(Some(OsStr::new(v)));
+        assert_eq!(DevStore::from_value(None).unwrap(), DevStore::Sled);
+        assert_eq!(choice("").unwrap(), DevStore::Sled);
+        assert_eq!(choice("sled").unwrap(), DevStore::Sled);
+        assert_eq!(choice("postgres").unwrap(), DevStore::Postgres);
+        // Near misses fail loudly rather than test the other backend.
+        for bad in [
+            "Postgres",
+            "postgresql",
+            " postgres",
+            "postgres\n",
+            "pg",
+            "sled;postgres",
+        ] {
+            let err = choice(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("SAMVIRKE_DEV_STORE")
+                    && err.contains("`sled`")
+                    && err.contains("`postgres`"),
+                "{bad:?}: {err}"
+            );
+        }
+        let not_utf8 = OsString::from_vec(vec![b'p', 0xff]);
+        let err = DevStore::from_value(Some(&not_utf8))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SAMVIRKE_DEV_STORE"), "{err}");
+    }
+
+    #[test]
+    fn postgres_nodes_get_a_store_table_with_a_database_each() {
+        let base = "[node]\nmunicipality_code = 751\n";
+        let sled = dev_node_config(base, DevStore::Sled, 751).unwrap();
+        assert!(!sled.contains("[store]"), "{sled}");
+
+        let first = dev_node_config(base, DevStore::Postgres, 751).unwrap();
+        let second = dev_node_config(base, DevStore::Postgres, 751).unwrap();
+        let pg = DevPostgres::shared().unwrap();
+        let prefix = format!(
+            "\n[store]\nbackend = \"postgres\"\nurl = \"postgresql://samvirke@127.0.0.1:{}/node_751_",
+            pg.port()
+        );
+        let mut urls = Vec::new();
+        for text in [&first, &second] {
+            assert!(text.contains(&prefix), "{text}");
+            assert!(text.starts_with(base));
+            // Still one well-formed TOML document, with the other tables.
+            let table: toml::Table = toml::from_str(text).unwrap();
+            assert_eq!(table["store"]["backend"].as_str(), Some("postgres"));
+            assert!(table["http"]["listen"].is_str());
+            let url = table["store"]["url"].as_str().unwrap().to_string();
+            // The database exists and is empty.
+            assert_eq!(
+                pg.psql(
+                    &url,
+                    "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                )
+                .unwrap()
+                .trim(),
+                "0"
+            );
+            urls.push(url);
+        }
+        assert_ne!(urls[0], urls[1], "one database per node");
     }
 }

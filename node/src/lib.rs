@@ -30,6 +30,8 @@
 //!   idle timeouts, and concurrent calls per caller;
 //! - [`server`]: wiring both listeners, health, reflection and shutdown;
 //! - [`devnet`]: several nodes on loopback with fresh dev PKI (demo, tests);
+//! - [`dev_postgres`]: a throwaway PostgreSQL server for development nodes,
+//!   tests and benchmarks;
 //! - [`plane`]: the data services' shared state, what an agreement
 //!   discloses, and streaming answers with bounded memory and send
 //!   timeouts (shared by both services);
