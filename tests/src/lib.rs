@@ -20,6 +20,8 @@
 //!   local API and asking providers `Peer/CheckAccess` over mutual TLS;
 //!   with [`flip_positions`], [`assert_denied`] and [`eventually`].
 
+pub mod node_process;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,7 +55,7 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 use ed25519_dalek::SigningKey;
 use samvirke_node::clock::{Clock, ManualClock, SharedClock};
-use samvirke_node::devnet::{DevFederation, DevNode};
+use samvirke_node::devnet::{DevFederation, DevNode, DevStore};
 use samvirke_node::governance::document::SEPARATOR;
 use samvirke_node::governance::files::IdentityCard;
 use samvirke_node::governance::registry::operation_to_proto;
@@ -403,6 +405,12 @@ pub async fn start_node_with(
     // The HTTP API for analysts' tools, on a port of its own.
     text.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     text.push_str(extra_config);
+    // The store SAMVIRKE_DEV_STORE chooses, like development federations'.
+    text.push_str(
+        &DevStore::from_env()
+            .and_then(|store| store.config_section(&format!("node_{code}")))
+            .expect("the node's store"),
+    );
     std::fs::write(dir.join(CONFIG_FILE), text).expect("write node.toml");
 
     let config = Config::load(&made.config_path).expect("the config loads");
@@ -532,10 +540,20 @@ impl GovernanceFixture {
     /// Starts one node per municipality code, all reading `now` from one
     /// manual clock.
     pub async fn start(codes: &[u32], now: OffsetDateTime) -> GovernanceFixture {
+        let store = DevStore::from_env().expect("SAMVIRKE_DEV_STORE");
+        GovernanceFixture::start_on(codes, now, store).await
+    }
+
+    /// [`GovernanceFixture::start`] with the nodes' data in `store`.
+    pub async fn start_on(
+        codes: &[u32],
+        now: OffsetDateTime,
+        store: DevStore,
+    ) -> GovernanceFixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = Arc::new(ManualClock::new(now));
         let shared: SharedClock = clock.clone();
-        let fed = DevFederation::start_with_clock(dir.path(), codes, Some(shared))
+        let fed = DevFederation::start_with_store(dir.path(), codes, Some(shared), store)
             .await
             .expect("start the development federation");
         GovernanceFixture {
@@ -1144,8 +1162,15 @@ impl GovernanceFixture {
     /// certificate, as `samvirke_node::peer::client::connect` does) to the
     /// node of `provider`.
     pub async fn peer(&self, caller: u32, provider: u32) -> SignedPeer {
-        let tls = self.node(caller).running.identity.tls.clone();
         let endpoint = self.node(provider).running.peer_endpoint();
+        self.peer_at(caller, provider, &endpoint).await
+    }
+
+    /// [`GovernanceFixture::peer`] to `provider`'s node serving at
+    /// `endpoint` (another process of the same node, say).
+    pub async fn peer_at(&self, caller: u32, provider: u32, endpoint: &str) -> SignedPeer {
+        let tls = self.node(caller).running.identity.tls.clone();
+        let endpoint = endpoint.to_string();
         let client = tokio::time::timeout(IO_TIMEOUT, connect(&endpoint, &tls))
             .await
             .expect("mutual TLS connects promptly")

@@ -740,7 +740,7 @@ mod tests {
                     assert_same(
                         &got,
                         &expected,
-                        &format!("round {round} {group:?} {size} {q:?}"),
+                        &format!("{}, round {round} {group:?} {size} {q:?}", fx.backend),
                     );
                 }
             }

@@ -878,9 +878,14 @@ mod tests {
                 assert_eq!(
                     got.len(),
                     expected.len(),
-                    "round {round}: lengths differ for {q:?}"
+                    "{}, round {round}: lengths differ for {q:?}",
+                    fx.backend
                 );
-                assert!(got == expected, "round {round}: results differ for {q:?}");
+                assert!(
+                    got == expected,
+                    "{}, round {round}: results differ for {q:?}",
+                    fx.backend
+                );
                 nonempty += usize::from(!got.is_empty());
 
                 // Chunked streaming yields the same readings.

@@ -523,9 +523,11 @@ impl ReadingTable for PostgresStore {
             "''::text"
         };
         // `greatest`/`least` ignore NULLs: a measure without bounds is
-        // left as it is.
+        // left as it is. Sums add in time (then sensor) order, as the
+        // key-value path does: floating-point addition depends on order,
+        // and the same question must get the same bits every time.
         sql.push(&format!(
-            "WITH r AS (SELECT sensor, {group} AS g, \
+            "WITH r AS (SELECT sensor, at, {group} AS g, \
                 date_bin({bucket} * interval '1 millisecond', at, timestamptz 'epoch') AS bucket, \
                 date_bin({cell} * interval '1 millisecond', at, timestamptz 'epoch') AS cell, \
                 m.pos::integer - 1 AS pos, \
@@ -545,7 +547,8 @@ impl ReadingTable for PostgresStore {
         }
         sql.push(
             "), stats AS (SELECT bucket, g, pos, count(*) AS n, min(v) AS lo, max(v) AS hi, \
-                sum(v) AS total, count(DISTINCT sensor) AS sensors FROM r GROUP BY bucket, g, pos)",
+                sum(v ORDER BY at, sensor) AS total, count(DISTINCT sensor) AS sensors \
+             FROM r GROUP BY bucket, g, pos)",
         );
         let order = if scan.descending { "DESC" } else { "ASC" };
         if aggregation.min_group > 0 {
