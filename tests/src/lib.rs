@@ -53,7 +53,7 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 use ed25519_dalek::SigningKey;
 use samvirke_node::clock::{Clock, ManualClock, SharedClock};
-use samvirke_node::devnet::{DevFederation, DevNode};
+use samvirke_node::devnet::{DevFederation, DevNode, DevStore};
 use samvirke_node::governance::document::SEPARATOR;
 use samvirke_node::governance::files::IdentityCard;
 use samvirke_node::governance::registry::operation_to_proto;
@@ -403,6 +403,12 @@ pub async fn start_node_with(
     // The HTTP API for analysts' tools, on a port of its own.
     text.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     text.push_str(extra_config);
+    // The store SAMVIRKE_DEV_STORE chooses, like development federations'.
+    text.push_str(
+        &DevStore::from_env()
+            .and_then(|store| store.config_section(&format!("node_{code}")))
+            .expect("the node's store"),
+    );
     std::fs::write(dir.join(CONFIG_FILE), text).expect("write node.toml");
 
     let config = Config::load(&made.config_path).expect("the config loads");

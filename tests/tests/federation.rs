@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use samvirke_node::config::Config;
 use samvirke_node::data::{Reading, sensor_dataset};
-use samvirke_node::devnet::DEV_SYNC_INTERVAL_SECS;
+use samvirke_node::devnet::{DEV_SYNC_INTERVAL_SECS, DevStore};
 use samvirke_node::governance::files::IdentityCard;
 use samvirke_node::governance::{Consumers, DecisionRule, Operation, Scope};
 use samvirke_node::identity::NodeIdentity;
@@ -151,6 +151,12 @@ impl NodeProcess {
         text.push_str(&format!(
             "\n[governance]\nsync_interval_secs = {DEV_SYNC_INTERVAL_SECS}\n"
         ));
+        // The store SAMVIRKE_DEV_STORE chooses, like the in-process nodes'.
+        text.push_str(
+            &DevStore::from_env()
+                .and_then(|store| store.config_section(&format!("process_{code}")))
+                .expect("the node process's store"),
+        );
         std::fs::write(&made.config_path, text).expect("write node.toml");
         let config = Config::load(&made.config_path).expect("the config loads");
         let identity = NodeIdentity::load(&config).expect("the node's identity loads");
