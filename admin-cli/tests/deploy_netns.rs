@@ -31,20 +31,9 @@ const TOWNS: [(&str, u32, &str, &str); 3] = [
     ("silkeborg", 740, "Silkeborg Kommune", "10.77.0.3"),
 ];
 
-/// The `samvirke-node` binary next to this package's `samvirke`; built
-/// when this test runs alone.
+/// The `samvirke-node` binary next to this package's `samvirke`.
 fn node_binary() -> PathBuf {
-    let path = Path::new(CLI).with_file_name("samvirke-node");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let status = Command::new(cargo)
-            .args(["build", "--bin", "samvirke-node"])
-            .status()
-            .expect("run cargo build --bin samvirke-node");
-        assert!(status.success(), "building samvirke-node failed");
-    }
-    assert!(path.exists(), "{} after building", path.display());
-    path
+    samvirke_tests::workspace_binary(Path::new(CLI), "samvirke-node")
 }
 
 /// Whether this process may create network namespaces; the reason if not.

@@ -1414,3 +1414,20 @@ pub fn reading_rows(
     }
     rows
 }
+
+/// The binary `name` of this workspace, next to `sibling` (a binary this
+/// test's package has, from `env!("CARGO_BIN_EXE_...")`); built first when
+/// the test runs alone and it is not there yet.
+pub fn workspace_binary(sibling: &Path, name: &str) -> PathBuf {
+    let path = sibling.with_file_name(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--bin", name])
+            .status()
+            .unwrap_or_else(|e| panic!("run cargo build --bin {name}: {e}"));
+        assert!(status.success(), "building {name} failed");
+    }
+    assert!(path.exists(), "{} after building", path.display());
+    path
+}

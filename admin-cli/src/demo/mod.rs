@@ -44,6 +44,11 @@ pub struct DemoArgs {
     /// Exit after the story instead of serving until Ctrl-C.
     #[arg(long)]
     exit: bool,
+    /// Keep the nodes' directories (config, keys, stores) in DIR, which
+    /// must be new or empty, instead of a temporary directory removed at
+    /// the end: to look at them or move a store afterwards.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -90,10 +95,21 @@ impl Story {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let workdir = tempfile::Builder::new()
-        .prefix("samvirke-demo-")
-        .tempdir()
-        .context("creating the demo directory")?;
+    let workdir = match &args.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            if std::fs::read_dir(dir)?.next().is_some() {
+                anyhow::bail!("--keep {}: the directory is not empty", dir.display());
+            }
+            Workdir::Kept(dir.clone())
+        }
+        None => Workdir::Temporary(
+            tempfile::Builder::new()
+                .prefix("samvirke-demo-")
+                .tempdir()
+                .context("creating the demo directory")?,
+        ),
+    };
     let mut federation = DevFederation::start(workdir.path(), &DEMO_MUNICIPALITIES).await?;
     let mut story = Story::default();
 
@@ -175,6 +191,22 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Where the demo's nodes live.
+#[derive(Debug)]
+enum Workdir {
+    Temporary(tempfile::TempDir),
+    Kept(std::path::PathBuf),
+}
+
+impl Workdir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Workdir::Temporary(dir) => dir.path(),
+            Workdir::Kept(dir) => dir,
+        }
+    }
 }
 
 /// `sha256:0123456789ab...` shortened for a terminal line.
