@@ -1035,6 +1035,52 @@ roles = ["admin"]
     }
 
     #[test]
+    fn a_postgres_store_needs_a_url_and_a_private_password_file() {
+        let dir = node_dir();
+        let path = dir.path().join("node.toml");
+        let config = Config::from_toml(
+            &path,
+            &text("[store]\nbackend = \"postgres\"\nurl = \"postgresql://samvirke@db/samvirke\"\n"),
+        )
+        .expect("valid");
+        let StoreBackend::Postgres(options) = &config.store.backend else {
+            panic!("postgres: {:?}", config.store.backend);
+        };
+        assert_eq!(options.url, "postgresql://samvirke@db/samvirke");
+        assert_eq!(options.pool_size, 16);
+
+        let err = Config::from_toml(&path, &text("[store]\nbackend = \"postgres\"\n"))
+            .expect_err("no url");
+        assert!(err.to_string().contains("store.url"), "{err}");
+        let err = Config::from_toml(&path, &text("[store]\nurl = \"postgresql://db/x\"\n"))
+            .expect_err("url on sled");
+        assert!(err.to_string().contains("store.url"), "{err}");
+
+        use std::os::unix::fs::PermissionsExt;
+        let secret = dir.path().join("db-password");
+        std::fs::write(&secret, "s3cret\n").expect("write");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let with_file = text(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgresql://samvirke@db/x\"\npassword_file = \"db-password\"\n",
+        );
+        let err = Config::from_toml(&path, &with_file).expect_err("readable by others");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let config = Config::from_toml(&path, &with_file).expect("private file");
+        let StoreBackend::Postgres(options) = &config.store.backend else {
+            panic!("postgres");
+        };
+        assert_eq!(
+            options.password.as_deref().map(String::as_str),
+            Some("s3cret")
+        );
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "the password is never in debug output"
+        );
+    }
+
+    #[test]
     fn an_unknown_key_is_named() {
         let dir = node_dir();
         let path = dir.path().join("node.toml");

@@ -115,10 +115,10 @@ pub fn move_store(
             };
             let decoded = keys::decode_reading_key(&key).map_err(|e| corrupt(e.to_string()))?;
             let stored = keys::decode_values(&value).map_err(|e| corrupt(e.to_string()))?;
-            if dataset.is_some_and(|d| d != decoded.number) || rows.len() >= READINGS_BATCH {
-                if let Some(number) = dataset {
-                    table.ingest(number, std::mem::take(&mut rows), Vec::new())?;
-                }
+            if let Some(number) = dataset
+                && (number != decoded.number || rows.len() >= READINGS_BATCH)
+            {
+                table.ingest(number, std::mem::take(&mut rows), Vec::new())?;
             }
             dataset = Some(decoded.number);
             *moved.readings.entry(decoded.number).or_default() += 1;

@@ -156,7 +156,7 @@ pub struct BucketStream(Buckets);
 #[derive(Debug)]
 enum Buckets {
     Merged(Box<MergedBuckets>),
-    Table(TableBuckets),
+    Table(Box<TableBuckets>),
 }
 
 /// Buckets accumulated here from the merged key-value readings.
@@ -253,7 +253,7 @@ impl ReadingStore {
                 clamp: spec.clamp.clone().unwrap_or_default(),
             };
             let (from, until) = (aggregation.scan.from_ms, aggregation.scan.until_ms);
-            return Ok(BucketStream(Buckets::Table(TableBuckets {
+            return Ok(BucketStream(Buckets::Table(Box::new(TableBuckets {
                 store: self.store.clone(),
                 finished: plan.sensors.is_empty(),
                 plan,
@@ -267,7 +267,7 @@ impl ReadingStore {
                 aggregation,
                 remaining: (query.limit > 0).then_some(query.limit),
                 buffer: VecDeque::new(),
-            })));
+            }))));
         }
         Ok(BucketStream(Buckets::Merged(Box::new(MergedBuckets {
             merge: RawMerge::new(self.store.clone(), plan, query.order),

@@ -1299,13 +1299,16 @@ fn unconsented_changes(
         .collect()
 }
 
+/// Rosters held back, by (fellowship, serial).
+type Quarantine = BTreeMap<(String, u64), QuarantinedRoster>;
+
 /// The governance view and quarantine as `store` holds them (re-keying
 /// agreements stored by an older release).
 fn load(
     store: &dyn Store,
     own_code: u32,
     own_key: &VerifyingKey,
-) -> Result<(GovernanceView, BTreeMap<(String, u64), QuarantinedRoster>), ImportError> {
+) -> Result<(GovernanceView, Quarantine), ImportError> {
     let mut view = GovernanceView::new(own_code, *own_key);
     let mut latest: BTreeMap<String, Roster> = BTreeMap::new();
     for entry in store.scan_prefix(Keyspace::Rosters, b"") {

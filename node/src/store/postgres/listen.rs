@@ -103,10 +103,10 @@ where
         let _ = changes.send(space);
     }
     while let Some(message) = messages.next().await {
-        if let AsyncMessage::Notification(note) = message? {
-            if let Some(space) = Keyspace::from_name(note.payload()) {
-                let _ = changes.send(space);
-            }
+        if let AsyncMessage::Notification(note) = message?
+            && let Some(space) = Keyspace::from_name(note.payload())
+        {
+            let _ = changes.send(space);
         }
     }
     // The client lives as long as the connection is read.

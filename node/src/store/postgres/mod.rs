@@ -493,11 +493,12 @@ impl Iterator for KvPages<'_> {
     type Item = Result<Entry, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.buffer.is_empty() && !self.done {
-            if let Err(e) = self.fill() {
-                self.done = true;
-                return Some(Err(e));
-            }
+        if self.buffer.is_empty()
+            && !self.done
+            && let Err(e) = self.fill()
+        {
+            self.done = true;
+            return Some(Err(e));
         }
         self.buffer.pop_front().map(Ok)
     }
@@ -661,7 +662,194 @@ impl Store for PostgresStore {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::*;
+    use crate::dev_postgres::DevPostgres;
+    use crate::store::SledStore;
+
+    fn options(url: String) -> PostgresOptions {
+        PostgresOptions {
+            url,
+            password: None,
+            pool_size: 2,
+            ca_file: None,
+        }
+    }
+
+    fn fresh(hint: &str) -> (String, PostgresStore) {
+        let server = DevPostgres::shared().expect("development PostgreSQL");
+        let url = server.create_database(hint).expect("database");
+        let store = PostgresStore::open(&options(url.clone())).expect("open");
+        (url, store)
+    }
+
+    #[test]
+    fn a_newer_schema_or_a_foreign_database_is_refused_and_left_untouched() {
+        let server = DevPostgres::shared().expect("development PostgreSQL");
+        let (url, store) = fresh("newer");
+        drop(store);
+        server
+            .psql(
+                &url,
+                "INSERT INTO samvirke_schema (version, release) VALUES (99, 'future')",
+            )
+            .expect("a future migration");
+        let err = PostgresStore::open(&options(url.clone())).expect_err("newer schema");
+        assert!(
+            matches!(err, StoreError::NewerDatabase { found: 99, .. }),
+            "{err}"
+        );
+        let versions = server
+            .psql(
+                &url,
+                "SELECT string_agg(version::text, ',' ORDER BY version) FROM samvirke_schema",
+            )
+            .expect("versions");
+        assert_eq!(versions.trim(), "1,99");
+
+        let foreign = server.create_database("foreign").expect("database");
+        server
+            .psql(&foreign, "CREATE TABLE invoices (id integer)")
+            .expect("someone else's table");
+        let err = PostgresStore::open(&options(foreign.clone())).expect_err("foreign");
+        assert!(
+            matches!(err, StoreError::ForeignDatabase { tables: 1, .. }),
+            "{err}"
+        );
+        let tables = server
+            .psql(
+                &foreign,
+                "SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'",
+            )
+            .expect("tables");
+        assert_eq!(tables.trim(), "invoices");
+
+        let err = PostgresStore::open(&options(format!("{}?password=inline", foreign)))
+            .expect_err("a password in the URL");
+        assert!(err.to_string().contains("password_file"), "{err}");
+    }
+
+    #[test]
+    fn shared_store_primitives_agree_on_both_backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sled: Box<dyn Store> = Box::new(SledStore::open(dir.path()).expect("sled"));
+        let (_, postgres) = fresh("primitives");
+        for store in [sled, Box::new(postgres) as Box<dyn Store>] {
+            let name = store.backend_name();
+            let one = vec![(b"n1".to_vec(), Vec::new())];
+            assert!(
+                store
+                    .insert_new(Keyspace::Nonces, one.clone())
+                    .expect("insert"),
+                "{name}"
+            );
+            assert!(
+                !store.insert_new(Keyspace::Nonces, one).expect("again"),
+                "{name}"
+            );
+            // All or nothing: one key taken, none written.
+            let two = vec![(b"n2".to_vec(), Vec::new()), (b"n1".to_vec(), Vec::new())];
+            assert!(
+                !store.insert_new(Keyspace::Nonces, two).expect("two"),
+                "{name}"
+            );
+            assert_eq!(
+                store.get(Keyspace::Nonces, b"n2").expect("get"),
+                None,
+                "{name}"
+            );
+
+            let key = b"budget";
+            assert!(
+                store
+                    .compare_and_swap(Keyspace::Budgets, key, None, b"a".to_vec())
+                    .expect("cas")
+            );
+            assert!(
+                !store
+                    .compare_and_swap(Keyspace::Budgets, key, None, b"b".to_vec())
+                    .expect("cas")
+            );
+            assert!(
+                !store
+                    .compare_and_swap(Keyspace::Budgets, key, Some(b"x"), b"b".to_vec())
+                    .expect("cas")
+            );
+            assert!(
+                store
+                    .compare_and_swap(Keyspace::Budgets, key, Some(b"a"), b"b".to_vec())
+                    .expect("cas")
+            );
+            assert_eq!(
+                store.get(Keyspace::Budgets, key).expect("get"),
+                Some(b"b".to_vec())
+            );
+
+            assert_eq!(store.last(Keyspace::Audit).expect("last"), None, "{name}");
+            let mut batch = WriteBatch::default();
+            for seq in [3u64, 1, 2, 256] {
+                batch.put(seq.to_be_bytes().to_vec(), seq.to_string().into_bytes());
+            }
+            store.write(Keyspace::Audit, batch).expect("write");
+            assert_eq!(
+                store.last(Keyspace::Audit).expect("last"),
+                Some((256u64.to_be_bytes().to_vec(), b"256".to_vec())),
+                "{name}"
+            );
+            let keys: Vec<Vec<u8>> = store
+                .range(
+                    Keyspace::Audit,
+                    (
+                        Bound::Excluded(1u64.to_be_bytes().to_vec()),
+                        Bound::Unbounded,
+                    ),
+                )
+                .map(|e| e.expect("entry").0)
+                .collect();
+            assert_eq!(
+                keys,
+                [2u64, 3, 256].map(|s| s.to_be_bytes().to_vec()).to_vec(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_made_by_another_process_is_announced() {
+        let (url, writer) = fresh("changes");
+        let reader = PostgresStore::open(&options(url)).expect("second");
+        let mut changes = reader.changes().expect("a shared store announces changes");
+        let mut batch = WriteBatch::default();
+        batch.put(b"doc".to_vec(), b"signed".to_vec());
+        writer.write(Keyspace::Agreements, batch).expect("write");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let heard = runtime.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(20), async {
+                loop {
+                    // The first announcements after connecting name every
+                    // announced keyspace; wait for the notification itself
+                    // by checking what the store holds when one arrives.
+                    match changes.recv().await {
+                        Ok(Keyspace::Agreements)
+                            if reader
+                                .get(Keyspace::Agreements, b"doc")
+                                .ok()
+                                .flatten()
+                                .is_some() =>
+                        {
+                            return true;
+                        }
+                        Ok(_) => {}
+                        Err(_) => return false,
+                    }
+                }
+            })
+            .await
+        });
+        assert_eq!(heard, Ok(true), "the agreement change was announced");
+    }
 
     #[test]
     fn prefix_ends_skip_trailing_ff_bytes() {
