@@ -280,7 +280,7 @@ impl Metrics {
         );
         registry.register(
             "store_size_bytes",
-            "Bytes the store's directory takes on disk",
+            "Bytes the store takes on disk (sled: its files; PostgreSQL: the database)",
             gauges.store_bytes.clone(),
         );
         registry.register(

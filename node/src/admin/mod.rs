@@ -141,9 +141,14 @@ impl Admin {
         gauges
             .audit_entries
             .set(i64::try_from(self.audit.length()).unwrap_or(i64::MAX));
-        gauges
-            .store_bytes
-            .set(i64::try_from(metrics::directory_size(&self.data_dir)).unwrap_or(i64::MAX));
+        gauges.store_bytes.set(
+            i64::try_from(
+                self.store
+                    .size_on_disk()
+                    .unwrap_or_else(|| metrics::directory_size(&self.data_dir)),
+            )
+            .unwrap_or(i64::MAX),
+        );
         gauges
             .uptime
             .set(i64::try_from(self.started.elapsed().as_secs()).unwrap_or(i64::MAX));

@@ -286,6 +286,12 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// The backend's name for logs and status: `sled` or `postgres`.
     fn backend_name(&self) -> &'static str;
+
+    /// Bytes the store takes on disk (sled: its files; PostgreSQL: the
+    /// database), if the backend can tell.
+    fn size_on_disk(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What [`Store::snapshot`] calls for each entry: keyspace, key, value.

@@ -311,6 +311,10 @@ impl Store for SledStore {
         "sled"
     }
 
+    fn size_on_disk(&self) -> Option<u64> {
+        self.db.size_on_disk().ok()
+    }
+
     fn snapshot(&self, visit: &mut super::SnapshotVisitor<'_>) -> Result<(), StoreError> {
         let _closed = self
             .gate

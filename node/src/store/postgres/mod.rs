@@ -658,6 +658,18 @@ impl Store for PostgresStore {
     fn backend_name(&self) -> &'static str {
         "postgres"
     }
+
+    fn size_on_disk(&self) -> Option<u64> {
+        self.call(|shared| async move {
+            let client = shared.pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_one("SELECT pg_database_size(current_database())", &[])
+                .await
+                .map_err(db)?;
+            Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+        })
+        .ok()
+    }
 }
 
 #[cfg(test)]
