@@ -13,8 +13,9 @@
 //! - [`readings`]: the reading type, batch validation and durable ingest,
 //!   the sensor index, and the key layout (documented there);
 //! - [`query`]: reading queries as a streaming k-way merge over per-sensor
-//!   ranges;
-//! - [`aggregate`]: time-bucket aggregation and small-group suppression;
+//!   ranges (or pages of a reading table's scan);
+//! - [`aggregate`]: time-bucket aggregation and small-group suppression
+//!   (accumulated here, or computed by a reading table window by window);
 //! - [`geo`]: coordinates, boxes, circles, haversine distance;
 //! - [`keys`]: the byte encodings of keys and values;
 //! - [`generate`](mod@generate): deterministic synthetic readings for demos, tests, benches.

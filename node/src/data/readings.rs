@@ -2,6 +2,13 @@
 //! and the per-sensor index. Queries and aggregation over the stored
 //! readings are in [`super::query`] and [`super::aggregate`].
 //!
+//! Where they are stored depends on the backend. A store with a reading
+//! table (PostgreSQL, see [`crate::store::table`]) keeps readings as rows:
+//! a checked batch is handed to it whole, and it keeps the sensor index in
+//! the same transaction. Otherwise (sled) readings are key-value entries
+//! laid out as below, and this module keeps the index. Validation, the
+//! summary and every rule above the storage are the same either way.
+//!
 //! # Key layout
 //!
 //! [`Keyspace::Readings`], one entry per reading:

@@ -271,9 +271,23 @@ impl PostgresStore {
         self.handle.spawn(async move {
             let _ = done.send(future.await);
         });
-        result
-            .recv()
-            .map_err(|_| StoreError::Backend("the database call was cut off".to_string()))?
+        let wait = move || {
+            result
+                .recv()
+                .map_err(|_| StoreError::Backend("the database call was cut off".to_string()))?
+        };
+        // On a worker of the node's (multi-threaded) runtime, say so before
+        // waiting: tokio hands this worker's other tasks to another thread,
+        // so a slow database holds up the calls that wait for it, not
+        // every task that happened to share their thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle)
+                if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
     }
 
     /// The database's name, for messages.
