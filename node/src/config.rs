@@ -665,6 +665,17 @@ impl Checker<'_> {
                          (e.g. \"postgresql://samvirke@db.internal:5432/samvirke\")",
                     )
                 })?;
+                if url
+                    .parse::<tokio_postgres::Config>()
+                    .map_err(|e| self.invalid("store.url", e.to_string()))?
+                    .get_password()
+                    .is_some()
+                {
+                    return Err(self.invalid(
+                        "store.url",
+                        "holds a password; put it in store.password_file (kept 0600) instead",
+                    ));
+                }
                 if !(1..=256).contains(&raw.pool_size) {
                     return Err(self.invalid(
                         "store.pool_size",

@@ -314,8 +314,21 @@ fn migrate_store(
     password_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
 ) -> ExitCode {
-    if !from.starts_with("sled:") {
+    let Some(source_dir) = from.strip_prefix("sled:") else {
         eprintln!("samvirke-node migrate-store: --from must be sled:DIR (the node's data_dir)");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    // Opening a missing directory would make a new, empty store and move
+    // nothing: a mistyped path must fail instead.
+    if !std::path::Path::new(source_dir)
+        .join(samvirke_node::store::MARKER_FILE)
+        .exists()
+    {
+        eprintln!(
+            "samvirke-node migrate-store: {source_dir} is not a Samvirke store (no {} marker); \
+             name the node's data_dir",
+            samvirke_node::store::MARKER_FILE
+        );
         return ExitCode::from(EXIT_CONFIG);
     }
     let stores = open_named_store(from, None, None).and_then(|source| {

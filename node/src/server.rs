@@ -402,7 +402,7 @@ impl Node {
             .unwrap_or(time::Duration::minutes(5));
         let accounts = Arc::new(Accounts::new(
             Arc::clone(&self.audit),
-            Replays::open(Arc::clone(&self.store), skew)?,
+            Replays::open(Arc::clone(&self.store), skew, self.clock.now())?,
             BatchSigner::start(
                 Arc::new(self.identity.signing_key().clone()),
                 receipt::BATCH_DOMAIN,

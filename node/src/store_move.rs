@@ -7,13 +7,16 @@
 //!
 //! The node must be stopped while its data moves (the source is opened as
 //! the node would open it, which sled only allows one process to do). The
-//! destination must be empty: a move never merges two nodes' data.
+//! destination must be empty: a move never merges two nodes' data. The
+//! destination is marked while the move is under way, so a node refuses a
+//! database that a failed move left half-filled.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use crate::audit::chain;
 use crate::data::keys;
+use crate::store::postgres::MOVE_IN_PROGRESS;
 use crate::store::table::TableRow;
 use crate::store::{Keyspace, Store, StoreError, WriteBatch};
 
@@ -81,6 +84,12 @@ pub fn move_store(
             what: "it holds readings".to_string(),
         });
     }
+    // Marked first, unmarked last: a node refuses a database a move left
+    // half-filled (see `postgres::MOVE_IN_PROGRESS`).
+    let mut mark = WriteBatch::default();
+    mark.put(MOVE_IN_PROGRESS.to_vec(), b"1".to_vec());
+    to.write(Keyspace::Meta, mark)?;
+    to.flush()?;
     let mut moved = Moved::default();
     for space in Keyspace::ALL {
         let as_rows =
@@ -141,6 +150,10 @@ pub fn move_store(
     to.flush()?;
     check(from, to, &moved)?;
     moved.audit_verified = verify_chain(from, to)?;
+    let mut unmark = WriteBatch::default();
+    unmark.delete(MOVE_IN_PROGRESS.to_vec());
+    to.write(Keyspace::Meta, unmark)?;
+    to.flush()?;
     Ok(moved)
 }
 
@@ -153,7 +166,10 @@ fn check(from: &dyn Store, to: &dyn Store, moved: &Moved) -> Result<(), MoveErro
         if space == Keyspace::Readings && to.reading_table().is_some() {
             continue;
         }
-        let found = to.scan_prefix(space, b"").count() as u64;
+        let found = to
+            .scan_prefix(space, b"")
+            .filter(|e| !matches!(e, Ok((key, _)) if key == MOVE_IN_PROGRESS))
+            .count() as u64;
         let source_count = from.scan_prefix(space, b"").count() as u64;
         if found != expected || source_count != expected {
             return Err(MoveError::Mismatch {

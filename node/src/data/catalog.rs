@@ -36,7 +36,7 @@ use time::OffsetDateTime;
 use super::geo::BoundingBox;
 use crate::governance::DatasetRef;
 use crate::governance::body::FieldError;
-use crate::store::{Keyspace, Store, StoreError, WriteBatch};
+use crate::store::{Keyspace, Store, StoreError};
 
 const DATASET_PREFIX: &[u8] = b"d/";
 const NEXT_NUMBER_KEY: &[u8] = b"next";
@@ -491,25 +491,42 @@ impl Catalog {
         if self.entry(&dataset.id)?.is_some() {
             return Err(CatalogError::AlreadyExists { id: dataset.id });
         }
-        let number = match self.store.get(Keyspace::Datasets, NEXT_NUMBER_KEY)? {
-            None => 1,
-            Some(bytes) => <[u8; 4]>::try_from(bytes.as_slice())
-                .map(u32::from_be_bytes)
-                .map_err(|_| CatalogError::Corrupt {
-                    key: "next".to_string(),
-                    reason: format!("expected 4 bytes, found {}", bytes.len()),
-                })?,
+        // Node processes sharing one store each hold their own lock, so
+        // the store decides: the number is claimed with a compare-and-swap
+        // (never handed out twice), and the entry is inserted only if no
+        // dataset of that id appeared meanwhile (a claimed number that ends
+        // up unused is only a gap).
+        let number = loop {
+            let stored = self.store.get(Keyspace::Datasets, NEXT_NUMBER_KEY)?;
+            let number = match &stored {
+                None => 1,
+                Some(bytes) => <[u8; 4]>::try_from(bytes.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| CatalogError::Corrupt {
+                        key: "next".to_string(),
+                        reason: format!("expected 4 bytes, found {}", bytes.len()),
+                    })?,
+            };
+            let next = number.checked_add(1).ok_or(CatalogError::Exhausted)?;
+            if self.store.compare_and_swap(
+                Keyspace::Datasets,
+                NEXT_NUMBER_KEY,
+                stored.as_deref(),
+                next.to_be_bytes().to_vec(),
+            )? {
+                break number;
+            }
         };
-        let next = number.checked_add(1).ok_or(CatalogError::Exhausted)?;
-        let mut batch = WriteBatch::default();
-        batch.put(NEXT_NUMBER_KEY, next.to_be_bytes().to_vec());
-        batch.put(
-            dataset_key(&dataset.id),
-            encode_entry(&CatalogEntry { number, dataset })?,
-        );
-        self.store.write(Keyspace::Datasets, batch)?;
+        let id = dataset.id.clone();
+        let entry = encode_entry(&CatalogEntry { number, dataset })?;
+        let inserted = self
+            .store
+            .insert_new(Keyspace::Datasets, vec![(dataset_key(&id), entry)])?;
         self.forget_snapshot();
         self.store.flush()?;
+        if !inserted {
+            return Err(CatalogError::AlreadyExists { id });
+        }
         Ok(())
     }
 
@@ -519,19 +536,31 @@ impl Catalog {
     pub fn update(&self, dataset: Dataset) -> Result<(), CatalogError> {
         dataset.validate()?;
         let _guard = self.lock();
-        let Some(current) = self.entry(&dataset.id)? else {
-            return Err(CatalogError::NotFound { id: dataset.id });
-        };
-        check_compatible(&current.dataset, &dataset)?;
-        let mut batch = WriteBatch::default();
-        batch.put(
-            dataset_key(&dataset.id),
-            encode_entry(&CatalogEntry {
+        // Compare-and-swap against the entry the change was checked
+        // against: if another node process changed it meanwhile, check
+        // again against what it wrote.
+        loop {
+            let Some(stored) = self
+                .store
+                .get(Keyspace::Datasets, &dataset_key(&dataset.id))?
+            else {
+                return Err(CatalogError::NotFound { id: dataset.id });
+            };
+            let current = decode_entry(&dataset.id, &stored)?;
+            check_compatible(&current.dataset, &dataset)?;
+            let updated = encode_entry(&CatalogEntry {
                 number: current.number,
-                dataset,
-            })?,
-        );
-        self.store.write(Keyspace::Datasets, batch)?;
+                dataset: dataset.clone(),
+            })?;
+            if self.store.compare_and_swap(
+                Keyspace::Datasets,
+                &dataset_key(&dataset.id),
+                Some(&stored),
+                updated,
+            )? {
+                break;
+            }
+        }
         self.forget_snapshot();
         self.store.flush()?;
         Ok(())

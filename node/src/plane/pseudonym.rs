@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::store::{Keyspace, Store, StoreError, WriteBatch};
+use crate::store::{Keyspace, Store, StoreError};
 
 const KEY_NAME: &[u8] = b"pseudonym_key";
 /// The prefix that marks a pseudonym (never a valid stored sensor id
@@ -42,11 +42,15 @@ impl PseudonymKey {
         getrandom::fill(&mut key).map_err(|e| {
             StoreError::Backend(format!("no randomness for the pseudonym key: {e}"))
         })?;
-        let mut batch = WriteBatch::default();
-        batch.put(KEY_NAME, key.to_vec());
-        store.write(Keyspace::Meta, batch)?;
+        // Inserted only if absent: node processes sharing one store that
+        // start together must end up with one key, whoever was first.
+        store.insert_new(Keyspace::Meta, vec![(KEY_NAME.to_vec(), key.to_vec())])?;
         store.flush()?;
-        Ok(PseudonymKey(key))
+        let stored = store
+            .get(Keyspace::Meta, KEY_NAME)?
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok())
+            .ok_or_else(|| StoreError::Backend("the pseudonym key is unreadable".to_string()))?;
+        Ok(PseudonymKey(stored))
     }
 
     /// The pseudonym of `sensor_id` under `agreement`.

@@ -317,7 +317,17 @@ pub struct Replays {
     store: Arc<dyn Store>,
     window: Duration,
     callers: Mutex<HashMap<u32, CallerWindow>>,
+    /// Stored nonces this process no longer remembers, waiting until they
+    /// are older than the skew window by the clock: only then may they
+    /// leave the store, because another node process sharing it may not
+    /// have moved on from that caller's time yet. (time, key), oldest
+    /// mostly first.
+    expiring: Mutex<std::collections::VecDeque<(i64, Vec<u8>)>>,
 }
+
+/// Stored nonces waiting to be removed, at most; beyond, the oldest are
+/// left for the next start's clean-up.
+const MAX_EXPIRING: usize = 100_000;
 
 fn nonce_key(caller: u32, at_ms: i64, nonce: &[u8; 16]) -> Vec<u8> {
     let mut key = Vec::with_capacity(28);
@@ -329,8 +339,12 @@ fn nonce_key(caller: u32, at_ms: i64, nonce: &[u8; 16]) -> Vec<u8> {
 
 impl Replays {
     /// The recent requests kept in `store`, for a skew window of `window`
-    /// either side of this node's clock.
-    pub fn open(store: Arc<dyn Store>, window: Duration) -> Result<Replays, StoreError> {
+    /// either side of this node's clock, which reads `now`.
+    pub fn open(
+        store: Arc<dyn Store>,
+        window: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Replays, StoreError> {
         let mut callers: HashMap<u32, CallerWindow> = HashMap::new();
         for item in store.scan_prefix(Keyspace::Nonces, b"") {
             let (key, _) = item?;
@@ -348,12 +362,19 @@ impl Replays {
             entry.nonces.insert(nonce, at);
         }
         let slack = REORDER_SLACK.whole_milliseconds() as i64;
+        let expired = ms(now) - window.whole_milliseconds() as i64;
         let mut stale = WriteBatch::default();
+        let mut expiring = std::collections::VecDeque::new();
         for (caller, entry) in &mut callers {
             let mut forgotten = Vec::new();
             entry.forget_before(entry.high - slack, &mut forgotten);
             for (at, nonce) in forgotten {
-                stale.delete(nonce_key(*caller, at, &nonce));
+                let key = nonce_key(*caller, at, &nonce);
+                if at < expired {
+                    stale.delete(key);
+                } else if expiring.len() < MAX_EXPIRING {
+                    expiring.push_back((at, key));
+                }
             }
         }
         if !stale.ops.is_empty() {
@@ -363,6 +384,7 @@ impl Replays {
             store,
             window,
             callers: Mutex::new(callers),
+            expiring: Mutex::new(expiring),
         })
     }
 
@@ -421,21 +443,59 @@ impl Replays {
             Ok(true) => {}
             Ok(false) => return Err(RequestError::Replayed),
             Err(error) => {
-                // Refuse rather than risk admitting a replay unrecorded.
+                // Refuse rather than risk admitting a replay unrecorded;
+                // the request, signed again, is welcome.
                 tracing::error!(%error, "the request nonce memory could not be stored");
+                self.forget(parts);
                 return Err(RequestError::Unrecorded);
             }
         }
-        if !forgotten.is_empty() {
-            let mut stale = WriteBatch::default();
+        self.expire(parts.caller, forgotten, ms(now) - window_ms);
+        Ok(())
+    }
+
+    /// Drops a nonce from this process's memory (its store insert failed).
+    fn forget(&self, parts: &SignedParts) {
+        let mut callers = self
+            .callers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(entry) = callers.get_mut(&parts.caller) {
+            entry.nonces.remove(&parts.nonce);
+            entry.by_time.remove(&(parts.at_ms, parts.nonce));
+        }
+    }
+
+    /// Queues nonces this process forgot, and removes from the store those
+    /// older than `expired` (outside the skew window by the clock: no
+    /// process can admit them again).
+    fn expire(&self, caller: u32, forgotten: Vec<(i64, [u8; 16])>, expired: i64) {
+        let mut stale = WriteBatch::default();
+        {
+            let mut expiring = self
+                .expiring
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             for (at, nonce) in forgotten {
-                stale.delete(nonce_key(parts.caller, at, &nonce));
+                if expiring.len() >= MAX_EXPIRING {
+                    break;
+                }
+                expiring.push_back((at, nonce_key(caller, at, &nonce)));
             }
-            if let Err(error) = self.store.write(Keyspace::Nonces, stale) {
-                tracing::error!(%error, "forgotten request nonces could not be removed");
+            while let Some((at, _)) = expiring.front() {
+                if *at >= expired {
+                    break;
+                }
+                if let Some((_, key)) = expiring.pop_front() {
+                    stale.delete(key);
+                }
             }
         }
-        Ok(())
+        if !stale.ops.is_empty()
+            && let Err(error) = self.store.write(Keyspace::Nonces, stale)
+        {
+            tracing::error!(%error, "expired request nonces could not be removed");
+        }
     }
 }
 
@@ -523,7 +583,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
         let now = datetime!(2026-03-01 12:00 UTC);
-        let replays = Replays::open(Arc::clone(&store), Duration::minutes(5)).expect("open");
+        let replays = Replays::open(Arc::clone(&store), Duration::minutes(5), now).expect("open");
         let first = parts(630, now, 1);
         assert_eq!(replays.admit(&first, now), Ok(()));
         assert_eq!(replays.admit(&first, now), Err(RequestError::Replayed));
@@ -549,7 +609,7 @@ mod tests {
         // The first request, replayed now, is both old and far behind.
         assert!(replays.admit(&first, now).is_err());
         drop(replays);
-        let reopened = Replays::open(store, Duration::minutes(5)).expect("open");
+        let reopened = Replays::open(store, Duration::minutes(5), now).expect("open");
         assert_eq!(
             reopened.admit(&parts(630, later, 3), now),
             Err(RequestError::Replayed)

@@ -46,6 +46,11 @@ use zeroize::Zeroizing;
 use super::table::ReadingTable;
 use super::{Entry, EntryIter, Keyspace, SnapshotVisitor, Store, StoreError, WriteBatch, WriteOp};
 
+/// The meta key `samvirke-node migrate-store` writes before it fills a
+/// database and removes once everything is moved and checked: a node does
+/// not open a database a move left half-filled.
+pub const MOVE_IN_PROGRESS: &[u8] = b"move_in_progress";
+
 /// How long a call waits for a free pooled connection before failing.
 const POOL_WAIT: Duration = Duration::from_secs(30);
 /// Entries one page of a key-value scan reads.
@@ -103,7 +108,10 @@ pub fn read_password_file(path: &std::path::Path) -> Result<Zeroizing<String>, S
 
 /// State shared with the tasks on the store's runtime.
 struct Shared {
+    /// Key-value work: audit, nonces, budgets, governance, catalog.
     pool: Pool,
+    /// Readings: ingest, scans, aggregation.
+    readings: Pool,
     /// Readings partitions known to exist, as months since year 0
     /// (`year * 12 + month0`): checked once per process.
     partitions: Mutex<BTreeSet<i32>>,
@@ -139,6 +147,40 @@ impl Drop for PostgresStore {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Longest a statement may run: an answer taking longer is cut off by the
+/// node anyway (`answer_timeout`), and a connection must not stay busy
+/// with work nobody waits for.
+const STATEMENT_TIMEOUT: &str = "120s";
+/// Longest a statement waits for a lock (a partition being created, a
+/// sensor's index entry another process is updating) before failing.
+const LOCK_TIMEOUT: &str = "10s";
+
+/// A pool of at most `size` connections, each set up with the time limits
+/// and the staging table.
+fn pool(manager: Manager, size: usize) -> Result<Pool, StoreError> {
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(POOL_WAIT))
+        .post_create(Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                // Every pooled connection gets its limits and its staging
+                // table once; the table's rows vanish at each commit.
+                client
+                    .batch_execute(&format!(
+                        "SET statement_timeout = '{STATEMENT_TIMEOUT}'; \
+                         SET lock_timeout = '{LOCK_TIMEOUT}'; {}",
+                        schema::STAGING
+                    ))
+                    .await
+                    .map_err(HookError::Backend)
+            })
+        }))
+        .build()
+        .map_err(|e| StoreError::Backend(format!("PostgreSQL connection pool: {e}")))
 }
 
 /// A database error as a store error: SQLSTATE and the server's message.
@@ -190,6 +232,24 @@ impl PostgresStore {
                 Some(tls_connector(path)?)
             }
             None => {
+                // Readings may be personal data and the database holds the
+                // node's governance: plaintext only where no network is
+                // crossed.
+                for host in config.get_hosts() {
+                    let local = match host {
+                        tokio_postgres::config::Host::Tcp(name) => {
+                            matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1")
+                        }
+                        tokio_postgres::config::Host::Unix(_) => true,
+                    };
+                    if !local {
+                        return Err(StoreError::Backend(format!(
+                            "store.url names the database host {host:?}: name its CA in \
+                             store.ca_file so the connection is TLS (plaintext is only used \
+                             on loopback or a Unix socket)"
+                        )));
+                    }
+                }
                 if config.get_ssl_mode() == SslMode::Require {
                     return Err(StoreError::Backend(
                         "store.url asks for sslmode=require; name the database server's CA in \
@@ -215,26 +275,32 @@ impl PostgresStore {
             Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
             None => Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config),
         };
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(2))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(POOL_WAIT))
-            .post_create(Hook::async_fn(|client, _| {
-                Box::pin(async move {
-                    // Every pooled connection gets its staging table once;
-                    // its rows vanish at each commit.
-                    client
-                        .batch_execute(schema::STAGING)
-                        .await
-                        .map_err(HookError::Backend)
-                })
-            }))
-            .build()
-            .map_err(|e| StoreError::Backend(format!("PostgreSQL connection pool: {e}")))?;
+        let readings_manager = match &tls {
+            Some(tls) => Manager::from_config(
+                config.clone(),
+                tls.clone(),
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            ),
+            None => Manager::from_config(
+                config.clone(),
+                tokio_postgres::NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            ),
+        };
+        // Two pools: partners' questions can only ever take the readings
+        // pool's connections, so however many long scans they start, the
+        // audit writer, replay memory, budgets and governance still get a
+        // connection of their own.
+        let control = pool(manager, (options.pool_size / 4).clamp(2, 8))?;
+        let readings = pool(readings_manager, options.pool_size.max(2))?;
         let (changes, _) = tokio::sync::broadcast::channel(256);
         let shared = Arc::new(Shared {
-            pool,
+            pool: control,
+            readings,
             partitions: Mutex::new(BTreeSet::new()),
             changes,
         });
@@ -281,9 +347,7 @@ impl PostgresStore {
         // so a slow database holds up the calls that wait for it, not
         // every task that happened to share their thread.
         match tokio::runtime::Handle::try_current() {
-            Ok(handle)
-                if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
-            {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(wait)
             }
             _ => wait(),
@@ -344,6 +408,18 @@ async fn migrate(shared: &Shared, database: &str) -> Result<u32, StoreError> {
     )
     .await
     .map_err(db)?;
+    let version: i32 = tx
+        .query_one("SELECT current_setting('server_version_num')::integer", &[])
+        .await
+        .map_err(db)?
+        .get(0);
+    if version < 140_000 {
+        return Err(StoreError::Backend(format!(
+            "database {database} runs PostgreSQL {}.{}; Samvirke needs 14 or newer (date_bin)",
+            version / 10_000,
+            version % 10_000
+        )));
+    }
     let ours: bool = tx
         .query_one("SELECT to_regclass('samvirke_schema') IS NOT NULL", &[])
         .await
@@ -405,6 +481,19 @@ async fn migrate(shared: &Shared, database: &str) -> Result<u32, StoreError> {
         .map_err(db)?;
         tracing::info!(database, version, "applied store migration");
         current = *version;
+    }
+    let moving = tx
+        .query_opt(
+            "SELECT 1 FROM samvirke_kv WHERE space = 'meta' AND key = $1",
+            &[&MOVE_IN_PROGRESS],
+        )
+        .await
+        .map_err(db)?;
+    if moving.is_some() {
+        return Err(StoreError::Backend(format!(
+            "database {database} holds an unfinished `samvirke-node migrate-store`: drop and \
+             recreate it, then move the node's data again"
+        )));
     }
     tx.commit().await.map_err(db)?;
     Ok(current)
@@ -592,23 +681,22 @@ impl Store for PostgresStore {
         self.call(move |shared| async move {
             let mut client = shared.pool.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(db)?;
-            let insert = tx
-                .prepare(
-                    "INSERT INTO samvirke_kv (space, key, value) VALUES ($1, $2, $3)
+            let (keys, values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = entries.into_iter().unzip();
+            let wanted = keys.len() as u64;
+            // One statement for the whole batch (an audit group commit is
+            // up to a thousand entries): all inserted, or roll back.
+            let inserted = tx
+                .execute(
+                    "INSERT INTO samvirke_kv (space, key, value)
+                     SELECT $1, k, v FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v)
                      ON CONFLICT (space, key) DO NOTHING",
+                    &[&space.name(), &keys, &values],
                 )
                 .await
                 .map_err(db)?;
-            for (key, value) in &entries {
-                if tx
-                    .execute(&insert, &[&space.name(), key, value])
-                    .await
-                    .map_err(db)?
-                    == 0
-                {
-                    // Dropping the transaction rolls it back.
-                    return Ok(false);
-                }
+            if inserted != wanted {
+                // Dropping the transaction rolls it back.
+                return Ok(false);
             }
             tx.commit().await.map_err(db)?;
             Ok(true)

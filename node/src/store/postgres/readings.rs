@@ -72,7 +72,7 @@ async fn ensure_partitions(shared: &Shared, months: Vec<i32>) -> Result<(), Stor
     if missing.is_empty() {
         return Ok(());
     }
-    let mut client = shared.pool.get().await.map_err(pool_error)?;
+    let mut client = shared.readings.get().await.map_err(pool_error)?;
     for month in missing {
         let first = month_start(month)?;
         // Its own transaction: the partition's lock is held only while it
@@ -281,7 +281,7 @@ async fn ingest_once(
     rows: &[TableRow],
     also: &[(Keyspace, WriteBatch)],
 ) -> Result<TableIngest, StoreError> {
-    let mut client = shared.pool.get().await.map_err(pool_error)?;
+    let mut client = shared.readings.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(db)?;
     let sink = tx
         .copy_in(
@@ -352,7 +352,7 @@ impl ReadingTable for PostgresStore {
     fn sensors(&self, dataset: u32) -> Result<Vec<SensorSummary>, StoreError> {
         let dataset = dataset_column(dataset)?;
         self.call(move |shared| async move {
-            let client = shared.pool.get().await.map_err(pool_error)?;
+            let client = shared.readings.get().await.map_err(pool_error)?;
             let rows = client
                 .query(
                     &format!(
@@ -370,7 +370,7 @@ impl ReadingTable for PostgresStore {
         let dataset = dataset_column(dataset)?;
         let sensor_id = sensor_id.to_string();
         self.call(move |shared| async move {
-            let client = shared.pool.get().await.map_err(pool_error)?;
+            let client = shared.readings.get().await.map_err(pool_error)?;
             let row = client
                 .query_opt(
                     &format!(
@@ -387,7 +387,7 @@ impl ReadingTable for PostgresStore {
     fn recount(&self, dataset: u32) -> Result<Vec<SensorSummary>, StoreError> {
         let dataset = dataset_column(dataset)?;
         self.call(move |shared| async move {
-            let client = shared.pool.get().await.map_err(pool_error)?;
+            let client = shared.readings.get().await.map_err(pool_error)?;
             let rows = client.query(RECOUNT, &[&dataset]).await.map_err(db)?;
             Ok(rows.iter().map(summary).collect())
         })
@@ -396,7 +396,7 @@ impl ReadingTable for PostgresStore {
     fn replace_index(&self, dataset: u32, sensors: Vec<SensorSummary>) -> Result<(), StoreError> {
         let dataset = dataset_column(dataset)?;
         self.call(move |shared| async move {
-            let mut client = shared.pool.get().await.map_err(pool_error)?;
+            let mut client = shared.readings.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(db)?;
             tx.execute(
                 "DELETE FROM samvirke_sensors WHERE dataset = $1",
@@ -468,7 +468,7 @@ impl ReadingTable for PostgresStore {
             limit.max(1)
         ));
         self.call(move |shared| async move {
-            let client = shared.pool.get().await.map_err(pool_error)?;
+            let client = shared.readings.get().await.map_err(pool_error)?;
             let rows = client.query(&sql.text, &sql.args()).await.map_err(db)?;
             Ok(rows
                 .iter()
@@ -492,7 +492,7 @@ impl ReadingTable for PostgresStore {
         let order = if scan.descending { "DESC" } else { "ASC" };
         sql.push(&format!(" ORDER BY at {order} LIMIT 1"));
         self.call(move |shared| async move {
-            let client = shared.pool.get().await.map_err(pool_error)?;
+            let client = shared.readings.get().await.map_err(pool_error)?;
             let row = client.query_opt(&sql.text, &sql.args()).await.map_err(db)?;
             Ok(row.map(|row| ms(row.get(0))))
         })
@@ -523,8 +523,8 @@ impl ReadingTable for PostgresStore {
             "''::text"
         };
         // `greatest`/`least` ignore NULLs: a measure without bounds is
-        // left as it is. Sums add in time (then sensor) order, as the
-        // key-value path does: floating-point addition depends on order,
+        // left as it is. Sums add in the scan's time order (then sensor
+        // order), as the key-value path does: floating-point addition depends on order,
         // and the same question must get the same bits every time.
         sql.push(&format!(
             "WITH r AS (SELECT sensor, at, {group} AS g, \
@@ -545,12 +545,12 @@ impl ReadingTable for PostgresStore {
             let list: Vec<String> = positions.iter().map(|p| (p + 1).to_string()).collect();
             sql.push(&format!(" AND m.pos IN ({})", list.join(", ")));
         }
-        sql.push(
-            "), stats AS (SELECT bucket, g, pos, count(*) AS n, min(v) AS lo, max(v) AS hi, \
-                sum(v ORDER BY at, sensor) AS total, count(DISTINCT sensor) AS sensors \
-             FROM r GROUP BY bucket, g, pos)",
-        );
         let order = if scan.descending { "DESC" } else { "ASC" };
+        sql.push(&format!(
+            "), stats AS (SELECT bucket, g, pos, count(*) AS n, min(v) AS lo, max(v) AS hi, \
+                sum(v ORDER BY at {order}, sensor) AS total, count(DISTINCT sensor) AS sensors \
+             FROM r GROUP BY bucket, g, pos)"
+        ));
         if aggregation.min_group > 0 {
             let min = format!(
                 "{}::bigint",
@@ -583,7 +583,7 @@ impl ReadingTable for PostgresStore {
         }
         let per_sensor = aggregation.per_sensor;
         self.call(move |shared| async move {
-            let client = shared.pool.get().await.map_err(pool_error)?;
+            let client = shared.readings.get().await.map_err(pool_error)?;
             let rows = client.query(&sql.text, &sql.args()).await.map_err(db)?;
             Ok(rows
                 .iter()
@@ -603,7 +603,7 @@ impl ReadingTable for PostgresStore {
 
     fn total(&self) -> Result<u64, StoreError> {
         self.call(move |shared| async move {
-            let client = shared.pool.get().await.map_err(pool_error)?;
+            let client = shared.readings.get().await.map_err(pool_error)?;
             let row = client
                 .query_one("SELECT count(*) FROM samvirke_readings", &[])
                 .await
