@@ -184,9 +184,16 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     })
 }
 
+/// How often a node on a shared store re-reads governance and catalog
+/// even without a change notification: a notification can be lost (a
+/// connection pooler that does not pass `LISTEN` through, a feed that is
+/// down), and a re-read that failed is retried then.
+const SHARED_STORE_RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Re-reads what other node processes sharing the store changed: the
 /// governance view on roster, agreement and quarantine changes, the
-/// catalog on dataset changes. Runs until `stop`.
+/// catalog on dataset changes, both every [`SHARED_STORE_RESYNC`]. Runs
+/// until `stop`.
 async fn follow_store_changes(
     mut changes: tokio::sync::broadcast::Receiver<Keyspace>,
     registry: Arc<Registry>,
@@ -194,9 +201,13 @@ async fn follow_store_changes(
     stop: CancellationToken,
 ) {
     use tokio::sync::broadcast::error::RecvError;
+    let mut resync = tokio::time::interval(SHARED_STORE_RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.reset();
     loop {
         let (governance, catalog) = tokio::select! {
             () = stop.cancelled() => return,
+            _ = resync.tick() => (true, true),
             change = changes.recv() => match change {
                 Ok(Keyspace::Datasets) => (false, true),
                 Ok(_) => (true, false),
@@ -213,9 +224,11 @@ async fn follow_store_changes(
             let reloaded = tokio::task::spawn_blocking(move || registry.reload()).await;
             match reloaded {
                 Ok(Ok(())) => tracing::debug!("governance documents re-read from the store"),
-                Ok(Err(error)) => {
-                    tracing::error!(%error, "governance documents could not be re-read")
-                }
+                Ok(Err(error)) => tracing::error!(
+                    %error,
+                    retry_in_s = SHARED_STORE_RESYNC.as_secs(),
+                    "governance documents could not be re-read"
+                ),
                 Err(error) => tracing::error!(%error, "governance re-read failed"),
             }
         }

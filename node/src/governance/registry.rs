@@ -61,7 +61,7 @@ use super::document::{DocumentDigest, DocumentType, Signature, SignedDocument};
 use super::roster::{Roster, RosterChange, RosterError, accept_first, accept_next, diff};
 use crate::clock::SharedClock;
 use crate::identity::{Fingerprint, signing_key_text};
-use crate::store::{Keyspace, Store, StoreError, WriteBatch};
+use crate::store::{ExclusiveGuard, ExclusiveSection, Keyspace, Store, StoreError, WriteBatch};
 use crate::telemetry::untrusted;
 
 /// Most agreements one provider may have in one fellowship on this node:
@@ -280,6 +280,10 @@ pub struct Registry {
     /// Ends of this node's own membership already logged, by fellowship
     /// and roster serial, so an ended membership is said once per serial.
     memberships_reported: Mutex<BTreeSet<(String, u64)>>,
+    /// The fingerprint of the stored documents the view was last loaded
+    /// from; `None` once this process changed them. A re-read that finds
+    /// the same documents changes nothing (and wakes no one).
+    loaded: Mutex<Option<StoredFingerprint>>,
 }
 
 /// Most unpinned roster offers remembered: a bound on what callers can
@@ -399,7 +403,11 @@ impl Registry {
         own_key: VerifyingKey,
         clock: SharedClock,
     ) -> Result<Registry, ImportError> {
-        let (view, quarantine) = load(store.as_ref(), own_code, &own_key)?;
+        let Loaded {
+            view,
+            quarantine,
+            fingerprint,
+        } = load(store.as_ref(), own_code, &own_key)?;
         let (changes, _) = watch::channel(0);
         Ok(Registry {
             store,
@@ -411,6 +419,7 @@ impl Registry {
             refusals_recorded: Mutex::new(std::collections::HashSet::new()),
             unpinned: Mutex::new(BTreeMap::new()),
             memberships_reported: Mutex::new(BTreeSet::new()),
+            loaded: Mutex::new(Some(fingerprint)),
             provider_check: RwLock::new(None),
             audit: RwLock::new(None),
             changes,
@@ -520,7 +529,26 @@ impl Registry {
             .imports
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (fresh, quarantine) = load(self.store.as_ref(), self.own_code, &self.own_key)?;
+        self.reload_holding_import_lock()
+    }
+
+    /// [`Registry::reload`] for a caller that holds `imports`.
+    fn reload_holding_import_lock(&self) -> Result<(), ImportError> {
+        let Loaded {
+            view: fresh,
+            quarantine,
+            fingerprint,
+        } = load(self.store.as_ref(), self.own_code, &self.own_key)?;
+        {
+            let mut loaded = self
+                .loaded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *loaded == Some(fingerprint) {
+                return Ok(());
+            }
+            *loaded = Some(fingerprint);
+        }
         *self
             .view
             .write()
@@ -533,21 +561,30 @@ impl Registry {
         Ok(())
     }
 
-    /// Starts an import session (waits for one in progress to finish).
-    fn session(&self) -> Import<'_> {
+    /// Starts an import session (waits for one in progress to finish, in
+    /// this process or, on a shared store, in another).
+    fn session(&self) -> Result<Import<'_>, ImportError> {
         let guard = self
             .imports
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Import {
+        let exclusive = self.store.exclusive(ExclusiveSection::GovernanceImport)?;
+        if exclusive.is_some() {
+            // Another process may have imported since this one last read:
+            // judge against what the store holds now, not what the change
+            // feed has delivered so far.
+            self.reload_holding_import_lock()?;
+        }
+        Ok(Import {
             registry: self,
             _guard: guard,
+            _exclusive: exclusive,
             view: (*self.snapshot()).clone(),
             rosters: WriteBatch::default(),
             agreements: WriteBatch::default(),
             quarantine: WriteBatch::default(),
             changed: false,
-        }
+        })
     }
 
     /// Imports a roster file as an operator asks (see [`RosterImport`]).
@@ -556,7 +593,7 @@ impl Registry {
         bytes: &[u8],
         mode: RosterImport,
     ) -> Result<(Imported, Roster), ImportError> {
-        let mut session = self.session();
+        let mut session = self.session()?;
         // Committed even when refused: a quarantined roster is kept.
         let outcome = session.roster(bytes, mode);
         session.commit()?;
@@ -565,7 +602,7 @@ impl Registry {
 
     /// Imports an agreement file, or more signatures for one already held.
     pub fn import_agreement(&self, bytes: &[u8]) -> Result<(Imported, Agreement), ImportError> {
-        let mut session = self.session();
+        let mut session = self.session()?;
         let outcome = session.agreement(bytes, false)?;
         session.commit()?;
         Ok(outcome)
@@ -583,7 +620,11 @@ impl Registry {
         rosters: &[Vec<u8>],
         agreements: &[Vec<u8>],
     ) -> Result<usize, StoreError> {
-        let mut session = self.session();
+        let mut session = self.session().map_err(|error| match error {
+            ImportError::Store(error) => error,
+            // A held document that no longer parses: the store is damaged.
+            other => StoreError::Backend(format!("re-reading governance documents: {other}")),
+        })?;
         let mut changed = 0;
         // One line per offer, not per document: a partner could offer
         // thousands of refusable documents in one page. The audit gets
@@ -1302,17 +1343,42 @@ fn unconsented_changes(
 /// Rosters held back, by (fellowship, serial).
 type Quarantine = BTreeMap<(String, u64), QuarantinedRoster>;
 
+/// SHA-256 over every stored governance entry (keyspace, key, value).
+type StoredFingerprint = [u8; 32];
+
+/// What [`load`] read.
+struct Loaded {
+    view: GovernanceView,
+    quarantine: Quarantine,
+    fingerprint: StoredFingerprint,
+}
+
+/// Hashes entries into a [`StoredFingerprint`] as they are read.
+struct Fingerprinter(sha2::Sha256);
+
+impl Fingerprinter {
+    fn entry(&mut self, space: Keyspace, key: &[u8], value: &[u8]) {
+        use sha2::Digest;
+        // Lengths first, so entries cannot run into each other.
+        self.0.update(space.name().as_bytes());
+        self.0.update([0]);
+        self.0.update((key.len() as u64).to_be_bytes());
+        self.0.update(key);
+        self.0.update((value.len() as u64).to_be_bytes());
+        self.0.update(value);
+    }
+}
+
 /// The governance view and quarantine as `store` holds them (re-keying
 /// agreements stored by an older release).
-fn load(
-    store: &dyn Store,
-    own_code: u32,
-    own_key: &VerifyingKey,
-) -> Result<(GovernanceView, Quarantine), ImportError> {
+fn load(store: &dyn Store, own_code: u32, own_key: &VerifyingKey) -> Result<Loaded, ImportError> {
+    use sha2::Digest;
+    let mut fingerprint = Fingerprinter(sha2::Sha256::new());
     let mut view = GovernanceView::new(own_code, *own_key);
     let mut latest: BTreeMap<String, Roster> = BTreeMap::new();
     for entry in store.scan_prefix(Keyspace::Rosters, b"") {
-        let (_, bytes) = entry?;
+        let (key, bytes) = entry?;
+        fingerprint.entry(Keyspace::Rosters, &key, &bytes);
         let roster = Roster::parse(&bytes)?;
         // Keys sort by fellowship, then serial: the last one wins.
         latest.insert(roster.fellowship().to_string(), roster);
@@ -1323,6 +1389,7 @@ fn load(
     let mut rekey = WriteBatch::default();
     for entry in store.scan_prefix(Keyspace::Agreements, b"") {
         let (key, bytes) = entry?;
+        fingerprint.entry(Keyspace::Agreements, &key, &bytes);
         let agreement = Agreement::parse(&bytes)?;
         if key.len() == 16 {
             // Written before agreements were keyed by provider.
@@ -1341,7 +1408,8 @@ fn load(
     }
     let mut quarantine = BTreeMap::new();
     for entry in store.scan_prefix(Keyspace::Quarantine, b"") {
-        let (_, bytes) = entry?;
+        let (key, bytes) = entry?;
+        fingerprint.entry(Keyspace::Quarantine, &key, &bytes);
         let roster = Roster::parse(&bytes)?;
         let changes = view
             .roster(roster.fellowship())
@@ -1357,7 +1425,11 @@ fn load(
             },
         );
     }
-    Ok((view, quarantine))
+    Ok(Loaded {
+        view,
+        quarantine,
+        fingerprint: fingerprint.0.finalize().into(),
+    })
 }
 
 fn describe(changes: &[RosterChange]) -> String {
@@ -1372,6 +1444,8 @@ fn describe(changes: &[RosterChange]) -> String {
 struct Import<'a> {
     registry: &'a Registry,
     _guard: MutexGuard<'a, ()>,
+    /// The cross-process hold on imports, on a shared store.
+    _exclusive: Option<ExclusiveGuard>,
     view: GovernanceView,
     rosters: WriteBatch,
     agreements: WriteBatch,
@@ -1693,6 +1767,15 @@ impl Import<'_> {
     fn commit(self) -> Result<(), StoreError> {
         let store = &self.registry.store;
         let quarantined = !self.quarantine.ops.is_empty();
+        if quarantined || self.changed {
+            // What is stored now differs from what the view was loaded
+            // from: the next re-read must take it.
+            *self
+                .registry
+                .loaded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
         if quarantined {
             store.write(Keyspace::Quarantine, self.quarantine.clone())?;
         }
@@ -2189,5 +2272,81 @@ mod tests {
         // Heads of pinned fellowships are no news.
         registry.note_unpinned_offers("municipality 253", &[head]);
         assert!(registry.unpinned_offers().is_empty());
+    }
+
+    /// Two node processes' registries on one PostgreSQL database, the
+    /// second not following change notifications (as if they were late):
+    /// an import is still judged against what the database holds.
+    #[test]
+    fn on_a_shared_database_imports_are_judged_against_the_stored_documents() {
+        let server = crate::dev_postgres::DevPostgres::shared().expect("development PostgreSQL");
+        let url = server.create_database("registry").expect("database");
+        let open = |own: u32| {
+            let store: Arc<dyn Store> = Arc::new(
+                crate::store::PostgresStore::open(&crate::store::postgres::PostgresOptions {
+                    url: url.clone(),
+                    password: None,
+                    pool_size: 2,
+                    ca_file: None,
+                })
+                .expect("open"),
+            );
+            Registry::open(
+                store,
+                own,
+                key(member_seed(own)).verifying_key(),
+                Arc::new(ManualClock::new(NOW)),
+            )
+            .expect("registry")
+        };
+        let first = open(VEJLE);
+        first
+            .import_roster(
+                &digit_roster(DecisionRule::Secretariat).to_bytes(),
+                RosterImport {
+                    trust_anchor: true,
+                    ..RosterImport::default()
+                },
+            )
+            .expect("pin the roster");
+        let second = open(VEJLE);
+        let serial_1 = digit_roster(DecisionRule::Secretariat);
+        let sign = |name: &str| {
+            let mut body = serial_1.next_draft(NOW);
+            body.name = name.to_string();
+            let mut roster = body.to_draft().expect("draft");
+            roster.sign(&key(SECRETARIAT_SEED)).expect("sign");
+            roster
+        };
+        let (ours, fork) = (sign("DIGIT"), sign("DIGIT, forked"));
+        first
+            .import_roster(&ours.to_bytes(), RosterImport::default())
+            .expect("serial 2");
+        // The second still holds serial 1 in memory; a second serial 2 is
+        // a fork of the one the database holds.
+        let generation = second.generation();
+        let err = second
+            .import_roster(&fork.to_bytes(), RosterImport::default())
+            .expect_err("a fork of the stored serial 2");
+        assert!(matches!(err, ImportError::Roster(_)), "{err}");
+        assert_eq!(
+            second.snapshot().roster("digit").map(Roster::digest),
+            Some(ours.digest())
+        );
+        assert!(
+            second.generation() > generation,
+            "the fresh view is published"
+        );
+        // Re-reading unchanged documents wakes no one.
+        let generation = second.generation();
+        second.reload().expect("reload");
+        assert_eq!(second.generation(), generation);
+        let stored: Vec<Vec<u8>> = second
+            .store
+            .scan_prefix(Keyspace::Rosters, b"")
+            .map(|entry| entry.expect("entry").1)
+            .collect();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(stored[1], ours.to_bytes());
     }
 }

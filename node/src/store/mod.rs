@@ -284,6 +284,17 @@ pub trait Store: Send + Sync + Debug + 'static {
         None
     }
 
+    /// Holds `section` for this process until the returned guard drops,
+    /// for a read-check-write sequence (a governance import) that must not
+    /// interleave with the same sequence in another process sharing the
+    /// store. `None`: only this process writes the store, so the caller's
+    /// own lock is enough. With a guard, re-read what the check depends on
+    /// after taking it: another process may have written since.
+    fn exclusive(&self, section: ExclusiveSection) -> Result<Option<ExclusiveGuard>, StoreError> {
+        let _ = section;
+        Ok(None)
+    }
+
     /// The backend's name for logs and status: `sled` or `postgres`.
     fn backend_name(&self) -> &'static str;
 
@@ -291,6 +302,53 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// database), if the backend can tell.
     fn size_on_disk(&self) -> Option<u64> {
         None
+    }
+}
+
+/// Sequences that [`Store::exclusive`] serialises across processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExclusiveSection {
+    /// Importing rosters and agreements: each is judged against the ones
+    /// already held (serial order, co-signatures), so two processes must
+    /// not judge against the same stale set.
+    GovernanceImport,
+}
+
+impl ExclusiveSection {
+    /// A stable number for the section (a PostgreSQL advisory lock key).
+    pub fn id(self) -> i64 {
+        match self {
+            // "samvirke governance import", distinct from the schema lock.
+            ExclusiveSection::GovernanceImport => 0x5356_474f_5649_4d50,
+        }
+    }
+}
+
+/// Held while an [`ExclusiveSection`] is held; releases it on drop.
+pub struct ExclusiveGuard {
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl ExclusiveGuard {
+    /// A guard that calls `release` when dropped.
+    pub fn new(release: impl FnOnce() + Send + 'static) -> ExclusiveGuard {
+        ExclusiveGuard {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for ExclusiveGuard {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+impl Debug for ExclusiveGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExclusiveGuard")
     }
 }
 

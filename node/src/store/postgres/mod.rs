@@ -44,7 +44,10 @@ use tokio_postgres::config::SslMode;
 use zeroize::Zeroizing;
 
 use super::table::ReadingTable;
-use super::{Entry, EntryIter, Keyspace, SnapshotVisitor, Store, StoreError, WriteBatch, WriteOp};
+use super::{
+    Entry, EntryIter, ExclusiveGuard, ExclusiveSection, Keyspace, SnapshotVisitor, Store,
+    StoreError, WriteBatch, WriteOp,
+};
 
 /// The meta key `samvirke-node migrate-store` writes before it fills a
 /// database and removes once everything is moved and checked: a node does
@@ -757,6 +760,40 @@ impl Store for PostgresStore {
         Some(self.shared.changes.subscribe())
     }
 
+    fn exclusive(&self, section: ExclusiveSection) -> Result<Option<ExclusiveGuard>, StoreError> {
+        // A session-level advisory lock on a connection taken out of the
+        // pool for as long as the guard lives: another process waits
+        // (within `lock_timeout`); a process that dies mid-section loses
+        // its connection and with it the lock.
+        let id = section.id();
+        let client = self.call(move |shared| async move {
+            let client = shared.pool.get().await.map_err(pool_error)?;
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&id])
+                .await
+                .map_err(db)?;
+            Ok(client)
+        })?;
+        let handle = self.handle.clone();
+        Ok(Some(ExclusiveGuard::new(move || {
+            handle.spawn(async move {
+                let released = client
+                    .query_one("SELECT pg_advisory_unlock($1)", &[&id])
+                    .await
+                    .map(|row| row.get::<_, bool>(0));
+                if !matches!(released, Ok(true)) {
+                    // Never hand a connection that may still hold the
+                    // lock back to the pool: close it, which releases it.
+                    tracing::warn!(
+                        ?section,
+                        "advisory lock release failed; closing its connection"
+                    );
+                    drop(deadpool_postgres::Object::take(client));
+                }
+            });
+        })))
+    }
+
     fn backend_name(&self) -> &'static str {
         "postgres"
     }
@@ -779,6 +816,7 @@ mod tests {
     use super::*;
     use crate::dev_postgres::DevPostgres;
     use crate::store::SledStore;
+    use crate::store::table::TableRow;
 
     fn options(url: String) -> PostgresOptions {
         PostgresOptions {
@@ -963,6 +1001,45 @@ mod tests {
             .await
         });
         assert_eq!(heard, Ok(true), "the agreement change was announced");
+    }
+
+    /// Two processes storing the same readings at the same moment: each
+    /// reading is counted once in the sensor index, and the counts of new
+    /// rows the two report add up to the rows stored.
+    #[test]
+    fn readings_stored_by_two_processes_at_once_are_counted_once() {
+        let (url, first) = fresh("race");
+        let second = PostgresStore::open(&options(url)).expect("second");
+        let rows: Vec<TableRow> = (0..400)
+            .map(|i| TableRow {
+                sensor_id: format!("s{}", i % 4),
+                ms: 1_767_225_600_000 + i * 60_000,
+                values: vec![Some(i as f64)],
+                location: None,
+            })
+            .collect();
+        let mut reported_new = 0;
+        for chunk in rows.chunks(40) {
+            let (a, b) = std::thread::scope(|scope| {
+                let a = scope.spawn(|| first.ingest(1, chunk.to_vec(), Vec::new()));
+                let b = scope.spawn(|| second.ingest(1, chunk.to_vec(), Vec::new()));
+                (a.join().expect("first"), b.join().expect("second"))
+            });
+            let (a, b) = (a.expect("first ingest"), b.expect("second ingest"));
+            reported_new += a.new + b.new;
+        }
+        assert_eq!(reported_new, 400);
+        let indexed: u64 = first
+            .sensors(1)
+            .expect("index")
+            .iter()
+            .map(|s| s.count)
+            .sum();
+        assert_eq!(indexed, 400);
+        assert_eq!(
+            first.recount(1).expect("recount"),
+            first.sensors(1).expect("index")
+        );
     }
 
     #[test]

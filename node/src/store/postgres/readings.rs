@@ -218,37 +218,44 @@ const RECOUNT: &str = "SELECT sensor, count(*), min(at), max(at), \
      FROM samvirke_readings WHERE dataset = $1 GROUP BY sensor ORDER BY sensor";
 
 /// Merges the staged batch into the readings and the sensor index; returns
-/// (rows new, rows written). Every part of one statement sees the table as
-/// it was before the statement, so `existed` is what was stored before.
-/// (Two processes storing the same sensor's same millisecond at the same
-/// instant could both count it as new; the index check recounts.)
+/// (rows new, rows written).
+///
+/// A row counts as new only if this statement inserted it: `DO NOTHING`
+/// waits for another process storing the same sensor's same millisecond
+/// and, once that one commits, leaves the row to it, so the two never both
+/// count it. The `UPDATE` replaces rows stored before the statement began
+/// (parts of one statement do not see each other's writes, so it never
+/// touches the rows the `INSERT` just added). A row another process stored
+/// while this statement ran is neither: its value is that process's, as if
+/// it had come a moment later.
 const MERGE: &str = "
-WITH staged AS (
-    SELECT s.sensor, s.at, s.measures, s.lat, s.lon,
-        EXISTS (SELECT 1 FROM samvirke_readings r
-                WHERE r.dataset = $1 AND r.sensor = s.sensor AND r.at = s.at) AS existed
-    FROM samvirke_staging s
-), written AS (
+WITH inserted AS (
     INSERT INTO samvirke_readings (dataset, sensor, at, measures, lat, lon)
-    SELECT $1, sensor, at, measures, lat, lon FROM staged
-    ON CONFLICT (dataset, sensor, at) DO UPDATE
-        SET measures = EXCLUDED.measures, lat = EXCLUDED.lat, lon = EXCLUDED.lon
+    SELECT $1, sensor, at, measures, lat, lon FROM samvirke_staging
+    ON CONFLICT (dataset, sensor, at) DO NOTHING
+    RETURNING sensor
+), replaced AS (
+    UPDATE samvirke_readings r
+    SET measures = s.measures, lat = s.lat, lon = s.lon
+    FROM samvirke_staging s
+    WHERE r.dataset = $1 AND r.sensor = s.sensor AND r.at = s.at
     RETURNING 1
+), added AS (
+    SELECT sensor, count(*) AS added FROM inserted GROUP BY sensor
 ), per_sensor AS (
     SELECT sensor,
-        count(*) FILTER (WHERE NOT existed) AS added,
         min(at) AS first_at, max(at) AS last_at,
         (array_agg(lat ORDER BY at DESC) FILTER (WHERE lat IS NOT NULL))[1] AS last_lat,
         (array_agg(lon ORDER BY at DESC) FILTER (WHERE lat IS NOT NULL))[1] AS last_lon,
         max(at) FILTER (WHERE lat IS NOT NULL) AS last_located_at,
         min(lat) AS min_lat, min(lon) AS min_lon, max(lat) AS max_lat, max(lon) AS max_lon
-    FROM staged GROUP BY sensor
+    FROM samvirke_staging GROUP BY sensor
 ), indexed AS (
     INSERT INTO samvirke_sensors AS s (dataset, sensor, readings, first_at, last_at,
         last_lat, last_lon, last_located_at, min_lat, min_lon, max_lat, max_lon)
-    SELECT $1, sensor, added, first_at, last_at, last_lat, last_lon, last_located_at,
-        min_lat, min_lon, max_lat, max_lon
-    FROM per_sensor ORDER BY sensor
+    SELECT $1, p.sensor, coalesce(a.added, 0), p.first_at, p.last_at, p.last_lat, p.last_lon,
+        p.last_located_at, p.min_lat, p.min_lon, p.max_lat, p.max_lon
+    FROM per_sensor p LEFT JOIN added a ON a.sensor = p.sensor ORDER BY p.sensor
     ON CONFLICT (dataset, sensor) DO UPDATE SET
         readings = s.readings + EXCLUDED.readings,
         first_at = least(s.first_at, EXCLUDED.first_at),
@@ -266,7 +273,8 @@ WITH staged AS (
         max_lon = greatest(s.max_lon, EXCLUDED.max_lon)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM staged WHERE NOT existed), (SELECT count(*) FROM written)";
+SELECT (SELECT count(*) FROM inserted),
+    (SELECT count(*) FROM inserted) + (SELECT count(*) FROM replaced)";
 
 /// SQLSTATEs after which a whole transaction is simply tried again:
 /// deadlock and serialization failure (two processes updating the same
