@@ -1978,13 +1978,7 @@ mod tests {
     fn registry(own: u32) -> (tempfile::TempDir, Registry) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
-        let registry = Registry::open(
-            store,
-            own,
-            key(member_seed(own)).verifying_key(),
-            Arc::new(ManualClock::new(NOW)),
-        )
-        .expect("registry");
+        let registry = registry_on(store, own);
         registry
             .import_roster(
                 &digit_roster(DecisionRule::Secretariat).to_bytes(),
@@ -1995,6 +1989,17 @@ mod tests {
             )
             .expect("pin the roster");
         (dir, registry)
+    }
+
+    /// The registry of the node of `own` on `store`, as it holds it.
+    fn registry_on(store: Arc<dyn Store>, own: u32) -> Registry {
+        Registry::open(
+            store,
+            own,
+            key(member_seed(own)).verifying_key(),
+            Arc::new(ManualClock::new(NOW)),
+        )
+        .expect("registry")
     }
 
     /// A fresh agreement of Greve's for all members, signed by Greve.
@@ -2282,22 +2287,15 @@ mod tests {
         let server = crate::dev_postgres::DevPostgres::shared().expect("development PostgreSQL");
         let url = server.create_database("registry").expect("database");
         let open = |own: u32| {
-            let store: Arc<dyn Store> = Arc::new(
+            let store =
                 crate::store::PostgresStore::open(&crate::store::postgres::PostgresOptions {
                     url: url.clone(),
                     password: None,
                     pool_size: 2,
                     ca_file: None,
                 })
-                .expect("open"),
-            );
-            Registry::open(
-                store,
-                own,
-                key(member_seed(own)).verifying_key(),
-                Arc::new(ManualClock::new(NOW)),
-            )
-            .expect("registry")
+                .expect("open");
+            registry_on(Arc::new(store), own)
         };
         let first = open(VEJLE);
         first
