@@ -61,7 +61,9 @@ use super::document::{DocumentDigest, DocumentType, Signature, SignedDocument};
 use super::roster::{Roster, RosterChange, RosterError, accept_first, accept_next, diff};
 use crate::clock::SharedClock;
 use crate::identity::{Fingerprint, signing_key_text};
-use crate::store::{ExclusiveGuard, ExclusiveSection, Keyspace, Store, StoreError, WriteBatch};
+use crate::store::{
+    Entry, ExclusiveGuard, ExclusiveSection, Keyspace, Store, StoreError, WriteBatch,
+};
 use crate::telemetry::untrusted;
 
 /// Most agreements one provider may have in one fellowship on this node:
@@ -280,10 +282,10 @@ pub struct Registry {
     /// Ends of this node's own membership already logged, by fellowship
     /// and roster serial, so an ended membership is said once per serial.
     memberships_reported: Mutex<BTreeSet<(String, u64)>>,
-    /// The fingerprint of the stored documents the view was last loaded
-    /// from; `None` once this process changed them. A re-read that finds
-    /// the same documents changes nothing (and wakes no one).
-    loaded: Mutex<Option<StoredFingerprint>>,
+    /// The fingerprints of the stored documents the view and quarantine
+    /// were last loaded from (`None`: unknown). A re-read that finds the
+    /// same documents parses nothing and wakes no one.
+    loaded: Mutex<Option<Fingerprints>>,
 }
 
 /// Most unpinned roster offers remembered: a bound on what callers can
@@ -403,11 +405,9 @@ impl Registry {
         own_key: VerifyingKey,
         clock: SharedClock,
     ) -> Result<Registry, ImportError> {
-        let Loaded {
-            view,
-            quarantine,
-            fingerprint,
-        } = load(store.as_ref(), own_code, &own_key)?;
+        let stored = StoredGovernance::read(store.as_ref())?;
+        let fingerprints = stored.fingerprints();
+        let (view, quarantine) = stored.parse(store.as_ref(), own_code, &own_key)?;
         let (changes, _) = watch::channel(0);
         Ok(Registry {
             store,
@@ -419,7 +419,7 @@ impl Registry {
             refusals_recorded: Mutex::new(std::collections::HashSet::new()),
             unpinned: Mutex::new(BTreeMap::new()),
             memberships_reported: Mutex::new(BTreeSet::new()),
-            loaded: Mutex::new(Some(fingerprint)),
+            loaded: Mutex::new(Some(fingerprints)),
             provider_check: RwLock::new(None),
             audit: RwLock::new(None),
             changes,
@@ -534,30 +534,34 @@ impl Registry {
 
     /// [`Registry::reload`] for a caller that holds `imports`.
     fn reload_holding_import_lock(&self) -> Result<(), ImportError> {
-        let Loaded {
-            view: fresh,
-            quarantine,
-            fingerprint,
-        } = load(self.store.as_ref(), self.own_code, &self.own_key)?;
-        {
-            let mut loaded = self
-                .loaded
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *loaded == Some(fingerprint) {
-                return Ok(());
-            }
-            *loaded = Some(fingerprint);
+        let stored = StoredGovernance::read(self.store.as_ref())?;
+        let fingerprints = stored.fingerprints();
+        let before = *self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if before == Some(fingerprints) {
+            return Ok(());
         }
-        *self
-            .view
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);
+        let (fresh, quarantine) =
+            stored.parse(self.store.as_ref(), self.own_code, &self.own_key)?;
         *self
             .quarantine
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = quarantine;
-        self.changes.send_modify(|generation| *generation += 1);
+        // Only a change of rosters or agreements is news to the view's
+        // readers (and to anti-entropy, which starts a round on news).
+        if before.map(|b| b.documents) != Some(fingerprints.documents) {
+            *self
+                .view
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);
+            self.changes.send_modify(|generation| *generation += 1);
+        }
+        *self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fingerprints);
         Ok(())
     }
 
@@ -577,8 +581,8 @@ impl Registry {
         }
         Ok(Import {
             registry: self,
-            _guard: guard,
             _exclusive: exclusive,
+            _guard: guard,
             view: (*self.snapshot()).clone(),
             rosters: WriteBatch::default(),
             agreements: WriteBatch::default(),
@@ -1343,93 +1347,112 @@ fn unconsented_changes(
 /// Rosters held back, by (fellowship, serial).
 type Quarantine = BTreeMap<(String, u64), QuarantinedRoster>;
 
-/// SHA-256 over every stored governance entry (keyspace, key, value).
-type StoredFingerprint = [u8; 32];
-
-/// What [`load`] read.
-struct Loaded {
-    view: GovernanceView,
-    quarantine: Quarantine,
-    fingerprint: StoredFingerprint,
+/// SHA-256 fingerprints of the stored governance entries (keyspace, key,
+/// value): the documents that make the view, and the quarantine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprints {
+    documents: [u8; 32],
+    quarantine: [u8; 32],
 }
 
-/// Hashes entries into a [`StoredFingerprint`] as they are read.
-struct Fingerprinter(sha2::Sha256);
+/// Every stored governance entry, read but not yet parsed.
+struct StoredGovernance {
+    rosters: Vec<Entry>,
+    agreements: Vec<Entry>,
+    quarantine: Vec<Entry>,
+}
 
-impl Fingerprinter {
-    fn entry(&mut self, space: Keyspace, key: &[u8], value: &[u8]) {
+impl StoredGovernance {
+    fn read(store: &dyn Store) -> Result<StoredGovernance, StoreError> {
+        let all = |space| store.scan_prefix(space, b"").collect::<Result<Vec<_>, _>>();
+        Ok(StoredGovernance {
+            rosters: all(Keyspace::Rosters)?,
+            agreements: all(Keyspace::Agreements)?,
+            quarantine: all(Keyspace::Quarantine)?,
+        })
+    }
+
+    fn fingerprints(&self) -> Fingerprints {
         use sha2::Digest;
-        // Lengths first, so entries cannot run into each other.
-        self.0.update(space.name().as_bytes());
-        self.0.update([0]);
-        self.0.update((key.len() as u64).to_be_bytes());
-        self.0.update(key);
-        self.0.update((value.len() as u64).to_be_bytes());
-        self.0.update(value);
-    }
-}
-
-/// The governance view and quarantine as `store` holds them (re-keying
-/// agreements stored by an older release).
-fn load(store: &dyn Store, own_code: u32, own_key: &VerifyingKey) -> Result<Loaded, ImportError> {
-    use sha2::Digest;
-    let mut fingerprint = Fingerprinter(sha2::Sha256::new());
-    let mut view = GovernanceView::new(own_code, *own_key);
-    let mut latest: BTreeMap<String, Roster> = BTreeMap::new();
-    for entry in store.scan_prefix(Keyspace::Rosters, b"") {
-        let (key, bytes) = entry?;
-        fingerprint.entry(Keyspace::Rosters, &key, &bytes);
-        let roster = Roster::parse(&bytes)?;
-        // Keys sort by fellowship, then serial: the last one wins.
-        latest.insert(roster.fellowship().to_string(), roster);
-    }
-    for roster in latest.into_values() {
-        view.insert_roster(roster);
-    }
-    let mut rekey = WriteBatch::default();
-    for entry in store.scan_prefix(Keyspace::Agreements, b"") {
-        let (key, bytes) = entry?;
-        fingerprint.entry(Keyspace::Agreements, &key, &bytes);
-        let agreement = Agreement::parse(&bytes)?;
-        if key.len() == 16 {
-            // Written before agreements were keyed by provider.
-            rekey.delete(key);
-            rekey.put(agreement_key(key_of(&agreement)), bytes);
+        let hash = |spaces: &[(Keyspace, &Vec<Entry>)]| {
+            let mut hasher = sha2::Sha256::new();
+            for (space, entries) in spaces {
+                for (key, value) in entries.iter() {
+                    // Lengths first, so entries cannot run into each other.
+                    hasher.update(space.name().as_bytes());
+                    hasher.update([0]);
+                    hasher.update((key.len() as u64).to_be_bytes());
+                    hasher.update(key);
+                    hasher.update((value.len() as u64).to_be_bytes());
+                    hasher.update(value);
+                }
+            }
+            <[u8; 32]>::from(hasher.finalize())
+        };
+        Fingerprints {
+            documents: hash(&[
+                (Keyspace::Rosters, &self.rosters),
+                (Keyspace::Agreements, &self.agreements),
+            ]),
+            quarantine: hash(&[(Keyspace::Quarantine, &self.quarantine)]),
         }
-        view.insert_agreement(agreement);
     }
-    if !rekey.ops.is_empty() {
-        tracing::info!(
-            agreements = rekey.ops.len() / 2,
-            "re-keying stored agreements by provider and id"
-        );
-        store.write(Keyspace::Agreements, rekey)?;
-        store.flush()?;
+
+    /// The governance view and quarantine these entries make (re-keying
+    /// agreements stored by an older release in `store`).
+    fn parse(
+        self,
+        store: &dyn Store,
+        own_code: u32,
+        own_key: &VerifyingKey,
+    ) -> Result<(GovernanceView, Quarantine), ImportError> {
+        let mut view = GovernanceView::new(own_code, *own_key);
+        let mut latest: BTreeMap<String, Roster> = BTreeMap::new();
+        for (_, bytes) in self.rosters {
+            let roster = Roster::parse(&bytes)?;
+            // Keys sort by fellowship, then serial: the last one wins.
+            latest.insert(roster.fellowship().to_string(), roster);
+        }
+        for roster in latest.into_values() {
+            view.insert_roster(roster);
+        }
+        let mut rekey = WriteBatch::default();
+        for (key, bytes) in self.agreements {
+            let agreement = Agreement::parse(&bytes)?;
+            if key.len() == 16 {
+                // Written before agreements were keyed by provider.
+                rekey.delete(key);
+                rekey.put(agreement_key(key_of(&agreement)), bytes);
+            }
+            view.insert_agreement(agreement);
+        }
+        if !rekey.ops.is_empty() {
+            tracing::info!(
+                agreements = rekey.ops.len() / 2,
+                "re-keying stored agreements by provider and id"
+            );
+            store.write(Keyspace::Agreements, rekey)?;
+            store.flush()?;
+        }
+        let mut quarantine = BTreeMap::new();
+        for (_, bytes) in self.quarantine {
+            let roster = Roster::parse(&bytes)?;
+            let changes = view
+                .roster(roster.fellowship())
+                .map(|current| unconsented_changes(own_code, own_key, current, &roster))
+                .unwrap_or_default();
+            quarantine.insert(
+                (roster.fellowship().to_string(), roster.serial()),
+                QuarantinedRoster {
+                    fellowship: roster.fellowship().to_string(),
+                    serial: roster.serial(),
+                    digest: roster.digest(),
+                    changes: describe(&changes),
+                },
+            );
+        }
+        Ok((view, quarantine))
     }
-    let mut quarantine = BTreeMap::new();
-    for entry in store.scan_prefix(Keyspace::Quarantine, b"") {
-        let (key, bytes) = entry?;
-        fingerprint.entry(Keyspace::Quarantine, &key, &bytes);
-        let roster = Roster::parse(&bytes)?;
-        let changes = view
-            .roster(roster.fellowship())
-            .map(|current| unconsented_changes(own_code, own_key, current, &roster))
-            .unwrap_or_default();
-        quarantine.insert(
-            (roster.fellowship().to_string(), roster.serial()),
-            QuarantinedRoster {
-                fellowship: roster.fellowship().to_string(),
-                serial: roster.serial(),
-                digest: roster.digest(),
-                changes: describe(&changes),
-            },
-        );
-    }
-    Ok(Loaded {
-        view,
-        quarantine,
-        fingerprint: fingerprint.0.finalize().into(),
-    })
 }
 
 fn describe(changes: &[RosterChange]) -> String {
@@ -1443,9 +1466,10 @@ fn describe(changes: &[RosterChange]) -> String {
 /// One import session: see the module documentation.
 struct Import<'a> {
     registry: &'a Registry,
-    _guard: MutexGuard<'a, ()>,
-    /// The cross-process hold on imports, on a shared store.
+    /// The cross-process hold on imports, on a shared store (declared
+    /// first: released before the in-process lock).
     _exclusive: Option<ExclusiveGuard>,
+    _guard: MutexGuard<'a, ()>,
     view: GovernanceView,
     rosters: WriteBatch,
     agreements: WriteBatch,
@@ -1762,34 +1786,55 @@ impl Import<'_> {
         Ok((Imported::Changed, merged))
     }
 
-    /// Writes and flushes what the session changed, then publishes the new
-    /// view. Nothing is visible to readers before it is durable.
-    fn commit(self) -> Result<(), StoreError> {
-        let store = &self.registry.store;
-        let quarantined = !self.quarantine.ops.is_empty();
-        if quarantined || self.changed {
-            // What is stored now differs from what the view was loaded
-            // from: the next re-read must take it.
+    /// On a shared store, still holding the import lock: notes what is
+    /// stored now (this session's writes, nobody else's), so this
+    /// process's own change notification re-reads nothing. Best effort:
+    /// unknown, the next re-read parses everything once.
+    fn remember_stored(&self) {
+        if self._exclusive.is_none() {
+            return;
+        }
+        if let Ok(stored) = StoredGovernance::read(self.registry.store.as_ref()) {
             *self
                 .registry
                 .loaded
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stored.fingerprints());
         }
+    }
+
+    /// Writes and flushes what the session changed, then publishes the new
+    /// view. Nothing is visible to readers before it is durable.
+    fn commit(mut self) -> Result<(), StoreError> {
+        let store = &self.registry.store;
+        let quarantined = !self.quarantine.ops.is_empty();
+        if !quarantined && !self.changed {
+            return Ok(());
+        }
+        if let Some(exclusive) = &self._exclusive {
+            // Write only while this process still holds the import lock:
+            // had it been lost, another process may have imported since
+            // this session read the store.
+            exclusive.confirm()?;
+        }
+        *self
+            .registry
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         if quarantined {
             store.write(Keyspace::Quarantine, self.quarantine.clone())?;
         }
         if !self.changed {
-            if quarantined {
-                store.flush()?;
-            }
+            store.flush()?;
+            self.remember_stored();
             return Ok(());
         }
         // A roster and the agreements it settles land together or not at
         // all.
         store.write_all(vec![
-            (Keyspace::Rosters, self.rosters),
-            (Keyspace::Agreements, self.agreements),
+            (Keyspace::Rosters, std::mem::take(&mut self.rosters)),
+            (Keyspace::Agreements, std::mem::take(&mut self.agreements)),
         ])?;
         store.flush()?;
         // Settled quarantine entries leave memory with the new roster.
@@ -1805,10 +1850,11 @@ impl Import<'_> {
             .registry
             .view
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(self.view);
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(self.view.clone());
         self.registry
             .changes
             .send_modify(|generation| *generation += 1);
+        self.remember_stored();
         Ok(())
     }
 }

@@ -324,25 +324,30 @@ impl ExclusiveSection {
     }
 }
 
+/// A backend's hold on an [`ExclusiveSection`]; released when dropped.
+pub trait SectionHold: Send {
+    /// `Ok` if the section is still held. A hold can be lost under the
+    /// holder (a database connection dropped, and with it the lock):
+    /// check right before writing what the section protects.
+    fn confirm(&self) -> Result<(), StoreError>;
+}
+
 /// Held while an [`ExclusiveSection`] is held; releases it on drop.
 pub struct ExclusiveGuard {
-    release: Option<Box<dyn FnOnce() + Send>>,
+    hold: Box<dyn SectionHold>,
 }
 
 impl ExclusiveGuard {
-    /// A guard that calls `release` when dropped.
-    pub fn new(release: impl FnOnce() + Send + 'static) -> ExclusiveGuard {
+    /// A guard over a backend's `hold`.
+    pub fn new(hold: impl SectionHold + 'static) -> ExclusiveGuard {
         ExclusiveGuard {
-            release: Some(Box::new(release)),
+            hold: Box::new(hold),
         }
     }
-}
 
-impl Drop for ExclusiveGuard {
-    fn drop(&mut self) {
-        if let Some(release) = self.release.take() {
-            release();
-        }
+    /// See [`SectionHold::confirm`].
+    pub fn confirm(&self) -> Result<(), StoreError> {
+        self.hold.confirm()
     }
 }
 

@@ -25,7 +25,9 @@
 //! nonce is an insert the primary key admits once ([`Store::insert_new`]),
 //! a budget is a compare-and-swap, the sensor index is updated in the
 //! readings' own transaction, and governance and catalog changes are
-//! announced to every process with `NOTIFY` ([`Store::changes`]).
+//! announced to every process with `NOTIFY` ([`Store::changes`]); governance
+//! imports, which judge each document against the ones held, hold an
+//! advisory lock ([`Store::exclusive`]).
 
 mod listen;
 mod readings;
@@ -175,7 +177,9 @@ fn pool(manager: Manager, size: usize) -> Result<Pool, StoreError> {
                 client
                     .batch_execute(&format!(
                         "SET statement_timeout = '{STATEMENT_TIMEOUT}'; \
-                         SET lock_timeout = '{LOCK_TIMEOUT}'; {}",
+                         SET lock_timeout = '{LOCK_TIMEOUT}'; \
+                         SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; \
+                         SET tcp_keepalives_count = 3; {}",
                         schema::STAGING
                     ))
                     .await
@@ -224,6 +228,13 @@ impl PostgresStore {
         if let Some(password) = &options.password {
             config.password(password.as_bytes());
         }
+        // Find a database that vanished (a failed-over primary, a cut
+        // link) within about a minute rather than the system's two hours.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
         let database = config
             .get_dbname()
             .map(str::to_string)
@@ -298,7 +309,9 @@ impl PostgresStore {
         // pool's connections, so however many long scans they start, the
         // audit writer, replay memory, budgets and governance still get a
         // connection of their own.
-        let control = pool(manager, (options.pool_size / 4).clamp(2, 8))?;
+        // At least three: a governance import holds one for its lock and
+        // still needs one for its reads and writes while audit appends go on.
+        let control = pool(manager, (options.pool_size / 4).clamp(3, 8))?;
         let readings = pool(readings_manager, options.pool_size.max(2))?;
         let (changes, _) = tokio::sync::broadcast::channel(256);
         let shared = Arc::new(Shared {
@@ -335,31 +348,106 @@ impl PostgresStore {
         F: FnOnce(Arc<Shared>) -> Fut,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        let (done, result) = std::sync::mpsc::sync_channel(1);
-        let future = work(Arc::clone(&self.shared));
-        self.handle.spawn(async move {
-            let _ = done.send(future.await);
-        });
-        let wait = move || {
-            result
-                .recv()
-                .map_err(|_| StoreError::Backend("the database call was cut off".to_string()))?
-        };
-        // On a worker of the node's (multi-threaded) runtime, say so before
-        // waiting: tokio hands this worker's other tasks to another thread,
-        // so a slow database holds up the calls that wait for it, not
-        // every task that happened to share their thread.
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait)
-            }
-            _ => wait(),
-        }
+        wait_on(&self.handle, work(Arc::clone(&self.shared)))
     }
 
     /// The database's name, for messages.
     pub fn database(&self) -> &str {
         &self.database
+    }
+}
+
+/// Runs `future` on the store's runtime (`handle`) and waits for it.
+fn wait_on<T>(
+    handle: &tokio::runtime::Handle,
+    future: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+{
+    let (done, result) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = done.send(future.await);
+    });
+    let wait = move || {
+        result
+            .recv()
+            .map_err(|_| StoreError::Backend("the database call was cut off".to_string()))?
+    };
+    // On a worker of the node's (multi-threaded) runtime, say so before
+    // waiting: tokio hands this worker's other tasks to another thread,
+    // so a slow database holds up the calls that wait for it, not every
+    // task that happened to share their thread.
+    match tokio::runtime::Handle::try_current() {
+        Ok(current) if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
+/// An advisory lock held on one pooled connection (see
+/// [`Store::exclusive`]).
+struct AdvisoryHold {
+    /// `None` only while dropping.
+    client: Option<Arc<deadpool_postgres::Object>>,
+    id: i64,
+    section: ExclusiveSection,
+    handle: tokio::runtime::Handle,
+}
+
+impl super::SectionHold for AdvisoryHold {
+    fn confirm(&self) -> Result<(), StoreError> {
+        let client = self.client.clone().ok_or_else(|| {
+            StoreError::Backend("the advisory lock was already released".to_string())
+        })?;
+        let id = self.id;
+        let held = wait_on(&self.handle, async move {
+            let row = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+                         AND pid = pg_backend_pid() AND granted \
+                         AND ((classid::bigint << 32) | objid::bigint) = $1)",
+                    &[&id],
+                )
+                .await
+                .map_err(db)?;
+            Ok(row.get::<_, bool>(0))
+        })?;
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::Backend(format!(
+                "lost the database lock on {:?}; nothing was written, try again",
+                self.section
+            )))
+        }
+    }
+}
+
+impl Drop for AdvisoryHold {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let (id, section) = (self.id, self.section);
+        self.handle.spawn(async move {
+            let released = client
+                .query_one("SELECT pg_advisory_unlock($1)", &[&id])
+                .await
+                .map(|row| row.get::<_, bool>(0));
+            if !matches!(released, Ok(true)) {
+                // Never hand a connection that may still hold the lock
+                // back to the pool: close it, which releases it.
+                tracing::warn!(
+                    ?section,
+                    "advisory lock release failed; closing its connection"
+                );
+                if let Ok(client) = Arc::try_unwrap(client) {
+                    drop(deadpool_postgres::Object::take(client));
+                }
+            }
+        });
     }
 }
 
@@ -764,7 +852,8 @@ impl Store for PostgresStore {
         // A session-level advisory lock on a connection taken out of the
         // pool for as long as the guard lives: another process waits
         // (within `lock_timeout`); a process that dies mid-section loses
-        // its connection and with it the lock.
+        // its connection and with it the lock (TCP keepalives on both
+        // ends find a vanished peer within about a minute).
         let id = section.id();
         let client = self.call(move |shared| async move {
             let client = shared.pool.get().await.map_err(pool_error)?;
@@ -772,25 +861,13 @@ impl Store for PostgresStore {
                 .execute("SELECT pg_advisory_lock($1)", &[&id])
                 .await
                 .map_err(db)?;
-            Ok(client)
+            Ok(Arc::new(client))
         })?;
-        let handle = self.handle.clone();
-        Ok(Some(ExclusiveGuard::new(move || {
-            handle.spawn(async move {
-                let released = client
-                    .query_one("SELECT pg_advisory_unlock($1)", &[&id])
-                    .await
-                    .map(|row| row.get::<_, bool>(0));
-                if !matches!(released, Ok(true)) {
-                    // Never hand a connection that may still hold the
-                    // lock back to the pool: close it, which releases it.
-                    tracing::warn!(
-                        ?section,
-                        "advisory lock release failed; closing its connection"
-                    );
-                    drop(deadpool_postgres::Object::take(client));
-                }
-            });
+        Ok(Some(ExclusiveGuard::new(AdvisoryHold {
+            client: Some(client),
+            id,
+            section,
+            handle: self.handle.clone(),
         })))
     }
 
@@ -1003,6 +1080,52 @@ mod tests {
         assert_eq!(heard, Ok(true), "the agreement change was announced");
     }
 
+    /// The governance import lock: another process waits for it, gets it
+    /// once released, and a holder whose connection was cut learns that it
+    /// no longer holds it before writing.
+    #[test]
+    fn an_exclusive_section_is_held_once_and_a_lost_hold_is_noticed() {
+        let server = DevPostgres::shared().expect("development PostgreSQL");
+        let (url, first) = fresh("exclusive");
+        let second = PostgresStore::open(&options(url.clone())).expect("second");
+        let section = ExclusiveSection::GovernanceImport;
+        let held = first.exclusive(section).expect("lock").expect("a guard");
+        held.confirm().expect("held");
+        let started = std::time::Instant::now();
+        let err = second.exclusive(section).expect_err("held by the first");
+        assert!(err.to_string().contains("55P03"), "{err}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(9),
+            "waited for lock_timeout"
+        );
+        drop(held);
+        let taken = second
+            .exclusive(section)
+            .expect("released")
+            .expect("a guard");
+        // The holder's connection is cut (a fail-over, a dropped link).
+        server
+            .psql(
+                &url,
+                &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks \
+                     WHERE locktype = 'advisory' AND objsubid = 1 \
+                     AND ((classid::bigint << 32) | objid::bigint) = {}",
+                    section.id()
+                ),
+            )
+            .expect("terminate");
+        let err = taken.confirm().expect_err("the hold is gone");
+        assert!(err.to_string().contains("PostgreSQL"), "{err}");
+        drop(taken);
+        first
+            .exclusive(section)
+            .expect("free again")
+            .expect("a guard")
+            .confirm()
+            .expect("held");
+    }
+
     /// Two processes storing the same readings at the same moment: each
     /// reading is counted once in the sensor index, and the counts of new
     /// rows the two report add up to the rows stored.
@@ -1027,6 +1150,9 @@ mod tests {
             });
             let (a, b) = (a.expect("first ingest"), b.expect("second ingest"));
             reported_new += a.new + b.new;
+            // Each stored its whole batch, one way or the other.
+            assert_eq!(a.new + a.replaced, 40);
+            assert_eq!(b.new + b.replaced, 40);
         }
         assert_eq!(reported_new, 400);
         let indexed: u64 = first

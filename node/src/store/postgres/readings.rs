@@ -225,9 +225,10 @@ const RECOUNT: &str = "SELECT sensor, count(*), min(at), max(at), \
 /// and, once that one commits, leaves the row to it, so the two never both
 /// count it. The `UPDATE` replaces rows stored before the statement began
 /// (parts of one statement do not see each other's writes, so it never
-/// touches the rows the `INSERT` just added). A row another process stored
-/// while this statement ran is neither: its value is that process's, as if
-/// it had come a moment later.
+/// touches the rows the `INSERT` just added); `$2` and `$3` bound the
+/// batch's times so it reads only the partitions the batch falls in. A
+/// row another process stored while this statement ran is neither, and
+/// [`OVERWRITE_CONCURRENT`] then writes this batch's values over it.
 const MERGE: &str = "
 WITH inserted AS (
     INSERT INTO samvirke_readings (dataset, sensor, at, measures, lat, lon)
@@ -239,6 +240,7 @@ WITH inserted AS (
     SET measures = s.measures, lat = s.lat, lon = s.lon
     FROM samvirke_staging s
     WHERE r.dataset = $1 AND r.sensor = s.sensor AND r.at = s.at
+        AND r.at BETWEEN $2 AND $3
     RETURNING 1
 ), added AS (
     SELECT sensor, count(*) AS added FROM inserted GROUP BY sensor
@@ -276,11 +278,29 @@ WITH inserted AS (
 SELECT (SELECT count(*) FROM inserted),
     (SELECT count(*) FROM inserted) + (SELECT count(*) FROM replaced)";
 
+/// After [`MERGE`] wrote fewer rows than were staged: the rows another
+/// process stored while it ran get this batch's values (a new statement
+/// sees them), so the later batch wins as it does on one process.
+const OVERWRITE_CONCURRENT: &str = "
+UPDATE samvirke_readings r
+SET measures = s.measures, lat = s.lat, lon = s.lon
+FROM samvirke_staging s
+WHERE r.dataset = $1 AND r.sensor = s.sensor AND r.at = s.at
+    AND r.at BETWEEN $2 AND $3
+    AND (r.measures, r.lat, r.lon) IS DISTINCT FROM (s.measures, s.lat, s.lon)";
+
 /// SQLSTATEs after which a whole transaction is simply tried again:
 /// deadlock and serialization failure (two processes updating the same
 /// sensors' index entries in different orders).
 fn retryable(error: &StoreError) -> bool {
     matches!(error, StoreError::Backend(m) if m.starts_with("PostgreSQL 40P01") || m.starts_with("PostgreSQL 40001"))
+}
+
+/// The earliest and latest time of `rows` (not empty).
+fn time_span(rows: &[TableRow]) -> Result<(OffsetDateTime, OffsetDateTime), StoreError> {
+    let first = rows.iter().map(|r| r.ms).min().unwrap_or(0);
+    let last = rows.iter().map(|r| r.ms).max().unwrap_or(0);
+    Ok((at(first)?, at(last)?))
 }
 
 async fn ingest_once(
@@ -320,13 +340,25 @@ async fn ingest_once(
             .map_err(db)?;
     }
     writer.as_mut().finish().await.map_err(db)?;
-    let counts = tx.query_one(MERGE, &[&dataset]).await.map_err(db)?;
+    let (first, last) = time_span(rows)?;
+    let counts = tx
+        .query_one(MERGE, &[&dataset, &first, &last])
+        .await
+        .map_err(db)?;
     let (new, written): (i64, i64) = (counts.get(0), counts.get(1));
+    let staged = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    if written < staged {
+        tx.execute(OVERWRITE_CONCURRENT, &[&dataset, &first, &last])
+            .await
+            .map_err(db)?;
+    }
     apply(&tx, also.to_vec()).await?;
     tx.commit().await.map_err(db)?;
+    // Every staged row is now stored with this batch's values: new if this
+    // batch inserted it, replaced otherwise.
     Ok(TableIngest {
         new: u64::try_from(new).unwrap_or(0),
-        replaced: u64::try_from(written - new).unwrap_or(0),
+        replaced: u64::try_from(staged - new).unwrap_or(0),
     })
 }
 
