@@ -31,7 +31,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -40,6 +40,48 @@ use super::{Pipeline, Source};
 use crate::clock::SharedClock;
 use crate::http::error::ApiError;
 use crate::telemetry::{RateLimitedLog, untrusted};
+
+/// Most bytes of a refused body read and dropped before answering.
+const DRAIN_BYTES: usize = 1 << 20;
+/// Longest a refused body is read before answering.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The body, if it is at most `limit` bytes; 413 otherwise.
+async fn read_within(mut body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_body(format!("the body could not be read: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > limit {
+                drain(body).await;
+                return Err(ApiError::TooLarge(limit));
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+/// Reads and drops what is left of a refused body, up to [`DRAIN_BYTES`]
+/// within [`DRAIN_TIME`]. Closing a connection with unread bytes makes the
+/// kernel reset it, and a client still sending then loses the 413 it was
+/// about to read; a little reading lets an ordinary client see why it was
+/// refused. The bounds keep it from being a way to make the node read.
+async fn drain(mut body: Body) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut left = DRAIN_BYTES;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                match left.checked_sub(data.len()) {
+                    Some(rest) => left = rest,
+                    None => return,
+                }
+            }
+        }
+    })
+    .await;
+}
 
 /// The route of every endpoint.
 pub const ROUTE: &str = "/ingest/os2iot/{endpoint}";
@@ -133,19 +175,10 @@ async fn receive(
         .and_then(|v| v.parse::<u64>().ok())
         && length > door.max_body_bytes as u64
     {
+        drain(body).await;
         return Err(ApiError::TooLarge(door.max_body_bytes));
     }
-    let bytes = Limited::new(body, door.max_body_bytes)
-        .collect()
-        .await
-        .map_err(|error| {
-            if error.is::<LengthLimitError>() {
-                ApiError::TooLarge(door.max_body_bytes)
-            } else {
-                ApiError::bad_body(format!("the body could not be read: {error}"))
-            }
-        })?
-        .to_bytes();
+    let bytes = read_within(body, door.max_body_bytes).await?;
     let received = doors.clock.now();
     let readings = door
         .mapping
