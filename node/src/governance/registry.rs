@@ -2025,6 +2025,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
         let registry = registry_on(store, own);
+        pin_digit(&registry);
+        (dir, registry)
+    }
+
+    /// Pins the DIGIT roster (serial 1) as the operator does.
+    fn pin_digit(registry: &Registry) {
         registry
             .import_roster(
                 &digit_roster(DecisionRule::Secretariat).to_bytes(),
@@ -2034,7 +2040,6 @@ mod tests {
                 },
             )
             .expect("pin the roster");
-        (dir, registry)
     }
 
     /// The registry of the node of `own` on `store`, as it holds it.
@@ -2344,15 +2349,7 @@ mod tests {
             registry_on(Arc::new(store), own)
         };
         let first = open(VEJLE);
-        first
-            .import_roster(
-                &digit_roster(DecisionRule::Secretariat).to_bytes(),
-                RosterImport {
-                    trust_anchor: true,
-                    ..RosterImport::default()
-                },
-            )
-            .expect("pin the roster");
+        pin_digit(&first);
         let second = open(VEJLE);
         let serial_1 = digit_roster(DecisionRule::Secretariat);
         let sign = |name: &str| {
