@@ -581,7 +581,7 @@ impl Registry {
         }
         Ok(Import {
             registry: self,
-            _exclusive: exclusive,
+            exclusive,
             _guard: guard,
             view: (*self.snapshot()).clone(),
             rosters: WriteBatch::default(),
@@ -1468,7 +1468,7 @@ struct Import<'a> {
     registry: &'a Registry,
     /// The cross-process hold on imports, on a shared store (declared
     /// first: released before the in-process lock).
-    _exclusive: Option<ExclusiveGuard>,
+    exclusive: Option<ExclusiveGuard>,
     _guard: MutexGuard<'a, ()>,
     view: GovernanceView,
     rosters: WriteBatch,
@@ -1791,7 +1791,7 @@ impl Import<'_> {
     /// process's own change notification re-reads nothing. Best effort:
     /// unknown, the next re-read parses everything once.
     fn remember_stored(&self) {
-        if self._exclusive.is_none() {
+        if self.exclusive.is_none() {
             return;
         }
         if let Ok(stored) = StoredGovernance::read(self.registry.store.as_ref()) {
@@ -1811,7 +1811,7 @@ impl Import<'_> {
         if !quarantined && !self.changed {
             return Ok(());
         }
-        if let Some(exclusive) = &self._exclusive {
+        if let Some(exclusive) = &self.exclusive {
             // Write only while this process still holds the import lock:
             // had it been lost, another process may have imported since
             // this session read the store.
